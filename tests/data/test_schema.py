@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from wm_jax.data import schema
+
+
+def _record(T=3, V=2, H=8, W=16):
+  return {
+      "frames": np.zeros((T, V, H, W, 3), np.uint8),
+      "actions": np.zeros((T, 4), np.float32),
+      "intrinsics": np.tile(np.eye(3, dtype=np.float32), (T, V, 1, 1)),
+      "layout": np.zeros((T, V, H, W, 6), np.uint8),
+      "fps": np.float32(10.0),
+      "view_adjacency": np.ones((V, V), bool),
+  }
+
+
+def test_valid_record_returns_sizes():
+  sizes = schema.validate(_record())
+  assert sizes["T"] == 3 and sizes["V"] == 2 and sizes["H"] == 8 and sizes["W"] == 16
+
+
+def test_batched():
+  batch = {k: np.stack([v, v]) for k, v in _record().items()}
+  assert schema.validate_batch(batch)["B"] == 2
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("actions", np.zeros((4, 4), np.float32), r"'actions' axis 0 \(T\) has size 4"),
+    ("layout", np.zeros((3, 2, 8, 16, 5), np.uint8), r"'layout' axis 4 must have size 6"),
+    ("frames", np.zeros((3, 2, 8, 16, 3), np.float32), r"'frames' must have dtype uint8"),
+    ("intrinsics", np.zeros((3, 2, 3), np.float32), r"'intrinsics' must have rank 4"),
+    ("fps", np.float32(0.0), r"'fps' must be positive"),
+    ("bogus", np.zeros(3), r"unknown batch keys \['bogus'\]"),
+])
+def test_bad_records_name_key_source_and_index(key, value, match):
+  rec = _record()
+  rec[key] = value
+  with pytest.raises(schema.SchemaError, match=match) as err:
+    schema.validate(rec, source="scene-0007.json", index=12)
+  assert "scene-0007.json" in str(err.value) and "index=12" in str(err.value)
+
+
+def test_nan_is_reported_with_position():
+  rec = _record()
+  rec["actions"][1, 2] = np.nan
+  with pytest.raises(schema.SchemaError, match=r"non-finite values, first at \(1, 2\)"):
+    schema.validate(rec)
+
+
+def test_missing_images():
+  rec = _record()
+  del rec["frames"]
+  with pytest.raises(schema.SchemaError, match="neither 'frames' nor 'latents'"):
+    schema.validate(rec)
