@@ -42,6 +42,7 @@ FIELDS: dict[str, Field] = {
                     "projected boxes + map lines (condition image)"),
     "text_embeddings": Field(("T", "V", "L", "D"), "float", "optional, precomputed"),
     "pooled_text": Field(("T", "V", "P"), "float", "optional, precomputed"),
+    "depth": Field(("T", "V", "H", "W"), "float32", "optional, metres along the optical axis"),
     "fps": Field((), "float32", "frame rate of the clip"),
     "view_adjacency": Field(("V", "V"), "bool", "which cameras attend to each other"),
 }
