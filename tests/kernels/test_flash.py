@@ -66,7 +66,7 @@ def test_pallas_interpret_matches_reference(kind, sq, sk):
   mask = _mask(kind, b, sq, sk)
   got = _jit(_with_vjp(lambda q, k, v: attn.attention(
       q, k, v, mask=mask, impl="pallas_interpret", block_sizes=(8, 8))))(q, k, v)
-  want = _with_vjp(lambda q, k, v: attn.xla_attention(q, k, v, mask=mask))(q, k, v)
+  want = _jit(_with_vjp(lambda q, k, v: attn.xla_attention(q, k, v, mask=mask)))(q, k, v)
   _assert_close(got, want)
 
 
@@ -80,7 +80,8 @@ def test_gpu_target_body_in_interpret_mode():
   assert target.layout == "bshd" and target.min_groups == 16
   got = _jit(_with_vjp(lambda q, k, v: flash.flash_attention(
       q, k, v, mask=mask, scale=0.3, target=target)))(q, k, v)
-  want = _with_vjp(lambda q, k, v: attn.xla_attention(q, k, v, mask=mask, scale=0.3))(q, k, v)
+  ref = lambda q, k, v: attn.xla_attention(q, k, v, mask=mask, scale=0.3)
+  want = _jit(_with_vjp(ref))(q, k, v)
   _assert_close(got, want)
 
 
@@ -100,7 +101,7 @@ def test_under_shard_map_on_8_device_mesh(cpu_devices):
   with jax.set_mesh(mesh):
     assert "shard_map" in str(jax.make_jaxpr(fn)(q, k, v))
     got = _jit(_with_vjp(fn))(q, k, v)
-  want = _with_vjp(lambda q, k, v: attn.xla_attention(q, k, v, mask=mask))(q, k, v)
+  want = _jit(_with_vjp(lambda q, k, v: attn.xla_attention(q, k, v, mask=mask)))(q, k, v)
   _assert_close(got, want)
   assert got[0].sharding.spec == P(("data", "fsdp"), None, "tensor", None)
 
@@ -119,8 +120,8 @@ def test_gathered_equals_gather_then_reference():
   got = _jit(_with_vjp(lambda q, k, v: attn.attention_gathered(
       q, k, v, keep_idx, mask=mask, impl="pallas_interpret", block_sizes=(8, 8))))(q, k, v)
   take = lambda x: jnp.take_along_axis(x, keep_idx[:, :, None, None], axis=1)
-  want = _with_vjp(lambda q, k, v: attn.xla_attention(take(q), take(k), take(v),
-                                                      mask=mask))(q, k, v)
+  ref = lambda q, k, v: attn.xla_attention(take(q), take(k), take(v), mask=mask)
+  want = _jit(_with_vjp(ref))(q, k, v)
   _assert_close(got, want)
   # dropped tokens get no gradient
   dropped = np.ones((b, rows * width), bool)
@@ -138,6 +139,6 @@ def test_skipped_blocks_are_never_read():
   k_nan, v_nan = k.at[:, 16:].set(jnp.nan), v.at[:, 16:].set(jnp.nan)
   out = _jit(lambda q, k, v: attn.attention(q, k, v, mask=mask, impl="pallas_interpret",
                                             block_sizes=(8, 8)))(q, k_nan, v_nan)
-  want = attn.xla_attention(q, k, v, mask=mask)
+  want = _jit(lambda q, k, v: attn.xla_attention(q, k, v, mask=mask))(q, k, v)
   np.testing.assert_allclose(out[:, :16], want[:, :16], atol=1e-5, rtol=1e-5)
   assert np.all(np.isnan(out[:, 16:]))
