@@ -106,6 +106,8 @@ def _mask_values(plan, mask_refs, q_start, k_start):
     if kind.kind == "block":
       values.append(mask_refs[pos][...])
     elif kind.kind == "segment":
+      q_start = pl.multiple_of(q_start, plan.block_q)
+      k_start = pl.multiple_of(k_start, plan.block_k)
       values.append((mask_refs[pos][pl.ds(q_start, plan.block_q), :],
                      mask_refs[pos + 1][:, pl.ds(k_start, plan.block_k)]))
     else:
@@ -134,27 +136,58 @@ def _by_state(plan, state, update, carry):
   return lax.cond(state == bt.SKIP, lambda c: c, partial_or_full, carry)
 
 
-def _rows(ref, start, size, idx_ref=None):
-  """Rows [start, start + size) of a [S, D] ref, or the rows idx_ref[start: start + size] names."""
-  if idx_ref is None:
-    return ref[pl.ds(start, size), :]
-  return ref[idx_ref[pl.ds(start, size)], :]
+def _table_row(plan, table_ref):
+  """The table row of this program's outer block: a function of the inner block index."""
+  b = pl.program_id(0) if plan.batched_table else 0
+  i = pl.program_id(2)
+  return lambda j: table_ref[b, i, j]
+
+
+def _rows(ref, start, size):
+  return ref[pl.ds(pl.multiple_of(start, size), size), :]
+
+
+def _gather_rows(target, ref, idx_ref, b, start, size, buf_ref):
+  """Rows idx_ref[b, start: start + size] of a [S, D] ref (the gathered loads).
+
+  GPU: one vector-indexed load. TPU: the indices sit in SMEM (scalar prefetch) and the rows are
+  copied one by one into a VMEM buffer. (b: the batch program id, read at the kernel's top level.)
+  """
+  if target.name != "tpu":
+    return ref[idx_ref[b, pl.ds(start, size)], :]
+
+  def copy(r, _):
+    buf_ref[pl.ds(r, 1), :] = ref[pl.ds(idx_ref[b, start + r], 1), :]
+    return 0
+
+  lax.fori_loop(0, size, copy, 0)
+  return buf_ref[...]
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 
 
-def _fwd_kernel(*refs, plan, scale, gathered):
+def _fwd_kernel(*refs, plan, target, scale, gathered):
   n_mask = sum(bt.arrays_per_kind(k) for k in plan.kinds)
   table_ref, refs = refs[0], refs[1:]
-  q_idx_ref = kv_idx_ref = None
   if gathered:
     q_idx_ref, kv_idx_ref, refs = refs[0], refs[1], refs[2:]
-  mask_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = refs[:n_mask], refs[n_mask:]
+  mask_refs, refs = refs[:n_mask], refs[n_mask:]
+  q_ref, k_ref, v_ref, o_ref, lse_ref = refs[:5]
+  bufs = refs[5:] if target.name == "tpu" and gathered else (None, None, None)
   bq, bk = plan.block_q, plan.block_k
   q_start = pl.program_id(2) * bq
-  q = _rows(q_ref, q_start, bq, q_idx_ref) if gathered else q_ref[...]
+  table_row = _table_row(plan, table_ref)
+  if gathered:
+    b = pl.program_id(0)
+    q = _gather_rows(target, q_ref, q_idx_ref, b, q_start, bq, bufs[0])
+    load_k = lambda start: _gather_rows(target, k_ref, kv_idx_ref, b, start, bk, bufs[1])
+    load_v = lambda start: _gather_rows(target, v_ref, kv_idx_ref, b, start, bk, bufs[2])
+  else:
+    q = q_ref[...]
+    load_k = lambda start: _rows(k_ref, start, bk)
+    load_v = lambda start: _rows(v_ref, start, bk)
 
   def body(j, carry):
     k_start = j * bk
@@ -162,8 +195,7 @@ def _fwd_kernel(*refs, plan, scale, gathered):
     def update(masked):
       def step(carry):
         m, l, acc = carry
-        k = _rows(k_ref, k_start, bk, kv_idx_ref)
-        v = _rows(v_ref, k_start, bk, kv_idx_ref)
+        k, v = load_k(k_start), load_v(k_start)
         s = _masked_logits(plan, mask_refs, _dot_nt(q, k) * scale, q_start, k_start, masked)
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -174,7 +206,7 @@ def _fwd_kernel(*refs, plan, scale, gathered):
         return m_new, l, acc
       return step
 
-    return _by_state(plan, table_ref[j], update, carry)
+    return _by_state(plan, table_row(j), update, carry)
 
   d = q.shape[-1]
   init = (jnp.full((bq, 1), -jnp.inf, jnp.float32), jnp.zeros((bq, 1), jnp.float32),
@@ -186,40 +218,43 @@ def _fwd_kernel(*refs, plan, scale, gathered):
   lse_ref[...] = jnp.where(empty, jnp.inf, jnp.where(m == -jnp.inf, 0.0, m) + jnp.log(l))
 
 
-def _dq_kernel(*refs, plan, scale):
+def _dq_kernel(*refs, plan, target, scale):
+  del target
   n_mask = sum(bt.arrays_per_kind(k) for k in plan.kinds)
   table_ref, mask_refs = refs[0], refs[1:1 + n_mask]
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[1 + n_mask:]
   bq, bk = plan.block_q, plan.block_k
   q_start = pl.program_id(2) * bq
   q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+  table_row = _table_row(plan, table_ref)
 
   def body(j, dq):
     k_start = j * bk
 
     def update(masked):
       def step(dq):
-        k = k_ref[pl.ds(k_start, bk), :]
-        v = v_ref[pl.ds(k_start, bk), :]
+        k, v = _rows(k_ref, k_start, bk), _rows(v_ref, k_start, bk)
         s = _masked_logits(plan, mask_refs, _dot_nt(q, k) * scale, q_start, k_start, masked)
         p = jnp.exp(s - lse)
         ds = p * (_dot_nt(do, v) - delta)
         return dq + _dot_nn(ds.astype(k.dtype), k)
       return step
 
-    return _by_state(plan, table_ref[j], update, dq)
+    return _by_state(plan, table_row(j), update, dq)
 
   dq = lax.fori_loop(0, plan.nk, body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(*refs, plan, scale):
+def _dkv_kernel(*refs, plan, target, scale):
+  del target
   n_mask = sum(bt.arrays_per_kind(k) for k in plan.kinds)
   table_t_ref, mask_refs = refs[0], refs[1:1 + n_mask]
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[1 + n_mask:]
   bq, bk = plan.block_q, plan.block_k
   k_start = pl.program_id(2) * bk
   k, v = k_ref[...], v_ref[...]
+  table_row = _table_row(plan, table_t_ref)
 
   def body(i, carry):
     q_start = i * bq
@@ -227,10 +262,8 @@ def _dkv_kernel(*refs, plan, scale):
     def update(masked):
       def step(carry):
         dk, dv = carry
-        q = q_ref[pl.ds(q_start, bq), :]
-        do = do_ref[pl.ds(q_start, bq), :]
-        lse = lse_ref[pl.ds(q_start, bq), :]
-        delta = delta_ref[pl.ds(q_start, bq), :]
+        q, do = _rows(q_ref, q_start, bq), _rows(do_ref, q_start, bq)
+        lse, delta = _rows(lse_ref, q_start, bq), _rows(delta_ref, q_start, bq)
         s = _masked_logits(plan, mask_refs, _dot_nt(q, k) * scale, q_start, k_start, masked)
         p = jnp.exp(s - lse)
         dv = dv + _dot_tn(p.astype(do.dtype), do)
@@ -239,7 +272,7 @@ def _dkv_kernel(*refs, plan, scale):
         return dk, dv
       return step
 
-    return _by_state(plan, table_t_ref[i], update, carry)
+    return _by_state(plan, table_row(i), update, carry)
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   dk, dv = lax.fori_loop(0, plan.nq, body, (zeros, zeros))
@@ -255,23 +288,18 @@ def _seq_spec(target, rows, d, outer):
   """BlockSpec for a [B, H, S, D] / [B, S, H, D] array: `rows` rows at the outer block (or all)."""
   if target.layout == "bhsd":
     if outer:
-      return pl.BlockSpec((None, None, rows, d), lambda b, h, i: (b, h, i, 0))
-    return pl.BlockSpec((None, None, rows, d), lambda b, h, i: (b, h, 0, 0))
+      return pl.BlockSpec((None, None, rows, d), lambda b, h, i, *_: (b, h, i, 0))
+    return pl.BlockSpec((None, None, rows, d), lambda b, h, i, *_: (b, h, 0, 0))
   if outer:
-    return pl.BlockSpec((None, rows, None, d), lambda b, h, i: (b, i, h, 0))
-  return pl.BlockSpec((None, rows, None, d), lambda b, h, i: (b, 0, h, 0))
+    return pl.BlockSpec((None, rows, None, d), lambda b, h, i, *_: (b, i, h, 0))
+  return pl.BlockSpec((None, rows, None, d), lambda b, h, i, *_: (b, 0, h, 0))
 
 
 def _row_stat_spec(rows, outer):
   """BlockSpec for the [B, H, S, 1] float32 row statistics (lse, delta)."""
   if outer:
-    return pl.BlockSpec((None, None, rows, 1), lambda b, h, i: (b, h, i, 0))
-  return pl.BlockSpec((None, None, rows, 1), lambda b, h, i: (b, h, 0, 0))
-
-
-def _table_spec(target, batched, n_inner):
-  kwargs = {"memory_space": pltpu.SMEM} if target.name == "tpu" else {}
-  return pl.BlockSpec((None, None, n_inner), lambda b, h, i: (b if batched else 0, i, 0), **kwargs)
+    return pl.BlockSpec((None, None, rows, 1), lambda b, h, i, *_: (b, h, i, 0))
+  return pl.BlockSpec((None, None, rows, 1), lambda b, h, i, *_: (b, h, 0, 0))
 
 
 def _mask_specs(plan):
@@ -279,10 +307,10 @@ def _mask_specs(plan):
   for kind in plan.kinds:
     if kind.kind == "block":
       specs.append(pl.BlockSpec((None, kind.groups_q, kind.groups_k),
-                                lambda b, h, i, _bt=kind.batched: (b if _bt else 0, 0, 0)))
+                                lambda b, h, i, *_, _bt=kind.batched: (b if _bt else 0, 0, 0)))
     elif kind.kind == "segment":
-      specs.append(pl.BlockSpec((None, plan.sq_pad, 1), lambda b, h, i: (b, 0, 0)))
-      specs.append(pl.BlockSpec((None, 1, plan.sk_pad), lambda b, h, i: (b, 0, 0)))
+      specs.append(pl.BlockSpec((None, plan.sq_pad, 1), lambda b, h, i, *_: (b, 0, 0)))
+      specs.append(pl.BlockSpec((None, 1, plan.sk_pad), lambda b, h, i, *_: (b, 0, 0)))
   return specs
 
 
@@ -301,10 +329,23 @@ def _dims(target, x):
   return b, h, s, d
 
 
-def _call(kernel, target, grid, in_specs, out_specs, out_shape, name):
-  return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                        out_shape=out_shape, interpret=target.interpret, name=name,
-                        compiler_params=None if target.interpret else _compiler_params(target))
+def _call(kernel, target, grid, prefetch, in_specs, out_specs, out_shape, name, scratch=()):
+  """pallas_call with small int arrays `prefetch` (block table, gather indices) passed first.
+
+  TPU: scalar prefetch into SMEM (kernel and index maps see them first). GPU: ordinary whole-array
+  inputs in the same leading positions, so the kernel body is the same.
+  """
+  params = None if target.interpret else _compiler_params(target)
+  if target.name == "tpu":
+    grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=len(prefetch), grid=grid,
+                                             in_specs=in_specs, out_specs=out_specs,
+                                             scratch_shapes=scratch)
+  else:
+    whole = [pl.BlockSpec(x.shape, lambda *_, n=x.ndim: (0,) * n) for x in prefetch]
+    grid_spec = pl.GridSpec(grid=grid, in_specs=[*whole, *in_specs], out_specs=out_specs)
+  fn = pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_shape,
+                      interpret=target.interpret, name=name, compiler_params=params)
+  return lambda *args: fn(*prefetch, *args)
 
 
 def _forward(plan, target, scale, table, arrays, q, k, v, idx=None):
@@ -313,25 +354,22 @@ def _forward(plan, target, scale, table, arrays, q, k, v, idx=None):
   gathered = idx is not None
   q_rows = q.shape[2 if target.layout == "bhsd" else 1]
   k_rows = k.shape[2 if target.layout == "bhsd" else 1]
-  in_specs = [_table_spec(target, plan.batched_table, plan.nk)]
-  inputs = [table]
-  if gathered:
-    in_specs += [pl.BlockSpec((None, plan.sq_pad), lambda b, h, i: (b, 0)),
-                 pl.BlockSpec((None, plan.sk_pad), lambda b, h, i: (b, 0))]
-    inputs += list(idx)
-  in_specs += _mask_specs(plan)
-  in_specs += [_seq_spec(target, q_rows if gathered else plan.block_q, d, outer=not gathered),
-               _seq_spec(target, k_rows, d, outer=False), _seq_spec(target, k_rows, d, outer=False)]
-  if target.layout == "bhsd":
-    o_shape = (b, h, plan.sq_pad, d)
-  else:
-    o_shape = (b, plan.sq_pad, h, d)
+  prefetch = [table, *idx] if gathered else [table]
+  in_specs = [*_mask_specs(plan),
+              _seq_spec(target, q_rows if gathered else plan.block_q, d, outer=not gathered),
+              _seq_spec(target, k_rows, d, outer=False), _seq_spec(target, k_rows, d, outer=False)]
+  o_shape = (b, h, plan.sq_pad, d) if target.layout == "bhsd" else (b, plan.sq_pad, h, d)
   out_shape = [jax.ShapeDtypeStruct(o_shape, q.dtype),
                jax.ShapeDtypeStruct((b, h, plan.sq_pad, 1), jnp.float32)]
   out_specs = [_seq_spec(target, plan.block_q, d, outer=True), _row_stat_spec(plan.block_q, True)]
-  kernel = functools.partial(_fwd_kernel, plan=plan, scale=scale, gathered=gathered)
-  return _call(kernel, target, (b, h, plan.nq), in_specs, out_specs, out_shape,
-               "wm_flash_fwd_gathered" if gathered else "wm_flash_fwd")(*inputs, *arrays, q, k, v)
+  scratch = ()
+  if gathered and target.name == "tpu":
+    scratch = [pltpu.VMEM((n, d), q.dtype) for n in (plan.block_q, plan.block_k, plan.block_k)]
+  kernel = functools.partial(_fwd_kernel, plan=plan, target=target, scale=scale,
+                             gathered=gathered)
+  name = "wm_flash_fwd_gathered" if gathered else "wm_flash_fwd"
+  return _call(kernel, target, (b, h, plan.nq), prefetch, in_specs, out_specs, out_shape, name,
+               scratch)(*arrays, q, k, v)
 
 
 def _backward(plan, target, scale, table, arrays, q, k, v, o, lse, do):
@@ -340,22 +378,22 @@ def _backward(plan, target, scale, table, arrays, q, k, v, o, lse, do):
   delta = (delta if target.layout == "bhsd" else jnp.swapaxes(delta, 1, 2))[..., None]
   mask_specs = _mask_specs(plan)
   dq = _call(
-      functools.partial(_dq_kernel, plan=plan, scale=scale), target, (b, h, plan.nq),
-      [_table_spec(target, plan.batched_table, plan.nk), *mask_specs,
-       _seq_spec(target, plan.block_q, d, True), _seq_spec(target, plan.sk_pad, d, False),
+      functools.partial(_dq_kernel, plan=plan, target=target, scale=scale), target,
+      (b, h, plan.nq), [table],
+      [*mask_specs, _seq_spec(target, plan.block_q, d, True), _seq_spec(target, plan.sk_pad, d, False),
        _seq_spec(target, plan.sk_pad, d, False), _seq_spec(target, plan.block_q, d, True),
        _row_stat_spec(plan.block_q, True), _row_stat_spec(plan.block_q, True)],
       _seq_spec(target, plan.block_q, d, True), jax.ShapeDtypeStruct(q.shape, q.dtype),
-      "wm_flash_dq")(table, *arrays, q, k, v, do, lse, delta)
+      "wm_flash_dq")(*arrays, q, k, v, do, lse, delta)
   dk, dv = _call(
-      functools.partial(_dkv_kernel, plan=plan, scale=scale), target, (b, h, plan.nk),
-      [_table_spec(target, plan.batched_table, plan.nq), *mask_specs,
-       _seq_spec(target, plan.sq_pad, d, False), _seq_spec(target, plan.block_k, d, True),
+      functools.partial(_dkv_kernel, plan=plan, target=target, scale=scale), target,
+      (b, h, plan.nk), [bt.transpose_table(table)],
+      [*mask_specs, _seq_spec(target, plan.sq_pad, d, False), _seq_spec(target, plan.block_k, d, True),
        _seq_spec(target, plan.block_k, d, True), _seq_spec(target, plan.sq_pad, d, False),
        _row_stat_spec(plan.sq_pad, False), _row_stat_spec(plan.sq_pad, False)],
       [_seq_spec(target, plan.block_k, d, True)] * 2,
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      "wm_flash_dkv")(bt.transpose_table(table), *arrays, q, k, v, do, lse, delta)
+      "wm_flash_dkv")(*arrays, q, k, v, do, lse, delta)
   return dq, dk, dv
 
 
