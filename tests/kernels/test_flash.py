@@ -106,6 +106,37 @@ def test_under_shard_map_on_8_device_mesh(cpu_devices):
   assert got[0].sharding.spec == P(("data", "fsdp"), None, "tensor", None)
 
 
+def test_inside_a_callers_shard_map(cpu_devices):
+  """Called inside shard_map (manual axes) the kernel runs on the local shard, no nested map.
+
+  JAX's Pallas interpreter does not track varying manual axes, so the interpreted run needs
+  check_vma=False; the Mosaic and Triton lowerings are checked with check_vma=True (the kernels
+  declare their outputs as varying like their inputs).
+  """
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Explicit,) * 3,
+                       devices=cpu_devices)
+  spec = P(("data", "fsdp"), None, "tensor", None)
+  q, k, v = _qkv(4, 11, 11, 2, 8, seed=8)
+  mask = attn.BlockCausal(2)
+  inner = lambda q, k, v: attn.attention(q, k, v, mask=mask, impl="pallas_interpret")
+  fn = jax.shard_map(inner, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)
+  with jax.set_mesh(mesh):
+    out = _jit(fn)(*(jax.device_put(x, NamedSharding(mesh, spec)) for x in (q, k, v)))
+  want = attn.xla_attention(q, k, v, mask=mask)
+  np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+
+  x = jax.ShapeDtypeStruct((8, 256, 4, 64), jnp.bfloat16, sharding=NamedSharding(mesh, spec))
+  for platform, name in (("tpu", "tpu"), ("cuda", "gpu")):
+    def per_shard(q, k, v, name=name):
+      target = flash.make_target(name, 256, 256)
+      o, vjp = jax.vjp(lambda q, k, v: flash.flash_attention(q, k, v, mask=mask, target=target),
+                       q, k, v)
+      return o, vjp(o)
+    f = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec, (spec,) * 3))
+    with jax.set_mesh(mesh):
+      jax.jit(f).trace(x, x, x).lower(lowering_platforms=(platform,))
+
+
 @pytest.mark.parametrize("target", ["tpu", "gpu"], ids=["row_copies", "vector_loads"])
 def test_gathered_equals_gather_then_reference(target):
   """Row-wise kept tokens (3 rows x 5 of 8 columns) read through indices inside the kernel.

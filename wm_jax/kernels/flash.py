@@ -321,6 +321,11 @@ def _compiler_params(target):
   return pl_triton.CompilerParams(num_warps=4, num_stages=2)
 
 
+def _sds(shape, dtype, like):
+  """Output ShapeDtypeStruct varying over the same manual mesh axes as `like` (for shard_map)."""
+  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.typeof(like).mat)
+
+
 def _dims(target, x):
   """(B, H, S, D) of an array in the target layout."""
   if target.layout == "bhsd":
@@ -359,8 +364,7 @@ def _forward(plan, target, scale, table, arrays, q, k, v, idx=None):
               _seq_spec(target, q_rows if gathered else plan.block_q, d, outer=not gathered),
               _seq_spec(target, k_rows, d, outer=False), _seq_spec(target, k_rows, d, outer=False)]
   o_shape = (b, h, plan.sq_pad, d) if target.layout == "bhsd" else (b, plan.sq_pad, h, d)
-  out_shape = [jax.ShapeDtypeStruct(o_shape, q.dtype),
-               jax.ShapeDtypeStruct((b, h, plan.sq_pad, 1), jnp.float32)]
+  out_shape = [_sds(o_shape, q.dtype, q), _sds((b, h, plan.sq_pad, 1), jnp.float32, q)]
   out_specs = [_seq_spec(target, plan.block_q, d, outer=True), _row_stat_spec(plan.block_q, True)]
   scratch = ()
   if gathered and target.name == "tpu":
@@ -383,7 +387,7 @@ def _backward(plan, target, scale, table, arrays, q, k, v, o, lse, do):
       [*mask_specs, _seq_spec(target, plan.block_q, d, True), _seq_spec(target, plan.sk_pad, d, False),
        _seq_spec(target, plan.sk_pad, d, False), _seq_spec(target, plan.block_q, d, True),
        _row_stat_spec(plan.block_q, True), _row_stat_spec(plan.block_q, True)],
-      _seq_spec(target, plan.block_q, d, True), jax.ShapeDtypeStruct(q.shape, q.dtype),
+      _seq_spec(target, plan.block_q, d, True), _sds(q.shape, q.dtype, q),
       "wm_flash_dq")(*arrays, q, k, v, do, lse, delta)
   dk, dv = _call(
       functools.partial(_dkv_kernel, plan=plan, target=target, scale=scale), target,
@@ -392,7 +396,7 @@ def _backward(plan, target, scale, table, arrays, q, k, v, o, lse, do):
        _seq_spec(target, plan.block_k, d, True), _seq_spec(target, plan.sq_pad, d, False),
        _row_stat_spec(plan.sq_pad, False), _row_stat_spec(plan.sq_pad, False)],
       [_seq_spec(target, plan.block_k, d, True)] * 2,
-      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      [_sds(k.shape, k.dtype, k), _sds(v.shape, v.dtype, v)],
       "wm_flash_dkv")(*arrays, q, k, v, do, lse, delta)
   return dq, dk, dv
 

@@ -5,7 +5,8 @@ with specs from the logical axis rules (wm_jax/parallel/rules.py): q/k/v [B, S, 
 ('batch', None, 'heads', None) -> batch over ('data', 'fsdp'), heads over 'tensor'. Mask arrays
 with a batch dim (SegmentIds, a batched BlockMask table, gather indices) follow the batch;
 unbatched tables are replicated. The sequence stays whole on every shard (a 'context'-sharded
-sequence is gathered; ring attention is not implemented). Without a mesh the kernel runs as is.
+sequence is gathered; ring attention is not implemented). Without a mesh, or when called inside
+a caller's shard_map (manual axes), the kernel runs as is on the local data.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ QKV_AXES = ("batch", None, "heads", None)
 
 
 def current_mesh():
+  """The mesh to split over: None without one, or inside a shard_map (data already per shard)."""
   mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh is None or mesh.empty else mesh
+  if mesh is None or mesh.empty or mesh._any_axis_manual:  # pylint: disable=protected-access
+    return None
+  return mesh
 
 
 def _shards(mesh, spec_entry):
