@@ -91,7 +91,9 @@ def _needs_backend(name):
 def _splash_limits(q, k, mask):
   itemsize = jnp.dtype(q.dtype).itemsize
   rows = max(q.shape[1], k.shape[1]) + 128
-  need = 2 * 2 * rows * q.shape[-1] * itemsize  # two resident arrays, double-buffered
+  # Resident per head, double-buffered: two [S, D] arrays (K/V, or Q/dO in the dkv kernel) and
+  # two [S, 1] float32 row statistics, which VMEM pads to 128 lanes.
+  need = 2 * rows * (2 * q.shape[-1] * itemsize + 2 * 128 * 4)
   if need > TPU_VMEM_BUDGET_BYTES:
     return (f"sequence {max(q.shape[1], k.shape[1])} x head_dim {q.shape[-1]} needs ~{need >> 20} "
             f"MiB of VMEM, over the {TPU_VMEM_BUDGET_BYTES >> 20} MiB budget of the resident-"
