@@ -17,7 +17,10 @@ forward saves the per-row log-sum-exp; the backward recomputes the probabilities
 kernels: dq (loop over kv blocks) and dk/dv (loop over q blocks, with the transposed table).
 
 `flash_attention_gathered` reads q/k/v rows through index arrays (the kept tokens of the
-row-wise masked training path), so the gathered copy is never written to memory in the forward.
+row-wise masked training path), so the gathered copy is never written to HBM in the forward. GPU:
+vector-indexed loads from HBM. TPU: indices are scalar-prefetched into SMEM and rows are copied
+into VMEM (q rows per q block; K/V rows once per (batch, head), reused by every q block). The
+backward gathers with XLA (it reads the rows twice) and scatter-adds the gradients.
 """
 
 from __future__ import annotations
@@ -147,21 +150,18 @@ def _rows(ref, start, size):
   return ref[pl.ds(pl.multiple_of(start, size), size), :]
 
 
-def _gather_rows(target, ref, idx_ref, b, start, size, buf_ref):
-  """Rows idx_ref[b, start: start + size] of a [S, D] ref (the gathered loads).
+def _gather_rows(ref, idx_ref, b, start, size):
+  """GPU: rows idx_ref[b, start: start + size] of a [S, D] ref in one vector-indexed load."""
+  return ref[idx_ref[b, pl.ds(start, size)], :]
 
-  GPU: one vector-indexed load. TPU: the indices sit in SMEM (scalar prefetch) and the rows are
-  copied one by one into a VMEM buffer. (b: the batch program id, read at the kernel's top level.)
-  """
-  if target.name != "tpu":
-    return ref[idx_ref[b, pl.ds(start, size)], :]
 
+def _copy_rows(ref, idx_ref, b, start, size, buf_ref):
+  """TPU: the same rows copied one by one (indices in SMEM) into the VMEM buffer buf_ref."""
   def copy(r, _):
     buf_ref[pl.ds(r, 1), :] = ref[pl.ds(idx_ref[b, start + r], 1), :]
     return 0
 
   lax.fori_loop(0, size, copy, 0)
-  return buf_ref[...]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,15 +175,29 @@ def _fwd_kernel(*refs, plan, target, scale, gathered):
     q_idx_ref, kv_idx_ref, refs = refs[0], refs[1], refs[2:]
   mask_refs, refs = refs[:n_mask], refs[n_mask:]
   q_ref, k_ref, v_ref, o_ref, lse_ref = refs[:5]
-  bufs = refs[5:] if target.name == "tpu" and gathered else (None, None, None)
   bq, bk = plan.block_q, plan.block_k
   q_start = pl.program_id(2) * bq
   table_row = _table_row(plan, table_ref)
-  if gathered:
+  if gathered and target.name == "tpu":
+    # Kept q rows per q block; kept K/V rows once per (batch, head), at the first q block (the
+    # q axis is sequential for this kernel), into VMEM buffers reused by the later q blocks.
     b = pl.program_id(0)
-    q = _gather_rows(target, q_ref, q_idx_ref, b, q_start, bq, bufs[0])
-    load_k = lambda start: _gather_rows(target, k_ref, kv_idx_ref, b, start, bk, bufs[1])
-    load_v = lambda start: _gather_rows(target, v_ref, kv_idx_ref, b, start, bk, bufs[2])
+    q_buf, k_buf, v_buf = refs[5:]
+    _copy_rows(q_ref, q_idx_ref, b, q_start, bq, q_buf)
+    q = q_buf[...]
+
+    @pl.when(pl.program_id(2) == 0)
+    def _():
+      _copy_rows(k_ref, kv_idx_ref, b, 0, plan.sk_pad, k_buf)
+      _copy_rows(v_ref, kv_idx_ref, b, 0, plan.sk_pad, v_buf)
+
+    load_k = lambda start: _rows(k_buf, start, bk)
+    load_v = lambda start: _rows(v_buf, start, bk)
+  elif gathered:
+    b = pl.program_id(0)
+    q = _gather_rows(q_ref, q_idx_ref, b, q_start, bq)
+    load_k = lambda start: _gather_rows(k_ref, kv_idx_ref, b, start, bk)
+    load_v = lambda start: _gather_rows(v_ref, kv_idx_ref, b, start, bk)
   else:
     q = q_ref[...]
     load_k = lambda start: _rows(k_ref, start, bk)
@@ -314,9 +328,10 @@ def _mask_specs(plan):
   return specs
 
 
-def _compiler_params(target):
+def _compiler_params(target, sequential_outer=False):
   if target.name == "tpu":
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
+    outer = "arbitrary" if sequential_outer else "parallel"
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", outer))
   from jax.experimental.pallas import triton as pl_triton  # pylint: disable=g-import-not-at-top
   return pl_triton.CompilerParams(num_warps=4, num_stages=2)
 
@@ -334,13 +349,14 @@ def _dims(target, x):
   return b, h, s, d
 
 
-def _call(kernel, target, grid, prefetch, in_specs, out_specs, out_shape, name, scratch=()):
+def _call(kernel, target, grid, prefetch, in_specs, out_specs, out_shape, name, scratch=(),
+          sequential_outer=False):
   """pallas_call with small int arrays `prefetch` (block table, gather indices) passed first.
 
   TPU: scalar prefetch into SMEM (kernel and index maps see them first). GPU: ordinary whole-array
   inputs in the same leading positions, so the kernel body is the same.
   """
-  params = None if target.interpret else _compiler_params(target)
+  params = None if target.interpret else _compiler_params(target, sequential_outer)
   if target.name == "tpu":
     grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=len(prefetch), grid=grid,
                                              in_specs=in_specs, out_specs=out_specs,
@@ -368,12 +384,12 @@ def _forward(plan, target, scale, table, arrays, q, k, v, idx=None):
   out_specs = [_seq_spec(target, plan.block_q, d, outer=True), _row_stat_spec(plan.block_q, True)]
   scratch = ()
   if gathered and target.name == "tpu":
-    scratch = [pltpu.VMEM((n, d), q.dtype) for n in (plan.block_q, plan.block_k, plan.block_k)]
+    scratch = [pltpu.VMEM((n, d), q.dtype) for n in (plan.block_q, plan.sk_pad, plan.sk_pad)]
   kernel = functools.partial(_fwd_kernel, plan=plan, target=target, scale=scale,
                              gathered=gathered)
   name = "wm_flash_fwd_gathered" if gathered else "wm_flash_fwd"
   return _call(kernel, target, (b, h, plan.nq), prefetch, in_specs, out_specs, out_shape, name,
-               scratch)(*arrays, q, k, v)
+               scratch, sequential_outer=gathered)(*arrays, q, k, v)
 
 
 def _backward(plan, target, scale, table, arrays, q, k, v, o, lse, do):
