@@ -148,15 +148,16 @@ def run(args):
       for impl in impls:
         q_shape = jax.ShapeDtypeStruct((n, sq, heads, dim), dtype)
         try:
-          attn.resolve_impl(impl, q_shape, q_shape, mask, gathered=keep is not None)
+          attn.resolve_impl(impl, q_shape, q_shape, mask)
         except ValueError as e:
           yield {**base, "impl": impl, "skipped": str(e)}
           continue
         # spatial_masked: kernels both with the gather folded into their loads and after an XLA
         # gather (the comparison issue 6 asks for); xla always gathers first.
-        variants = [True, False] if keep is not None and impl != "xla" else [True]
+        kernel = impl in attn.PALLAS
+        variants = [True, False] if keep is not None and kernel else [True]
         for fused in variants:
-          loads = None if keep is None else ("gathered_in_kernel" if fused and impl != "xla"
+          loads = None if keep is None else ("gathered_in_kernel" if fused and kernel
                                              else "xla_gather_first")
           print(f"[attention] {config_name}/{case} {impl} {loads or ''}: {n} x {sq}x{sk} tokens",
                 flush=True)

@@ -151,8 +151,11 @@ def _warn_once(reason):
     logging.warning("attention falls back to XLA: %s", reason)
 
 
-def resolve_impl(impl: str, q, k, mask: MaskSpec = None, *, gathered: bool = False) -> str:
-  """The impl that will run: checks an explicit impl, picks and falls back for 'auto'."""
+def resolve_impl(impl: str, q, k, mask: MaskSpec = None) -> str:
+  """The impl that will run: checks an explicit impl, picks and falls back for 'auto'.
+
+  q, k: arrays or ShapeDtypeStructs [B, S, H, D] (for attention_gathered: the gathered shapes).
+  """
   if impl != "auto" and impl not in LIMITS:
     raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(LIMITS)} or 'auto'")
   explicit = impl != "auto"
@@ -161,8 +164,6 @@ def resolve_impl(impl: str, q, k, mask: MaskSpec = None, *, gathered: bool = Fal
     if max(q.shape[1], k.shape[1]) < AUTO_MIN_SEQ:
       impl = "xla"
   reason = LIMITS[impl](q, k, mask)
-  if reason is None and gathered and impl == "cudnn":
-    reason = "cuDNN has no gathered-load variant"
   if reason is None and impl in PALLAS:
     reason = sharded.unsupported_reason(q, mask)
   if reason is None:
@@ -210,7 +211,8 @@ def attention_gathered(q_full, k_full, v_full, keep_idx, *, kv_idx=None, mask: M
 
   Equals attention(take(q_full, keep_idx), take(k_full, kv_idx), take(v_full, kv_idx)) -> [B, K,
   H, D]; kv_idx defaults to keep_idx; `mask` is in gathered coordinates. The Pallas impls read
-  the rows through the indices inside the kernel (no gathered copy in memory); xla gathers first.
+  the rows through the indices inside the kernel (no gathered copy in memory); xla and cudnn
+  gather first.
   """
   _check_shapes(q_full, k_full, v_full)
   kv_idx = keep_idx if kv_idx is None else kv_idx
@@ -222,7 +224,7 @@ def attention_gathered(q_full, k_full, v_full, keep_idx, *, kv_idx=None, mask: M
   q_shape = jax.ShapeDtypeStruct((batch, keep_idx.shape[1]) + q_full.shape[2:], q_full.dtype)
   k_shape = jax.ShapeDtypeStruct((batch, kv_idx.shape[1]) + k_full.shape[2:], k_full.dtype)
   masks_lib.validate(mask, batch, keep_idx.shape[1], kv_idx.shape[1])
-  impl = resolve_impl(impl, q_shape, k_shape, mask, gathered=True)
+  impl = resolve_impl(impl, q_shape, k_shape, mask)
   if impl in ("xla", "cudnn"):
     return attention(take(q_full, keep_idx), take(k_full, kv_idx), take(v_full, kv_idx), mask=mask,
                      impl=impl, scale=scale)
