@@ -105,6 +105,19 @@ def test_under_shard_map_on_8_device_mesh(cpu_devices):
   _assert_close(got, want)
   assert got[0].sharding.spec == P(("data", "fsdp"), None, "tensor", None)
 
+  # the gathered variant: indices [B, K] split over the batch like q (forward only)
+  rng = np.random.default_rng(9)
+  keep_idx = jnp.asarray(np.stack([np.sort(rng.permutation(s)[:13]) for _ in range(b)]),
+                         jnp.int32)
+  fn = lambda q, k, v: attn.attention_gathered(q, k, v, keep_idx, mask=attn.BlockCausal(3),
+                                               impl="pallas_interpret", block_sizes=(8, 8))
+  with jax.set_mesh(mesh):
+    assert "shard_map" in str(jax.make_jaxpr(fn)(q, k, v))
+    out = _jit(fn)(q, k, v)
+  take = lambda x: jnp.take_along_axis(x, keep_idx[:, :, None, None], axis=1)
+  want = attn.xla_attention(take(q), take(k), take(v), mask=attn.BlockCausal(3))
+  np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+
 
 def test_inside_a_callers_shard_map(cpu_devices):
   """Called inside shard_map (manual axes) the kernel runs on the local shard, no nested map.
