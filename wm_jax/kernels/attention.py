@@ -30,7 +30,9 @@ from absl import logging
 from wm_jax.kernels import flash
 from wm_jax.kernels import masks as masks_lib
 from wm_jax.kernels import sharded
-from wm_jax.kernels.masks import BlockCausal, BlockMask, MaskSpec, SegmentIds, dense_mask  # noqa: F401  (public API)
+# Public API: the mask specs live in masks.py and are re-exported here.
+from wm_jax.kernels.masks import (  # noqa: F401
+    BlockCausal, BlockMask, MaskSpec, SegmentIds, dense_mask)
 
 # Backend -> impl 'auto' picks for long sequences; shorter ones (and CPU) use XLA. The threshold is
 # a guess until tools/bench.py attention has been run on the hardware (see README).
@@ -240,7 +242,7 @@ def attention_gathered(q_full, k_full, v_full, keep_idx, *, kv_idx=None, mask: M
 
 
 def row_keep_to_flat(keep_idx, width: int):
-  """Row-wise kept columns [..., h, K] -> flat token indices [..., h*K] into a row-major h*W grid."""
+  """Row-wise kept columns [..., h, K] -> flat indices [..., h*K] into a row-major h x W token grid."""
   rows = jnp.arange(keep_idx.shape[-2], dtype=jnp.int32)[:, None] * width
   return (keep_idx.astype(jnp.int32) + rows).reshape(*keep_idx.shape[:-2], -1)
 

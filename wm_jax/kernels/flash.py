@@ -400,16 +400,18 @@ def _backward(plan, target, scale, table, arrays, q, k, v, o, lse, do):
   dq = _call(
       functools.partial(_dq_kernel, plan=plan, target=target, scale=scale), target,
       (b, h, plan.nq), [table],
-      [*mask_specs, _seq_spec(target, plan.block_q, d, True), _seq_spec(target, plan.sk_pad, d, False),
-       _seq_spec(target, plan.sk_pad, d, False), _seq_spec(target, plan.block_q, d, True),
+      [*mask_specs, _seq_spec(target, plan.block_q, d, True),
+       _seq_spec(target, plan.sk_pad, d, False), _seq_spec(target, plan.sk_pad, d, False),
+       _seq_spec(target, plan.block_q, d, True),
        _row_stat_spec(plan.block_q, True), _row_stat_spec(plan.block_q, True)],
       _seq_spec(target, plan.block_q, d, True), _sds(q.shape, q.dtype, q),
       "wm_flash_dq")(*arrays, q, k, v, do, lse, delta)
   dk, dv = _call(
       functools.partial(_dkv_kernel, plan=plan, target=target, scale=scale), target,
       (b, h, plan.nk), [bt.transpose_table(table)],
-      [*mask_specs, _seq_spec(target, plan.sq_pad, d, False), _seq_spec(target, plan.block_k, d, True),
-       _seq_spec(target, plan.block_k, d, True), _seq_spec(target, plan.sq_pad, d, False),
+      [*mask_specs, _seq_spec(target, plan.sq_pad, d, False),
+       _seq_spec(target, plan.block_k, d, True), _seq_spec(target, plan.block_k, d, True),
+       _seq_spec(target, plan.sq_pad, d, False),
        _row_stat_spec(plan.sq_pad, False), _row_stat_spec(plan.sq_pad, False)],
       [_seq_spec(target, plan.block_k, d, True)] * 2,
       [_sds(k.shape, k.dtype, k), _sds(v.shape, v.dtype, v)],
