@@ -242,7 +242,7 @@ def attention_gathered(q_full, k_full, v_full, keep_idx, *, kv_idx=None, mask: M
 
 
 def row_keep_to_flat(keep_idx, width: int):
-  """Row-wise kept columns [..., h, K] -> flat indices [..., h*K] into a row-major h x W token grid."""
+  """Row-wise kept columns [..., h, K] -> flat indices [..., h*K] of a row-major h x W grid."""
   rows = jnp.arange(keep_idx.shape[-2], dtype=jnp.int32)[:, None] * width
   return (keep_idx.astype(jnp.int32) + rows).reshape(*keep_idx.shape[:-2], -1)
 
