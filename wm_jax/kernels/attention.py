@@ -1,87 +1,45 @@
-"""One attention entry for every attention in wm_jax, and the XLA reference it dispatches to.
+"""One attention entry for every attention in wm_jax, the XLA reference, and the impl dispatch.
 
 Layout: q [B, Sq, H, D], k and v [B, Sk, H, D] (channels last, heads before head dim).
-Masks are described, never materialised by the caller as a dense [Sq, Sk] array:
+Masks are described, never materialised by the caller as a dense [Sq, Sk] array (see
+wm_jax/kernels/masks.py): BlockMask (camera adjacency of cross-view rows), SegmentIds (padding),
+BlockCausal (frame-causal). `mask` may be None, one spec, or a tuple of specs (all must allow).
+Softmax runs in float32; a query row with no allowed key returns zeros.
 
-  BlockMask(block_size, allowed)  tokens come in contiguous groups of `block_size` (e.g. one view's
-                                  row of tokens); q group i may attend to kv group j iff
-                                  allowed[..., i, j]. `allowed` is [G, G] or [B, G, G] bool. This is
-                                  the camera-adjacency mask of row-wise cross-view attention.
-  SegmentIds(q, kv)               [B, Sq] / [B, Sk] ints; attend only where the ids are equal
-                                  (padding gets an id no query has).
-  BlockCausal(block_size)         q block i attends to kv blocks 0..i (frame-causal generation).
+impl:
+  xla               the reference below (dense logits; any mask, any backend)
+  splash            Pallas TPU (Mosaic) flash kernel, wm_jax/kernels/flash.py, under shard_map
+  gpu               the same kernel body lowered by Pallas Triton, under shard_map
+  cudnn             jax.nn.dot_product_attention(implementation='cudnn'): no mask or token-causal,
+                    fp16/bf16 only
+  pallas_interpret  the TPU kernel in interpret mode (any backend; what the CPU tests run)
+  auto              AUTO[backend] for sequences >= AUTO_MIN_SEQ, else xla; when the picked impl
+                    cannot do the mask/shape, falls back to xla with one warning per reason.
 
-`mask` may be None, one spec, or a tuple of specs (all must allow). Softmax runs in float32; a
-query row with no allowed key returns zeros.
+An impl requested explicitly that cannot do the call raises ValueError naming the reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence, Union
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
+from wm_jax.kernels import flash
+from wm_jax.kernels import masks as masks_lib
+from wm_jax.kernels import sharded
+# Public API: the mask specs live in masks.py and are re-exported here.
+from wm_jax.kernels.masks import (  # noqa: F401
+    BlockCausal, BlockMask, MaskSpec, SegmentIds, dense_mask)
 
-@dataclasses.dataclass(frozen=True)
-class BlockMask:
-  block_size: int
-  allowed: Any  # bool [G, G] or [B, G, G]
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentIds:
-  q: Any  # int [B, Sq]
-  kv: Any  # int [B, Sk]
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockCausal:
-  block_size: int
-
-
-MaskSpec = Union[None, BlockMask, SegmentIds, BlockCausal, Sequence[Any]]
-
-
-def _as_tuple(mask: MaskSpec) -> tuple:
-  if mask is None:
-    return ()
-  if isinstance(mask, (BlockMask, SegmentIds, BlockCausal)):
-    return (mask,)
-  return tuple(mask)
-
-
-def dense_mask(mask: MaskSpec, batch: int, sq: int, sk: int):
-  """The [B, Sq, Sk] bool mask a spec describes (for the XLA reference and tests), or None."""
-  specs = _as_tuple(mask)
-  if not specs:
-    return None
-  out = jnp.ones((batch, sq, sk), bool)
-  qi = jnp.arange(sq)
-  ki = jnp.arange(sk)
-  for spec in specs:
-    if isinstance(spec, BlockMask):
-      allowed = jnp.asarray(spec.allowed, bool)
-      groups_q, groups_k = -(-sq // spec.block_size), -(-sk // spec.block_size)
-      if allowed.shape[-2:] != (groups_q, groups_k):
-        raise ValueError(f"BlockMask.allowed has shape {allowed.shape}, but Sq={sq}, Sk={sk} with "
-                         f"block_size={spec.block_size} need [..., {groups_q}, {groups_k}]")
-      if allowed.ndim == 2:
-        allowed = allowed[None]
-      m = allowed[:, qi // spec.block_size][:, :, ki // spec.block_size]
-    elif isinstance(spec, SegmentIds):
-      q_ids, kv_ids = jnp.asarray(spec.q), jnp.asarray(spec.kv)
-      if q_ids.shape != (batch, sq) or kv_ids.shape != (batch, sk):
-        raise ValueError(f"SegmentIds shapes {q_ids.shape}/{kv_ids.shape} do not match "
-                         f"[B, Sq]=({batch}, {sq}) / [B, Sk]=({batch}, {sk})")
-      m = q_ids[:, :, None] == kv_ids[:, None, :]
-    elif isinstance(spec, BlockCausal):
-      m = (qi[:, None] // spec.block_size >= ki[None, :] // spec.block_size)[None]
-    else:
-      raise TypeError(f"unknown attention mask spec {spec!r}")
-    out = out & m
-  return out
+# Backend -> impl 'auto' picks for long sequences; shorter ones (and CPU) use XLA. The threshold is
+# a guess until tools/bench.py attention has been run on the hardware (see README).
+AUTO = {"tpu": "splash", "gpu": "gpu"}
+AUTO_MIN_SEQ = 256
+# Whole-sequence K/V (forward) and Q/dO (backward) of one head stay in VMEM on TPU.
+TPU_VMEM_BUDGET_BYTES = 24 * 2**20
 
 
 def xla_attention(q, k, v, *, mask: MaskSpec = None, scale: float | None = None):
@@ -116,13 +74,177 @@ def _check_shapes(q, k, v):
     raise ValueError(f"attention shapes disagree: q {q.shape}, k {k.shape}, v {v.shape}")
 
 
-IMPLS = {"xla": xla_attention}
+# ---------------------------------------------------------------------------------------------
+# What each impl cannot do: a function returning a reason (str) or None.
 
 
-def attention(q, k, v, *, mask: MaskSpec = None, impl: str = "auto", scale: float | None = None):
-  """Multi-head attention. impl: 'auto' or a key of IMPLS."""
-  if impl == "auto":
-    impl = "xla"
-  if impl not in IMPLS:
-    raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(IMPLS)} or 'auto'")
-  return IMPLS[impl](q, k, v, mask=mask, scale=scale)
+def _backend():
+  return jax.default_backend()
+
+
+def _needs_backend(name):
+  def check(q, k, mask):
+    if _backend() != name:
+      return f"needs a {name.upper()} backend, this is {_backend()!r}"
+    return None
+  return check
+
+
+def _splash_limits(q, k, mask):
+  itemsize = jnp.dtype(q.dtype).itemsize
+  rows = max(q.shape[1], k.shape[1]) + 128
+  # Resident per head, double-buffered: two [S, D] arrays (K/V, or Q/dO in the dkv kernel) and
+  # two [S, 1] float32 row statistics, which VMEM pads to 128 lanes.
+  need = 2 * rows * (2 * q.shape[-1] * itemsize + 2 * 128 * 4)
+  if need > TPU_VMEM_BUDGET_BYTES:
+    return (f"sequence {max(q.shape[1], k.shape[1])} x head_dim {q.shape[-1]} needs ~{need >> 20} "
+            f"MiB of VMEM, over the {TPU_VMEM_BUDGET_BYTES >> 20} MiB budget of the resident-"
+            f"sequence kernel")
+  return None
+
+
+def _gpu_limits(q, k, mask):
+  d = q.shape[-1]
+  if d < 16 or d & (d - 1):
+    return f"head_dim {d} is not a power of two >= 16 (Triton tiles)"
+  if q.dtype == jnp.float64:
+    return "float64 inputs"
+  return None
+
+
+def _cudnn_limits(q, k, mask):
+  specs = masks_lib.as_tuple(mask)
+  if any(not (isinstance(s, BlockCausal) and s.block_size == 1) for s in specs):
+    kinds = sorted({type(s).__name__ for s in specs})
+    return f"cuDNN takes no mask or token-causal only, got {kinds}"
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    return f"cuDNN needs float16/bfloat16 inputs, got {q.dtype}"
+  if q.shape[-1] % 8 or q.shape[-1] > 256:
+    return f"cuDNN needs head_dim a multiple of 8 and <= 256, got {q.shape[-1]}"
+  return None
+
+
+def _all(*checks):
+  def check(q, k, mask):
+    for c in checks:
+      reason = c(q, k, mask)
+      if reason:
+        return reason
+    return None
+  return check
+
+
+LIMITS: dict[str, Callable] = {
+    "xla": lambda q, k, mask: None,
+    "pallas_interpret": lambda q, k, mask: None,
+    "splash": _all(_needs_backend("tpu"), _splash_limits),
+    "gpu": _all(_needs_backend("gpu"), _gpu_limits),
+    "cudnn": _all(_needs_backend("gpu"), _cudnn_limits),
+}
+# impl -> (kernel target, interpret) for the Pallas impls
+PALLAS = {"splash": ("tpu", False), "gpu": ("gpu", False), "pallas_interpret": ("tpu", True)}
+
+_warned: set[str] = set()
+
+
+def _warn_once(reason):
+  if reason not in _warned:
+    _warned.add(reason)
+    logging.warning("attention falls back to XLA: %s", reason)
+
+
+def resolve_impl(impl: str, q, k, mask: MaskSpec = None) -> str:
+  """The impl that will run: checks an explicit impl, picks and falls back for 'auto'.
+
+  q, k: arrays or ShapeDtypeStructs [B, S, H, D] (for attention_gathered: the gathered shapes).
+  """
+  if impl != "auto" and impl not in LIMITS:
+    raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(LIMITS)} or 'auto'")
+  explicit = impl != "auto"
+  if not explicit:
+    impl = AUTO.get(_backend(), "xla")
+    if max(q.shape[1], k.shape[1]) < AUTO_MIN_SEQ:
+      impl = "xla"
+  reason = LIMITS[impl](q, k, mask)
+  if reason is None and impl in PALLAS:
+    reason = sharded.unsupported_reason(q, mask)
+  if reason is None:
+    return impl
+  if explicit:
+    raise ValueError(f"attention impl {impl!r} cannot run this call: {reason}")
+  _warn_once(f"impl {impl!r}: {reason}")
+  return "xla"
+
+
+def _cudnn_attention(q, k, v, *, mask, scale):
+  causal = bool(masks_lib.as_tuple(mask))
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+                                      implementation="cudnn")
+
+
+def attention(q, k, v, *, mask: MaskSpec = None, impl: str = "auto", scale: float | None = None,
+              block_sizes: tuple[int, int] | None = None):
+  """Multi-head attention, q [B, Sq, H, D], k/v [B, Sk, H, D] -> [B, Sq, H, D].
+
+  impl: 'auto' or one of LIMITS (see the module docstring). block_sizes (block_q, block_k)
+  overrides the Pallas kernels' tiling (tests use tiny blocks).
+  """
+  _check_shapes(q, k, v)
+  masks_lib.validate(mask, q.shape[0], q.shape[1], k.shape[1])
+  impl = resolve_impl(impl, q, k, mask)
+  if impl == "xla":
+    return xla_attention(q, k, v, mask=mask, scale=scale)
+  if impl == "cudnn":
+    return _cudnn_attention(q, k, v, mask=mask, scale=scale)
+  name, interpret = PALLAS[impl]
+
+  def run(q, k, v, mask):
+    target = flash.make_target(name, q.shape[1], k.shape[1], block_sizes=block_sizes,
+                               interpret=interpret)
+    return flash.flash_attention(q, k, v, mask=mask, scale=scale, target=target)
+
+  return sharded.over_mesh(run, q, k, v, mask)
+
+
+def attention_gathered(q_full, k_full, v_full, keep_idx, *, kv_idx=None, mask: MaskSpec = None,
+                       impl: str = "auto", scale: float | None = None,
+                       block_sizes: tuple[int, int] | None = None):
+  """attention over the kept tokens: rows keep_idx [B, K] of q_full, kv_idx [B, K'] of k/v_full.
+
+  Equals attention(take(q_full, keep_idx), take(k_full, kv_idx), take(v_full, kv_idx)) -> [B, K,
+  H, D]; kv_idx defaults to keep_idx; `mask` is in gathered coordinates. The Pallas impls read
+  the rows through the indices inside the kernel (no gathered copy in memory); xla and cudnn
+  gather first.
+  """
+  _check_shapes(q_full, k_full, v_full)
+  kv_idx = keep_idx if kv_idx is None else kv_idx
+  batch = q_full.shape[0]
+  for name, idx in (("keep_idx", keep_idx), ("kv_idx", kv_idx)):
+    if idx.ndim != 2 or idx.shape[0] != batch:
+      raise ValueError(f"{name} must be [B={batch}, K], got shape {idx.shape}")
+  take = lambda x, i: jnp.take_along_axis(x, i[:, :, None, None].astype(jnp.int32), axis=1)
+  q_shape = jax.ShapeDtypeStruct((batch, keep_idx.shape[1]) + q_full.shape[2:], q_full.dtype)
+  k_shape = jax.ShapeDtypeStruct((batch, kv_idx.shape[1]) + k_full.shape[2:], k_full.dtype)
+  masks_lib.validate(mask, batch, keep_idx.shape[1], kv_idx.shape[1])
+  impl = resolve_impl(impl, q_shape, k_shape, mask)
+  if impl in ("xla", "cudnn"):
+    return attention(take(q_full, keep_idx), take(k_full, kv_idx), take(v_full, kv_idx), mask=mask,
+                     impl=impl, scale=scale)
+  name, interpret = PALLAS[impl]
+
+  def run(q, k, v, mask, keep_idx, kv_idx):
+    target = flash.make_target(name, keep_idx.shape[1], kv_idx.shape[1], block_sizes=block_sizes,
+                               interpret=interpret)
+    return flash.flash_attention_gathered(q, k, v, keep_idx, kv_idx=kv_idx, mask=mask,
+                                          scale=scale, target=target)
+
+  return sharded.over_mesh(run, q_full, k_full, v_full, mask, extra=(keep_idx, kv_idx))
+
+
+def row_keep_to_flat(keep_idx, width: int):
+  """Row-wise kept columns [..., h, K] -> flat indices [..., h*K] of a row-major h x W grid."""
+  rows = jnp.arange(keep_idx.shape[-2], dtype=jnp.int32)[:, None] * width
+  return (keep_idx.astype(jnp.int32) + rows).reshape(*keep_idx.shape[:-2], -1)
+
+
+IMPLS = tuple(LIMITS)
