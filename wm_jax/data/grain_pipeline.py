@@ -191,7 +191,7 @@ class CheckedSource(grain.sources.RandomAccessDataSource):
     return f"CheckedSource({self.name!r}, len={len(self)}, skip={self.skip})"
 
 
-def _is_bad(record) -> bool:
+def is_bad(record) -> bool:
   return isinstance(record, Mapping) and _NOTE in record and _SKIPPED not in record
 
 
@@ -220,7 +220,7 @@ class _DropBadIterator(grain.DatasetIterator):
           logging.warning("%d bad records at the end of the data were dropped (last: %s)",
                           self._pending, self._note)
         raise
-      if _is_bad(record):
+      if is_bad(record):
         self._pending += 1
         self._note = "\n".join(n for n in (self._note, str(record[_NOTE])) if n)
         continue
@@ -295,7 +295,7 @@ def make_dataset(config, *, split: str = "train", seed: int = 0,
   ds = grain.MapDataset.source(_checked(config, split, source))
   if config.shuffle:
     ds = ds.shuffle(seed=seed)
-  return ds.map(lambda r: None if _is_bad(r) else r)
+  return ds.map(lambda r: None if is_bad(r) else r)
 
 
 def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int | None = None,
