@@ -57,11 +57,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.clip_stride = 0  # frames between clip starts (source frames at `fps`); 0 = num_frames
   # content
   c.layout = True  # render the 6-channel layout image
-  c.depth = False  # synthetic: also return depth
+  c.depth = False  # synthetic: also return depth [T,V,H,W] (metres)
   c.max_boxes = 32  # N: boxes per frame (nearest first, padded with valid=0)
   # synthetic world
   c.rig = "front"  # 'front' (1 view) | 'nuscenes6' (6 views)
-  c.domain = "a"  # style domain of training scenes
+  c.domain = "boston"  # style domain of training scenes
   c.val_domain = ""  # domain of validation scenes ('' = same as domain): a domain split
   c.num_train = 1024  # scenes (= clips) per split
   c.num_val = 64
@@ -124,7 +124,11 @@ class SyntheticSource:
     scene = self._world.make_scene(self.seed0 + index, domain=self.domain)
     record = self._render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
                                       image_size=(c.image_height, c.image_width),
-                                      max_boxes=c.max_boxes, layout=c.layout, depth=c.depth)
+                                      max_boxes=c.max_boxes, layout=c.layout)
+    if not c.layout:
+      record.pop("layout", None)
+    if not c.depth:
+      record.pop("depth", None)
     return {k: np.asarray(v) for k, v in record.items()}
 
 

@@ -26,7 +26,9 @@ Per frame t and view v:
               kept when that keyframe is the nearer one. box_mode='nearest' takes the nearest
               keyframe's boxes unchanged. nuScenes sizes are (w, l, h); records hold (l, w, h).
               class = layout_render.class_index of the category (-1: no detection class); track
-              id = row of the instance in instance.json; nearest `max_boxes` kept, padded rows have valid=0.
+              id = row of the instance in instance.json. One row per track for the whole clip (as
+              the synthetic renderer): the `max_boxes` tracks nearest to the ego at any frame,
+              rows all zero (valid=0) where a track is not annotated.
   actions     speed (m/s), steering (rad), accel (m/s^2), yaw rate (rad/s): from the CAN bus
               (`<scene>_pose.json`: vel[0], accel[0], rotation_rate[2]; `_steeranglefeedback.json`:
               value / steering_ratio), interpolated at frame times, when the files exist; otherwise
@@ -360,8 +362,8 @@ class ClipSource:
         "intrinsics": np.asarray(ks, np.float32),
         "extrinsics": np.asarray(es, np.float32),
         "ego_pose": np.asarray(poses, np.float32),
-        "boxes": np.stack([self._boxes(info, e[self.views[0]], p)
-                           for e, p in zip(entries, poses)]).astype(np.float32),
+        "boxes": clip_boxes([self._boxes(info, e[self.views[0]], p)
+                             for e, p in zip(entries, poses)], self.max_boxes),
         "actions": self._actions(info, np.asarray(times)),
         "fps": np.float32(self.fps),
         "view_adjacency": self._adjacency(ks[0], es[0]),
@@ -388,7 +390,8 @@ class ClipSource:
     """{instance token: (translation, rotation, size, ann row)} of a keyframe."""
     return {a["instance_token"]: a for a in self._anns[sample_token]}
 
-  def _boxes(self, info, sd, world_from_ego) -> np.ndarray:
+  def _boxes(self, info, sd, world_from_ego) -> list[list[float]]:
+    """Ego-frame box rows of the frame `sd` (see the module docstring)."""
     tb = self.tables
     t = sd["timestamp"]
     samples = info["samples"]
@@ -427,12 +430,7 @@ class ClipSource:
       w_, l_, h_ = box[7:10]
       rows.append([*m[:3, 3], l_, w_, h_, yaw_of(m[:3, :3]), layout_render.class_index(cat["name"]),
                    tb.index["instance"][inst["token"]], 1.0])
-    out = np.zeros((self.max_boxes, 10), np.float64)
-    if rows:
-      rows = np.asarray(rows)
-      rows = rows[np.argsort(np.linalg.norm(rows[:, :2], axis=1), kind="stable")][:self.max_boxes]
-      out[:len(rows)] = rows
-    return out
+    return rows
 
   def _actions(self, info, times) -> np.ndarray:
     scene = info["scene"]["name"]
@@ -456,6 +454,28 @@ class ClipSource:
         gap = abs((yaw[i] - yaw[j] + math.pi) % (2 * math.pi) - math.pi)
         adj[i, j] |= gap < half[i] + half[j]
     return adj
+
+
+def clip_boxes(frames: Sequence[Sequence[Sequence[float]]], max_boxes: int) -> np.ndarray:
+  """[T,N,10] boxes with one row per track for the whole clip (as the synthetic renderer does).
+
+  `frames`: per frame, box rows (x, y, z, l, w, h, yaw, class, track id, 1). Tracks are ordered
+  by their smallest distance to the ego over the clip; the nearest `max_boxes` are kept; a row is
+  all zeros (valid=0) at frames where its track is not annotated.
+  """
+  nearest = {}
+  for rows in frames:
+    for r in rows:
+      d = math.hypot(r[0], r[1])
+      nearest[r[8]] = min(nearest.get(r[8], math.inf), d)
+  tracks = sorted(nearest, key=lambda k: (nearest[k], k))[:max_boxes]
+  slot = {k: i for i, k in enumerate(tracks)}
+  out = np.zeros((len(frames), max_boxes, 10), np.float32)
+  for t, rows in enumerate(frames):
+    for r in rows:
+      if r[8] in slot:
+        out[t, slot[r[8]]] = r
+  return out
 
 
 # --------------------------------------------------------------------------------------------
