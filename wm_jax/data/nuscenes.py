@@ -26,7 +26,7 @@ Per frame t and view v:
               kept when that keyframe is the nearer one. box_mode='nearest' takes the nearest
               keyframe's boxes unchanged. nuScenes sizes are (w, l, h); records hold (l, w, h).
               class = layout_render.class_index of the category (-1: no detection class); track
-              id = row of the instance in instance.json. One row per track for the whole clip (as
+              id = 1 + row of the instance in instance.json (0: padding). One row per track for the whole clip (as
               the synthetic renderer): the `max_boxes` tracks nearest to the ego at any frame,
               rows all zero (valid=0) where a track is not annotated.
   actions     speed (m/s), steering (rad), accel (m/s^2), yaw rate (rad/s): from the CAN bus
@@ -429,7 +429,7 @@ class ClipSource:
       cat = tb.ref("instance", inst, "category_token", "category")
       w_, l_, h_ = box[7:10]
       rows.append([*m[:3, 3], l_, w_, h_, yaw_of(m[:3, :3]), layout_render.class_index(cat["name"]),
-                   tb.index["instance"][inst["token"]], 1.0])
+                   tb.index["instance"][inst["token"]] + 1, 1.0])
     return rows
 
   def _actions(self, info, times) -> np.ndarray:
