@@ -308,6 +308,8 @@ class ClipSource:
                        f"{scene['name']} ({'keyframes' if self.keyframes_only else 'sweeps'})")
     targets = times[0] + np.arange(int(math.floor((times[-1] - times[0]) * self.fps + 1e-6)) + 1) / self.fps
     pick = video.nearest_indices(times, targets)
+    view_times = {v: np.array([sd["timestamp"] for sd in frames[v]], np.float64) * 1e-6
+                  for v in self.views}
     timeline = []  # per timeline frame: {view: sample_data row}
     for p in pick:
       entry = {ref: frames[ref][p]}
@@ -315,7 +317,7 @@ class ClipSource:
         if self.keyframes_only:
           entry[v] = frames[v][p]
           continue
-        vt = np.array([sd["timestamp"] for sd in frames[v]], np.float64) * 1e-6
+        vt = view_times[v]
         j = int(video.nearest_indices(vt, np.array([times[p]]))[0])
         if abs(vt[j] - times[p]) > 1.0 / rate + 1e-3:
           raise ValueError(f"nuScenes: scene {scene['name']}: no {v} frame within {1 / rate:.3f} s "
