@@ -119,6 +119,7 @@ def test_make_dataset_validates_and_marks_skipped_records_none():
     ds[2]
 
 
+@pytest.mark.slow  # worker processes import wm_jax (flax, jax): ~7 s idle, ~25 s on a busy CI box
 def test_multiprocess_prefetch_yields_every_record_once_and_restores():
   config = _config(worker_count=1, num_epochs=1, drop_remainder=False)
   make = lambda: gp.make_iterator(config, batch_size=2, seed=5, process_index=0, process_count=1,

@@ -29,7 +29,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
 import grain
-import jax
 import ml_collections
 import numpy as np
 
@@ -310,8 +309,10 @@ def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int 
   Process p of P reads global positions p, p+P, p+2P, ... of the shuffled, repeated order, so
   processes never read the same element of an epoch. State: `get_state()` / `set_state()`.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
+  if process_index is None or process_count is None:
+    import jax  # here, so Grain worker processes that unpickle this module skip importing JAX
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
   if batch_size < 1:
