@@ -48,8 +48,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.tfds_name = ""  # tfds source: 'wm_synthetic/NAME' etc. (see data/tfds_builders.py)
   # clip shape
   c.num_frames = 8
-  c.num_views = 1  # synthetic: taken from the rig; others: len(views)
-  c.views = ("CAM_FRONT",)  # nuScenes camera channels, in view order
+  c.views = ("CAM_FRONT",)  # nuScenes camera channels, in view order (synthetic: see `rig`)
   c.image_height = 64
   c.image_width = 128
   c.fps = 12.0  # frame rate of a clip (resampled from the source's rate)
