@@ -14,8 +14,9 @@ Order of operations (every process builds the same pipeline):
 Bad records (corrupt image, missing file, NaN action, wrong shape, ...) raise `BadRecordError`
 naming the source and index. With `config.skip_bad_records` they are dropped instead; the number
 dropped travels with the batches (so it survives worker processes) and is summed by the last stage
-into `iterator.bad_records`, which is also part of the iterator state. A bad record at the very end
-of a finite iteration has no later record to travel with and is only logged.
+into `iterator.bad_records`, which is also part of the iterator state. Bad records after the last
+good one of a finite iteration are added when the iterator ends (with worker processes they
+stay in the workers and are only logged).
 
 Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the train helper
 saves it with Orbax and a restored iterator continues with the same next batch.
@@ -69,6 +70,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.box_mode = "interpolate"  # sweeps: 'interpolate' between keyframes | 'nearest' keyframe
   c.use_can_bus = True  # actions from can_bus/*.json when present, else from ego poses
   c.wheelbase = 2.588  # m (Renault Zoe, nuScenes); steering from yaw rate when no CAN bus
+  c.steering_ratio = 16.0  # CAN steering-wheel angle / road-wheel angle (synthetic export: 16)
   c.locations = ()  # keep only logs from these locations (e.g. 'boston-seaport'); () = all
   c.val_locations = ()  # domain split: validation from these locations instead
   c.val_fraction = 0.15  # nuScenes/video without location split: share of scenes/files in val
@@ -240,6 +242,17 @@ class _DropBadIterator(grain.DatasetIterator):
     self._pending, self._note = int(state["pending"]), str(state["note"])
 
 
+def _find(iterator, kind) -> list:
+  """Iterators of type `kind` upstream of `iterator` in this process."""
+  found, stack = [], [iterator]
+  while stack:
+    it = stack.pop()
+    if isinstance(it, kind):
+      found.append(it)
+    stack.extend(getattr(it, "_parents", ()) or ())
+  return found
+
+
 class _Report(grain.IterDataset):
   """Last stage: strips the carried bad-record counts from batches into `bad_records`."""
 
@@ -257,14 +270,24 @@ class ReportingIterator(grain.DatasetIterator):
     super().__init__(parent)
     self.bad_records = 0
     self.bad_record_notes: list[str] = []
+    self._local_drops = _find(parent, _DropBadIterator)  # empty with worker processes
 
-  def __next__(self):
-    batch = dict(next(self._parent))
-    skipped = int(np.sum(batch.pop(_SKIPPED)))
-    notes = [line for n in np.ravel(batch.pop(_NOTE)) for line in str(n).splitlines() if line]
+  def _count(self, skipped, notes):
     if skipped:
       self.bad_records += skipped
-      self.bad_record_notes = (self.bad_record_notes + notes)[-_MAX_NOTES:]
+      lines = [line for n in notes for line in str(n).splitlines() if line]
+      self.bad_record_notes = (self.bad_record_notes + lines)[-_MAX_NOTES:]
+
+  def __next__(self):
+    try:
+      batch = dict(next(self._parent))
+    except StopIteration:
+      # Bad records after the last good one never reach a batch; collect them here.
+      for drop in self._local_drops:
+        self._count(drop._pending, [drop._note])
+        drop._pending, drop._note = 0, ""
+      raise
+    self._count(int(np.sum(batch.pop(_SKIPPED))), np.ravel(batch.pop(_NOTE)))
     return batch
 
   def get_state(self):

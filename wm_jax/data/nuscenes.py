@@ -23,7 +23,8 @@ Per frame t and view v:
               annotations. Sweeps (box_mode='interpolate', default) interpolate each instance
               annotated in both neighbouring keyframes linearly in position and by slerp in
               rotation at the frame's timestamp; an instance annotated in only one of them is
-              kept when that keyframe is the nearer one. box_mode='nearest' takes the nearest
+              kept when that keyframe is the nearer one, moved at the velocity its
+              previous/next annotation gives (nuScenes' own velocity estimate). box_mode='nearest' takes the nearest
               keyframe's boxes unchanged. nuScenes sizes are (w, l, h); records hold (l, w, h).
               class = layout_render.class_index of the category (-1: no detection class); track
               id = 1 + row of the instance in instance.json (0: padding). One row per track for the whole clip (as
@@ -187,7 +188,7 @@ class ClipSource:
                image_size: tuple[int, int] = (64, 128), keyframes_only: bool = False,
                clip_stride: int = 0, box_mode: str = "interpolate", max_boxes: int = 32,
                layout: bool = True, use_can_bus: bool = True, wheelbase: float = 2.588,
-               steering_ratio: float = 1.0, scenes: Sequence[str] | None = None,
+               steering_ratio: float = 16.0, scenes: Sequence[str] | None = None,
                name: str | None = None):
     if box_mode not in ("interpolate", "nearest"):
       raise ValueError(f"box_mode must be 'interpolate' or 'nearest', got {box_mode!r}")
@@ -242,7 +243,7 @@ class ClipSource:
                keyframes_only=config.keyframes_only, clip_stride=config.clip_stride,
                box_mode=config.box_mode, max_boxes=config.max_boxes, layout=config.layout,
                use_can_bus=config.use_can_bus, wheelbase=config.wheelbase,
-               steering_ratio=config.get("steering_ratio", 1.0),
+               steering_ratio=config.steering_ratio,
                scenes=split_scenes(config.path, config.version, split, config),
                name=f"nuscenes:{config.path}/{config.version}:{split}")
 
@@ -392,6 +393,20 @@ class ClipSource:
     """{instance token: (translation, rotation, size, ann row)} of a keyframe."""
     return {a["instance_token"]: a for a in self._anns[sample_token]}
 
+  def _velocity(self, ann) -> np.ndarray:
+    """World velocity (m/s) of an annotation from its next (or previous) annotation; 0 if none."""
+    tb = self.tables
+    for field, sign in (("next", 1.0), ("prev", -1.0)):
+      if ann.get(field):
+        other = tb.get("sample_annotation", ann[field],
+                       referrer=f"{tb.where('sample_annotation', ann['token'])}.{field}")
+        t0 = tb.ref("sample_annotation", ann, "sample_token", "sample")["timestamp"]
+        t1 = tb.ref("sample_annotation", other, "sample_token", "sample")["timestamp"]
+        if t1 != t0:
+          return ((np.asarray(other["translation"], np.float64)
+                   - np.asarray(ann["translation"], np.float64)) / ((t1 - t0) * 1e-6))
+    return np.zeros(3)
+
   def _boxes(self, info, sd, world_from_ego) -> list[list[float]]:
     """Ego-frame box rows of the frame `sd` (see the module docstring)."""
     tb = self.tables
@@ -417,7 +432,9 @@ class ClipSource:
                           _slerp(a0[inst]["rotation"], a1[inst]["rotation"], w)))
           elif inst in (a0 if near is lo else a1):
             a = (a0 if near is lo else a1)[inst]
-            boxes.append((a, a["translation"], a["rotation"]))
+            at = (lo if near is lo else hi)["timestamp"]
+            boxes.append((a, np.asarray(a["translation"], np.float64)
+                          + self._velocity(a) * (t - at) * 1e-6, a["rotation"]))
     ego_from_world = np.linalg.inv(world_from_ego)
     rows = []
     for ann, translation, rotation in boxes:
