@@ -85,8 +85,9 @@ def test_roundtrip_poses_calibrations_actions_boxes(exported):
       hi = min(lo + export.KEYFRAME_EVERY, FRAMES - 1)
       for b in valid:
         # Keyframes: exact. Sweeps: interpolated between keyframes 0.5 s apart (actors keep to
-        # smooth paths: a few cm, 0.3 m when turning or braking); an actor annotated in one of them only (entering or leaving
-        # the annotation range) moves at its annotation velocity, or stands if it has none.
+        # smooth paths: a few cm, 0.3 m when turning or braking); an actor annotated in one of
+        # them only (entering or leaving the annotation range) moves at its annotation
+        # velocity, or stands if it has none.
         row = np.flatnonzero(r["boxes"][t, :, 8] == b[8])[0]
         both = r["boxes"][lo, row, 9] > 0 and r["boxes"][hi, row, 9] > 0
         want = _match(b, truth, 2e-3 if key else 0.3 if both else 4.0)

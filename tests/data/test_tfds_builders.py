@@ -24,7 +24,8 @@ def videos(tmp_path_factory):
 
 def _config(root):
   c = grain_pipeline.defaults()
-  c.update(source="video", path=root, num_frames=2, fps=5, image_height=8, image_width=16, val_fraction=0.0)
+  c.update(source="video", path=root, num_frames=2, fps=5, image_height=8, image_width=16,
+           val_fraction=0.0)
   return c
 
 

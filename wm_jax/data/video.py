@@ -5,9 +5,10 @@
 
 Every `*.mp4` under the folder (sorted, recursive) is one video. Clip i starts at source time
 start_i = k * clip_stride / fps within its video and samples frames at times start_i + t / fps,
-each taken from the nearest frame (frame j of a video at rate r is shown at j / r) (so a 30 fps video read at 10 fps keeps every third
-frame, and fps above the video's rate repeats frames: that raises unless allow_upsample). Frames
-are resized to cover the target size, keeping the aspect ratio, and centre-cropped.
+each taken from the nearest frame (frame j of a video at rate r is shown at j / r), so a 30 fps
+video read at 10 fps keeps every third frame; fps above the video's rate would repeat frames and
+raises unless allow_upsample. Frames are resized to cover the target size, keeping the aspect
+ratio, and centre-cropped.
 
 Also home of the image helpers the nuScenes reader shares: `resize_crop` and `crop_intrinsics`.
 """
