@@ -65,6 +65,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.num_train = 1024  # scenes (= clips) per split
   c.num_val = 64
   c.scene_seed = 0  # scene of index i is seeded with scene_seed + i (+ offset for validation)
+  c.render_device = "cpu"  # JAX platform the renderer runs on ('' = JAX's default): keeps data
+  #                          threads off the accelerator that trains
   # nuScenes
   c.keyframes_only = False  # True: 2 Hz annotated samples; False: all 12 Hz camera sweeps
   c.box_mode = "interpolate"  # sweeps: 'interpolate' between keyframes | 'nearest' keyframe
@@ -103,8 +105,7 @@ class SyntheticSource:
   """Renders clip i of a split from scene seed `scene_seed + i` (validation: + 10**6)."""
 
   def __init__(self, config, split: str):
-    from wm_jax.data.synthetic import render, rig, world
-    self._render, self._world = render, world
+    from wm_jax.data.synthetic import rig  # pylint: disable=g-import-not-at-top
     val = split != "train"
     self.domain = (config.val_domain or config.domain) if val else config.domain
     self.size = config.num_val if val else config.num_train
@@ -116,15 +117,24 @@ class SyntheticSource:
   def __len__(self):
     return self.size
 
+  def _device(self):
+    import contextlib
+    import jax
+    if not self.config.render_device:
+      return contextlib.nullcontext()
+    return jax.default_device(jax.devices(self.config.render_device)[0])
+
   def __getitem__(self, index):
     index = int(index)
     if not 0 <= index < self.size:
       raise IndexError(f"{self.name}: index {index} out of range [0, {self.size})")
+    from wm_jax.data.synthetic import render, world  # (modules do not pickle to workers)
     c = self.config
-    scene = self._world.make_scene(self.seed0 + index, domain=self.domain)
-    record = self._render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
-                                      image_size=(c.image_height, c.image_width),
-                                      max_boxes=c.max_boxes, layout=c.layout)
+    scene = world.make_scene(self.seed0 + index, domain=self.domain)
+    with self._device():
+      record = render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
+                                        image_size=(c.image_height, c.image_width),
+                                        max_boxes=c.max_boxes, layout=c.layout)
     if not c.layout:
       record.pop("layout", None)
     if not c.depth:
