@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wm_jax.evaluation import layers
 from wm_jax.evaluation import resize as resize_lib
 from wm_jax.evaluation import safe_pickle
 
@@ -68,11 +69,9 @@ def _max_pool(x, window, strides):
 class Unit3D(nnx.Module):
   """conv3d (SAME, no bias) -> BatchNorm (no scale, eps 1e-3, running stats) -> relu."""
 
-  def __init__(self, cin, cout, kernel, stride=(1, 1, 1), *, rngs):
-    self.conv = nnx.Conv(cin, cout, kernel, strides=stride, padding="SAME", use_bias=False,
-                         rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, use_running_average=True, use_scale=False, epsilon=1e-3,
-                            rngs=rngs)
+  def __init__(self, cin, cout, kernel, stride=(1, 1, 1)):
+    self.conv = layers.Conv(cin, cout, kernel, stride, "SAME")
+    self.bn = layers.BatchNorm(cout, epsilon=1e-3, use_scale=False)
 
   def __call__(self, x):
     return jax.nn.relu(self.bn(self.conv(x)))
@@ -81,10 +80,10 @@ class Unit3D(nnx.Module):
 class Mixed(nnx.Module):
   """Inception block: 1x1 | 1x1->3x3 | 1x1->3x3 | maxpool3->1x1, concatenated on channels."""
 
-  def __init__(self, cin, chans, *, rngs):
+  def __init__(self, cin, chans):
     for name, src, out, k in _BRANCHES:
       c = cin if src < 0 else chans[src]
-      setattr(self, _attr(name), Unit3D(c, chans[out], (k, k, k), rngs=rngs))
+      setattr(self, _attr(name), Unit3D(c, chans[out], (k, k, k)))
 
   def __call__(self, x):
     b0 = self.Branch_0_Conv3d_0a_1x1(x)
@@ -96,8 +95,8 @@ class Mixed(nnx.Module):
 
 class LogitsHead(nnx.Module):
 
-  def __init__(self, cin, num_classes, *, rngs):
-    self.conv = nnx.Conv(cin, num_classes, (1, 1, 1), padding="SAME", use_bias=True, rngs=rngs)
+  def __init__(self, cin, num_classes):
+    self.conv = layers.Conv(cin, num_classes, (1, 1, 1), padding="VALID", use_bias=True)
 
   def __call__(self, x):
     x = nnx.avg_pool(x, window_shape=(2, 7, 7), strides=(1, 1, 1), padding="VALID")
@@ -110,13 +109,13 @@ class LogitsHead(nnx.Module):
 class InceptionI3d(nnx.Module):
   """videos [B,T,H,W,3] in [-1,1] (T >= 9, H = W in 193..224) -> logits [B,400]."""
 
-  def __init__(self, num_classes=NUM_CLASSES, *, rngs):
-    self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2), rngs=rngs)
-    self.Conv3d_2b_1x1 = Unit3D(64, 64, (1, 1, 1), rngs=rngs)
-    self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3), rngs=rngs)
+  def __init__(self, num_classes=NUM_CLASSES):
+    self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
+    self.Conv3d_2b_1x1 = Unit3D(64, 64, (1, 1, 1))
+    self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
     for name, (cin, chans) in MIXED.items():
-      setattr(self, name, Mixed(cin, chans, rngs=rngs))
-    self.Logits_Conv3d_0c_1x1 = LogitsHead(1024, num_classes, rngs=rngs)
+      setattr(self, name, Mixed(cin, chans))
+    self.Logits_Conv3d_0c_1x1 = LogitsHead(1024, num_classes)
 
   def __call__(self, x):
     if x.ndim != 5 or x.shape[-1] != 3:
@@ -202,31 +201,13 @@ def load_variables(path=None):
 
 
 def load_model(path=None, dtype=jnp.float32):
-  """Builds InceptionI3d with every variable taken from the weight file.
-
-  The model is built abstractly (no random init), then each variable is filled from the file; a
-  variable the file lacks, a weight the model lacks, or a shape mismatch raises a ValueError, so
-  a returned model uses every weight of the file and nothing left at init.
-  """
+  """InceptionI3d with every variable taken from the weight file (the installed package's by
+  default). A variable the file lacks, a weight the model lacks, or a shape mismatch raises a
+  ValueError, so a returned model uses every weight of the file and keeps nothing at init."""
   weights = load_variables(path)
-  abstract = nnx.eval_shape(lambda: InceptionI3d(rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  flat = dict(nnx.to_flat_state(state))
-  model_keys = {tuple(str(k) for k in key): key for key in flat}
-  missing = sorted(set(model_keys) - set(weights))
-  unused = sorted(set(weights) - set(model_keys))
-  if missing or unused:
-    raise ValueError(f"I3D weights do not match the model: missing {['.'.join(m) for m in missing]}"
-                     f", unused {['.'.join(u) for u in unused]}")
-  for key, value in weights.items():
-    var = flat[model_keys[key]]
-    target = var.get_value() if hasattr(var, "get_value") else var.value
-    value = value.reshape(value.shape[-1:]) if key[-1] in ("mean", "var") else value
-    if tuple(value.shape) != tuple(target.shape):
-      raise ValueError(f"I3D weight {'.'.join(key)}: file shape {value.shape}, model {target.shape}")
-    flat[model_keys[key]] = var.replace(jnp.asarray(value, dtype))
-  state = nnx.from_flat_state([(k, v) for k, v in flat.items()])
-  return nnx.merge(graphdef, state)
+  weights = {k: (v.reshape(v.shape[-1:]) if k[-1] in ("mean", "var") else v)
+             for k, v in weights.items()}   # batch stats are stored as [1,1,1,1,C]
+  return layers.assign(InceptionI3d(), weights, "I3D", dtype)
 
 
 # ---------------------------------------------------------------------------------------------
