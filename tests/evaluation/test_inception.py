@@ -31,6 +31,11 @@ def weight_file(tmp_path_factory):
   return path, {k: v.numpy() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
 
 
+@pytest.fixture(scope="module")
+def loaded(weight_file):
+  return inception.load_model(str(weight_file[0]))
+
+
 def test_layout_matches_pytorch_fid():
   shapes = inception.state_dict_shapes()
   # Known entries of torchvision's Inception3 / pytorch-fid's FID weights.
@@ -44,10 +49,9 @@ def test_layout_matches_pytorch_fid():
   assert not any("AuxLogits" in k for k in shapes)
 
 
-def test_weight_file_round_trip(weight_file):
+def test_weight_file_round_trip(weight_file, loaded):
   path, sd = weight_file
-  model = inception.load_model(str(path))
-  back = inception.to_state_dict(model)
+  back = inception.to_state_dict(loaded)
   assert set(back) == set(sd)
   for k in sd:
     np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
@@ -66,10 +70,10 @@ def _torch_basic(x, sd, name, stride=1, padding=0):
   return F.relu(y)
 
 
-def test_blocks_match_torch_functional(weight_file):
+def test_blocks_match_torch_functional(weight_file, loaded):
   """Layouts, BN eps, padding and pytorch-fid's pool choices against torch ops."""
   _, sd = weight_file
-  model = inception.from_state_dict(sd)
+  model = loaded
   rng = np.random.default_rng(1)
   x = rng.normal(size=(1, 9, 9, 3)).astype(np.float32)
   got = model.Conv2d_1a_3x3(jnp.asarray(x))
@@ -96,6 +100,17 @@ def test_resize_matches_torch_interpolate():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
+def test_fid_pipeline_shapes():
+  """The whole network wires up (every block's channels and strides) at the FID resolution."""
+  model = inception.FIDInceptionV3()
+  images = jax.ShapeDtypeStruct((2, 64, 80, 3), jnp.uint8)
+  out = jax.eval_shape(lambda im: inception.fid_features(model, im), images)
+  assert out.shape == (2, 2048) and out.dtype == jnp.float32
+  logits = jax.eval_shape(model.logits, jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32))
+  assert logits.shape == (1, 1008)
+
+
+@pytest.mark.slow
 def test_fid_features_shape_and_finite(weight_file):
   _, sd = weight_file
   model = inception.from_state_dict(sd)
