@@ -9,14 +9,15 @@ Motion is measured from the pixels only (no model internals), between consecutiv
   * horizontal shift (steering / yaw): whole-frame phase correlation (Hann window, parabolic
     sub-pixel peak) -> dx in pixels per frame; a left yaw moves the scene right (dx > 0) under the
     pinhole model, so `expected_sign` is +1 for steering positive-left.
-  * expansion (speed / forward motion): phase correlation on a grid of tiles; the radial component
-    of each tile's shift, divided by the tile's distance from the image center, averaged -> the
-    per-frame zoom rate (1/frame); forward motion expands the image (> 0), more with speed.
+  * expansion (speed / forward motion): the magnification about the image center that best maps
+    each frame onto the next (grid search + parabolic refinement on mean absolute difference) ->
+    zoom rate (1/frame); forward motion expands the image (> 0), more with speed.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.ndimage
 import scipy.stats
 
 
@@ -57,28 +58,39 @@ def horizontal_shift(video):
   return float(np.mean([phase_correlation(v[t], v[t + 1])[1] for t in range(len(v) - 1)]))
 
 
-def expansion_rate(video, tiles=4):
-  """Mean radial zoom rate (1/frame) over consecutive frames, from tile-wise phase correlation."""
+def _zoomed(img, scale, center):
+  """img magnified by `scale` about `center` (bilinear): out(p) = img((p - c) / scale + c)."""
+  h, w = img.shape
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+  coords = [(yy - center[0]) / scale + center[0], (xx - center[1]) / scale + center[1]]
+  return scipy.ndimage.map_coordinates(img, coords, order=1, mode="nearest")
+
+
+def zoom_between(a, b, max_rate=0.3, steps=31, margin=0.15):
+  """Magnification s - 1 about the image center that best maps frame a onto frame b (grid search
+  over [-0.05, max_rate] on mean absolute difference inside the margins, parabolic refinement)."""
+  a, b = _gray(a), _gray(b)
+  h, w = a.shape
+  center = ((h - 1) / 2, (w - 1) / 2)
+  my, mx = int(h * margin), int(w * margin)
+  inner = (slice(my, h - my), slice(mx, w - mx))
+  rates = np.linspace(-0.05, max_rate, steps)
+  err = np.array([np.mean(np.abs(_zoomed(a, 1 + r, center)[inner] - b[inner])) for r in rates])
+  k = int(np.argmin(err))
+  if 0 < k < steps - 1:
+    denom = err[k - 1] - 2 * err[k] + err[k + 1]
+    if denom > 0:
+      return float(rates[k] + 0.5 * (err[k - 1] - err[k + 1]) / denom * (rates[1] - rates[0]))
+  return float(rates[k])
+
+
+def expansion_rate(video):
+  """Mean magnification rate (1/frame) between consecutive frames of [T,H,W,(3)]: forward motion
+  expands the image about the focus of expansion (the center for a forward-looking camera)."""
   v = np.asarray(video)
   if len(v) < 2:
     raise ValueError(f"need at least 2 frames, got {len(v)}")
-  h, w = v.shape[1:3]
-  th, tw = h // tiles, w // tiles
-  if th < 8 or tw < 8:
-    raise ValueError(f"frames {h}x{w} too small for {tiles}x{tiles} tiles of >= 8 px")
-  cy, cx = (h - 1) / 2, (w - 1) / 2
-  rates = []
-  for t in range(len(v) - 1):
-    for i in range(tiles):
-      for j in range(tiles):
-        ys, xs = slice(i * th, (i + 1) * th), slice(j * tw, (j + 1) * tw)
-        ry, rx = (i + 0.5) * th - 0.5 - cy, (j + 0.5) * tw - 0.5 - cx
-        dist2 = ry * ry + rx * rx
-        if dist2 < (0.25 * min(h, w)) ** 2:
-          continue   # center tiles barely move under zoom: skip
-        dy, dx = phase_correlation(v[t, ys, xs], v[t + 1, ys, xs])
-        rates.append((dy * ry + dx * rx) / dist2)
-  return float(np.mean(rates))
+  return float(np.mean([zoom_between(v[t], v[t + 1]) for t in range(len(v) - 1)]))
 
 
 _MEASURES = {"horizontal_shift": horizontal_shift, "expansion_rate": expansion_rate}
