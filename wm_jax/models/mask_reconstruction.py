@@ -61,9 +61,9 @@ QK_NORM_EPS = 1e-5  # diffusers Attention default eps for its RMSNorm
 LAYER_NORM_EPS = 1e-6
 
 
-def defaults() -> ml_collections.ConfigDict:
-  """config.mask: row-wise mask reconstruction (training only)."""
-  return ml_collections.ConfigDict(dict(
+def defaults(**overrides) -> ml_collections.ConfigDict:
+  """config.mask: row-wise mask reconstruction (training only); overrides e.g. decode_layers=1."""
+  config = ml_collections.ConfigDict(dict(
       enabled=True,
       ratio=0.25,        # r: each token row keeps K = (1 - r) * W tokens
       p_time=0.5,        # probability a sample gets M_time (else M_spatial)
@@ -74,6 +74,11 @@ def defaults() -> ml_collections.ConfigDict:
       # [T,h,W,D] table the caller passes as pos_embed
       pos_table="3d_sincos",
   ))
+  unknown = sorted(set(overrides) - set(config))
+  if unknown:
+    raise ValueError(f"unknown config.mask keys {unknown}; known: {sorted(config)}")
+  config.update(overrides)
+  return config
 
 
 POS_TABLES = ("3d_sincos", "backbone")
