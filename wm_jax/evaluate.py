@@ -85,8 +85,9 @@ def npz_batches(generated_path, reference_path, batch_size, limit=None):
 def sampled_batches(config, checkpoint, protocol, batch_size, limit=None):
   """(generated, reference) batches sampled from a checkpoint with the model's Euler sampler.
 
-  Needs the model (`wm_jax.models.ctsd_dit`), sampler (`wm_jax.diffusion.samplers.euler_sample`),
-  VAE and data pipeline modules; not wired until those branches are merged."""
+  The per-batch step is `evaluation.sampling.sample_clips` (model + euler_sample under the
+  protocol's steps/CFG/reference frames, tested); restoring the checkpoint (train), decoding
+  latents (vae) and reading the split (pipeline) are not wired until those branches are merged."""
   missing = []
   import importlib.util
   for mod in ("wm_jax.models.ctsd_dit", "wm_jax.diffusion.samplers", "wm_jax.models.vae",
@@ -94,7 +95,8 @@ def sampled_batches(config, checkpoint, protocol, batch_size, limit=None):
     if importlib.util.find_spec(mod) is None:
       missing.append(mod)
   raise NotImplementedError(
-      "sampling from --checkpoint is not wired yet"
+      "sampling from --checkpoint is not wired yet (needs checkpoint restore, VAE decode and the "
+      "data iterator around evaluation.sampling.sample_clips)"
       + (f" (missing modules: {', '.join(missing)})" if missing else "")
       + "; evaluate saved videos with --generated/--reference .npz files instead")
 
