@@ -30,12 +30,13 @@ def _clips(n, seed=0):
 
 def test_evaluate_videos_writes_metrics_settings_and_samples(tmp_path):
   p = protocols.replace(protocols.get("synthetic"), kid_subsets=3, kid_subset_size=10)
-  ref = _clips(6)
+  ref = np.concatenate([_clips(6), _clips(6, seed=50)], axis=2)   # 2 views, 10 frames
   gen = np.clip(ref.astype(int) + 20, 0, 255).astype(np.uint8)
   batches = [(gen[:4], ref[:4]), (gen[4:], ref[4:])]
   r = evaluate.evaluate_videos(p, batches, workdir=tmp_path, fvd_features=_feats,
                                fid_features=_img_feats, fvd_dim=4, fid_dim=3, save_videos=3)
-  assert r["fvd"] > 0 and r["fid"] > 0 and r["num_videos"] == 6 and r["saved_videos"] == 3
+  assert r["fvd"] > 0 and r["fid"] > 0 and r["saved_videos"] == 3
+  assert r["num_videos"] == 12   # each view is a video
   summary = json.loads((tmp_path / f"eval_{p.name}.json").read_text())
   assert summary["fvd"] == pytest.approx(r["fvd"])
   assert summary["protocol"]["kid_subset_size"] == 10
@@ -46,6 +47,7 @@ def test_evaluate_videos_writes_metrics_settings_and_samples(tmp_path):
   assert len(samples) == 3
   frames = np.stack(imageio.mimread(tmp_path / "samples" / p.name / samples[0]))
   assert frames.shape[0] == 10 and frames.shape[2] >= 2 * 24   # generated | ground truth
+  assert frames.shape[1] >= 2 * 24                               # one row per view
 
 
 def test_side_by_side_layout():
@@ -76,7 +78,7 @@ def test_checkpoint_path_says_what_is_missing(tmp_path):
 
 @pytest.mark.slow
 def test_cli_on_npz_with_real_i3d(tmp_path):
-  ref = _clips(3)
+  ref = np.concatenate([_clips(3), _clips(3, seed=50)], axis=2)   # the synthetic protocol's 2 views
   gen = np.clip(ref.astype(int) + np.random.default_rng(0).normal(0, 20, ref.shape), 0, 255)
   np.savez(tmp_path / "ref.npz", frames=ref)
   np.savez(tmp_path / "gen.npz", frames=gen.astype(np.uint8))
@@ -84,5 +86,5 @@ def test_cli_on_npz_with_real_i3d(tmp_path):
          f"--generated={tmp_path}/gen.npz", f"--reference={tmp_path}/ref.npz", "--save_videos=1"]
   subprocess.run(cmd, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   summary = json.loads((tmp_path / "eval_synthetic.json").read_text())
-  assert summary["fvd"] > 0 and summary["num_videos"] == 3
+  assert summary["fvd"] > 0 and summary["num_videos"] == 6
   assert "fid/kid (no --fid_weights)" in summary["skipped"]

@@ -46,7 +46,9 @@ def clips():
 
 def _proto(**kw):
   base = protocols.get("synthetic")
-  return dataclasses.replace(base, kid_subsets=5, kid_subset_size=20, **kw)
+  single = dict(num_views=1, views_as_videos=False, clip_frames=10, rollout_steps=1,
+                kid_subsets=5, kid_subset_size=20)
+  return dataclasses.replace(base, **{**single, **kw})
 
 
 def _score(protocol, gen, ref, feats):

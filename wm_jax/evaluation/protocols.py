@@ -118,12 +118,13 @@ PROTOCOLS = {
               "25-frame (2.5 s) window of the rollout -> FVD/FID against time"),
     "synthetic": Protocol(
         name="synthetic", source="wm_jax built-in procedural world",
-        dataset="synthetic/val", num_views=1, views_as_videos=False, clip_frames=10,
-        reference_frames=1, exclude_reference=True, num_clips=16, image_size=(64, 64), fps=10.0,
+        dataset="synthetic/val", num_views=2, views_as_videos=True, clip_frames=4,
+        reference_frames=1, exclude_reference=True, num_clips=16, image_size=(64, 128), fps=10.0,
         sample_steps=8, cfg_scale=1.0, use_actions=True, fvd_frames=None, fid_frames=None,
-        kid_subsets=10, kid_subset_size=100,
-        notes="small counts for CPU; numbers are for tracking the demo model, not comparable to "
-              "published nuScenes numbers"),
+        rollout_steps=3, kid_subsets=10, kid_subset_size=100,
+        notes="shapes of configs/maskgwm_tiny.py (2 views x 4 frames, 64x128): a 3-step rollout "
+              "(1 condition frame) gives the 9 frames I3D needs per view; small counts for CPU; "
+              "numbers track the demo model and are not comparable to published nuScenes ones"),
 }
 
 
