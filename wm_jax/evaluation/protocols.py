@@ -15,7 +15,8 @@ Sources (see seeds/001 = MaskGWM sec. 4.1 and appendix 7.3; OpenDWM configs/ctsd
                     frames of each view as a separate video, FID on every generated frame; 256x448.
   long_horizon      MaskGWM Fig. 6/7: autoregressive rollout (3 condition frames per step, no
                     action) on 300 videos; FVD/FID per 2.5 s window of 25 frames, giving the curve.
-  synthetic         the built-in procedural world, small counts so it runs on CPU.
+  synthetic         the built-in procedural world at configs/maskgwm_tiny.py's shapes (2 views x 4
+                    frames, 64x128; a 3-step rollout reaches I3D's 9 frames), small counts for CPU.
 
 Frame counts are in frames *generated per clip* (`clip_frames`, reference frames included);
 `metric_frames` slices the frames the metrics see after the reference frames are dropped.
