@@ -74,3 +74,14 @@ def test_on_the_synthetic_world_renderer():
   vids = np.stack([np.stack([clip(sc, v, 0.0) for v in speeds]) for sc in scenes])
   r = ctl.sweep(vids, speeds, "expansion_rate", threshold=0.01)
   assert r["spearman"] > 0.9 and r["sign_correct"] == 1.0, r
+
+
+def test_sweep_batch_sets_one_action():
+  batch = {"actions": np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4),
+           "frames": np.zeros((2, 3, 1, 4, 4, 3), np.uint8)}
+  out = ctl.sweep_batch(batch, "steering", [-0.1, 0.0, 0.1])
+  assert out["actions"].shape == (6, 3, 4) and out["frames"].shape == (6, 3, 1, 4, 4, 3)
+  np.testing.assert_allclose(out["actions"][:, 0, 1], [-0.1, 0, 0.1, -0.1, 0, 0.1], atol=1e-7)
+  np.testing.assert_array_equal(out["actions"][3:, :, 0], np.repeat(batch["actions"][1:, :, 0], 3, 0))
+  with pytest.raises(ValueError, match="action 'yaw'"):
+    ctl.sweep_batch(batch, "yaw", [0.0])

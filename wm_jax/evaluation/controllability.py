@@ -128,3 +128,24 @@ def sweep(videos, actions, measure="horizontal_shift", expected_sign=1.0, thresh
       "actions": a.tolist(),
       "motion": motion.tolist(),
   }
+
+
+ACTION_INDEX = {"speed": 0, "steering": 1}   # columns of the schema's actions [B,T,A]
+
+
+def sweep_batch(batch: dict, action: str, values):
+  """Repeats every clip of a schema batch once per value, with `action` set to that value on every
+  frame (the other actions kept): arrays [B,...] -> [B*S,...], clip-major, so generated frames
+  reshape to [B, S, ...] for `sweep`. Sample with the same noise per clip (repeat the noise
+  the same way) so the only difference within a clip's sweep is the action."""
+  if action not in ACTION_INDEX:
+    raise ValueError(f"action {action!r} not in {sorted(ACTION_INDEX)}")
+  if "actions" not in batch:
+    raise ValueError(f"sweep_batch needs batch['actions']; batch has {sorted(batch)}")
+  values = np.asarray(values, np.float32)
+  s = len(values)
+  out = {k: np.repeat(np.asarray(v), s, axis=0) for k, v in batch.items()}
+  acts = out["actions"].copy()
+  acts[..., ACTION_INDEX[action]] = np.tile(values, len(acts) // s)[:, None]
+  out["actions"] = acts
+  return out
