@@ -1,0 +1,144 @@
+"""Named evaluation protocols: every choice that changes an FVD/FID number, written down as data.
+
+A published FVD/FID is only comparable when the protocol matches; each `Protocol` below carries its
+source and the settings that define it, and `settings()` is reported beside every number.
+
+Sources (see seeds/001 = MaskGWM sec. 4.1 and appendix 7.3; OpenDWM configs/ctsd):
+  vista_nuscenes    MaskGWM single-view, following Vista: 25-frame clips with 1 reference frame on
+                    the full nuScenes val set (5369 clips), 30 Euler steps, CFG 4.0; all generated
+                    videos for FVD and their frames for FID. The reference (condition) frame is
+                    excluded from both.
+  drivewm_mview     MaskGWM multi-view, following Drive-WM: one 6-view video per nuScenes val
+                    scene (150 scenes -> 900 single-view videos); FVD on the 900 videos, FID on 10K
+                    frames drawn at random from them.
+  opendwm_nuscenes  OpenDWM CTSD nuScenes eval: 3 reference frames, FVD on the first 16 generated
+                    frames of each view as a separate video, FID on every generated frame; 256x448.
+  long_horizon      MaskGWM Fig. 6/7: autoregressive rollout (3 condition frames per step, no
+                    action) on 300 videos; FVD/FID per 2.5 s window of 25 frames, giving the curve.
+  synthetic         the built-in procedural world at configs/maskgwm_tiny.py's shapes (2 views x 4
+                    frames, 64x128; a 3-step rollout reaches I3D's 9 frames), small counts for CPU.
+
+Frame counts are in frames *generated per clip* (`clip_frames`, reference frames included);
+`metric_frames` slices the frames the metrics see after the reference frames are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  name: str
+  source: str
+  dataset: str
+  num_views: int                 # views generated per clip
+  views_as_videos: bool          # each view is scored as its own video (multi-view protocols)
+  clip_frames: int               # frames per generated clip, reference frames included
+  reference_frames: int          # condition frames given to the sampler (tau = 0)
+  exclude_reference: bool        # drop the reference frames before computing metrics
+  num_clips: Optional[int]       # clips generated (None: every clip of the split)
+  image_size: tuple              # (H, W) generated resolution
+  fps: float
+  sample_steps: int
+  cfg_scale: float
+  use_actions: bool
+  # FVD (I3D Kinetics-400 logits, 224x224 TF1-bilinear, [-1, 1])
+  fvd_frames: Optional[int]      # frames per FVD video after the reference cut (None: all)
+  fvd_resize: str = "tf1"
+  # FID (pytorch-fid InceptionV3 pool3, 299x299 torch-bilinear)
+  fid_frames: Optional[int] = None   # random frames for FID (None: every frame)
+  fid_resize: str = "torch"
+  # KID on the FID features
+  kid_subsets: int = 100
+  kid_subset_size: int = 1000
+  # long-horizon curve: FVD/FID per window of `window_frames` frames (0: one window = whole clip)
+  window_frames: int = 0
+  rollout_steps: int = 1
+  seed: int = 0
+  notes: str = ""
+
+  def __post_init__(self):
+    if self.reference_frames >= self.clip_frames:
+      raise ValueError(f"protocol {self.name}: reference_frames {self.reference_frames} must be < "
+                       f"clip_frames {self.clip_frames}")
+    if self.fvd_frames is not None and self.fvd_frames < 9:
+      raise ValueError(f"protocol {self.name}: fvd_frames {self.fvd_frames} < 9, the fewest I3D "
+                       "accepts")
+
+  @property
+  def metric_frames(self) -> int:
+    """Frames per clip that the metrics see."""
+    total = self.clip_frames * self.rollout_steps - (
+        (self.rollout_steps - 1) * self.reference_frames)
+    return total - (self.reference_frames if self.exclude_reference else 0)
+
+  def settings(self) -> dict:
+    """Every setting, flat, to be written beside the numbers."""
+    out = dataclasses.asdict(self)
+    out["image_size"] = list(self.image_size)
+    out["metric_frames"] = self.metric_frames
+    return out
+
+
+PROTOCOLS = {
+    "vista_nuscenes": Protocol(
+        name="vista_nuscenes", source="MaskGWM sec. 4.1 + app. 7.3 (Vista setting)",
+        dataset="nuscenes/val front camera", num_views=1, views_as_videos=False, clip_frames=25,
+        reference_frames=1, exclude_reference=True, num_clips=5369, image_size=(576, 1024),
+        fps=10.0, sample_steps=30, cfg_scale=4.0, use_actions=False, fvd_frames=None,
+        fid_frames=None,
+        notes="all generated videos for FVD and all their frames for FID; Vista's eval drops "
+              "actions (the paper's 'aligned' row also trains without)"),
+    "drivewm_mview": Protocol(
+        name="drivewm_mview", source="MaskGWM app. 7.3 (Drive-WM setting)",
+        dataset="nuscenes/val 6 cameras", num_views=6, views_as_videos=True, clip_frames=25,
+        reference_frames=1, exclude_reference=True, num_clips=150, image_size=(576, 1024),
+        fps=10.0, sample_steps=30, cfg_scale=4.0, use_actions=False, fvd_frames=None,
+        fid_frames=10000,
+        notes="one 6-view video per val scene -> 900 single-view videos; FID on 10K random frames "
+              "of them. Clip length and resolution are not stated for the multi-view model; those "
+              "of the single-view model are used"),
+    "opendwm_nuscenes": Protocol(
+        name="opendwm_nuscenes", source="OpenDWM configs/ctsd/single_dataset/ctsd_35_tirda_bm_nusc_a",
+        dataset="nuscenes/val 6 cameras (12 Hz interp, keyframes)", num_views=6,
+        views_as_videos=True, clip_frames=19, reference_frames=3, exclude_reference=True,
+        num_clips=None, image_size=(256, 448), fps=10.0, sample_steps=40, cfg_scale=4.0,
+        use_actions=False, fvd_frames=16, fid_frames=None,
+        notes="FVD on the first 16 generated frames after the 3 reference frames, each view a "
+              "separate video; FID on every generated frame of every view. OpenDWM scores FVD with "
+              "TATS' PyTorch I3D; here the Kinetics-400 weights of the original FVD are used"),
+    "long_horizon": Protocol(
+        name="long_horizon", source="MaskGWM sec. 4.3 Fig. 6, app. Fig. 7 + 7.4",
+        dataset="opendv/val", num_views=1, views_as_videos=False, clip_frames=25,
+        reference_frames=3, exclude_reference=True, num_clips=300, image_size=(576, 1024),
+        fps=10.0, sample_steps=30, cfg_scale=4.0, use_actions=False, fvd_frames=None,
+        fid_frames=None, window_frames=25, rollout_steps=7,
+        notes="autoregressive: each step conditions on the last 3 generated frames; metrics per "
+              "25-frame (2.5 s) window of the rollout -> FVD/FID against time"),
+    "synthetic": Protocol(
+        name="synthetic", source="wm_jax built-in procedural world",
+        dataset="synthetic/val", num_views=2, views_as_videos=True, clip_frames=4,
+        reference_frames=1, exclude_reference=True, num_clips=16, image_size=(64, 128), fps=10.0,
+        sample_steps=8, cfg_scale=1.0, use_actions=True, fvd_frames=None, fid_frames=None,
+        rollout_steps=3, kid_subsets=10, kid_subset_size=100,
+        notes="shapes of configs/maskgwm_tiny.py (2 views x 4 frames, 64x128): a 3-step rollout "
+              "(1 condition frame) gives the 9 frames I3D needs per view; small counts for CPU; "
+              "numbers track the demo model and are not comparable to published nuScenes ones"),
+}
+
+
+def get(name: str) -> Protocol:
+  try:
+    return PROTOCOLS[name]
+  except KeyError:
+    raise ValueError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}") from None
+
+
+def replace(protocol: Protocol, **changes) -> Protocol:
+  """A copy with some settings changed (the name gets a '+changed' suffix so reports show it)."""
+  if not changes:
+    return protocol
+  tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+  return dataclasses.replace(protocol, name=f"{protocol.name}+{tag}", **changes)

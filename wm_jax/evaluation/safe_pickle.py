@@ -1,0 +1,67 @@
+"""A restricted unpickler for weight files: numpy arrays and plain containers, nothing else.
+
+`pickle.load` runs whatever callable a file names (a `__reduce__` that calls `os.system` runs on
+load). Weight files only need numpy arrays nested in dicts/lists/tuples, so `load` admits exactly
+the globals that rebuild an ndarray and `collections.OrderedDict`; any other global is refused
+with an `UnpicklingError` naming it, before it is imported or called. Object arrays (dtype 'O')
+are refused too, since their elements would be arbitrary Python objects.
+"""
+
+import collections
+import io
+import pickle
+
+import numpy as np
+
+try:  # numpy >= 2
+  from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy 1.x
+  from numpy.core import multiarray as _multiarray
+
+
+def _dtype(*args, **kwargs):
+  dt = np.dtype(*args, **kwargs)
+  if dt.hasobject:
+    raise pickle.UnpicklingError(f"object dtype {dt!r} refused: weight files hold numbers only")
+  return dt
+
+
+# (module, name) -> the object to hand the unpickler. numpy 1.x wrote `numpy.core.*`, numpy 2
+# writes `numpy._core.*`; both map to the running numpy's functions.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+
+  def find_class(self, module, name):
+    try:
+      return _ALLOWED[(module, name)]
+    except KeyError:
+      raise pickle.UnpicklingError(
+          f"global '{module}.{name}' refused: weight files may only contain numpy arrays and "
+          "dict/list/tuple/OrderedDict containers") from None
+
+  def persistent_load(self, pid):
+    raise pickle.UnpicklingError(f"persistent id {pid!r} refused in a weight file")
+
+
+def loads(data: bytes):
+  """Unpickles `data` admitting only numpy arrays and plain containers."""
+  return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def load(path):
+  """Unpickles the file at `path` admitting only numpy arrays and plain containers."""
+  with open(path, "rb") as f:
+    try:
+      return _RestrictedUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+      raise pickle.UnpicklingError(f"{path}: {e}") from None
