@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wm_jax.convert import param_map
 from wm_jax.models import mask_reconstruction as mr
 from wm_jax.models import masking
 
@@ -16,25 +17,11 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data_files", "mask_module_
 B, T, V, H, W, D, HEADS, C, P, L = 2, 3, 2, 2, 4, 32, 2, 4, 2, 3
 
 
-def _torch_layout(path, shape):
-  """Flax (path, shape) -> OpenDWM (key, shape) by the one naming rule."""
-  *mods, leaf = path
-  key = ".".join(str(m) for m in mods)
-  if leaf == "kernel":
-    shape = shape[::-1] if len(shape) == 2 else (shape[4], shape[3]) + tuple(shape[:3])
-    return key + ".weight", tuple(shape)
-  if leaf == "scale":
-    return key + ".weight", tuple(shape)
-  return ".".join([key, leaf]) if key else leaf, tuple(shape)
-
-
 def test_param_names_and_shapes_equal_opendwm():
   cfg = mr.defaults()
   module = nnx.eval_shape(lambda: mr.MaskModule(1536, 24, 64, 16, 2, cfg, rngs=nnx.Rngs(0)))
-  ours = {}
-  for path, var in nnx.to_flat_state(nnx.state(module)):
-    key, shape = _torch_layout(path, var.shape if hasattr(var, "shape") else var.value.shape)
-    ours["mask_module." + key] = shape
+  # the converter's one naming rule over what checkpoints carry (params + buffers)
+  ours = {"mask_module." + k: v for k, v in param_map.torch_shapes(module).items()}
   ref = {}
   with open(DATA) as f:
     for line in f:
