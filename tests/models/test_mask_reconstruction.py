@@ -49,11 +49,22 @@ def test_sincos_table_matches_diffusers():
   np.testing.assert_allclose(mr.sincos_3d(4, 3, 5, 64).reshape(4, 15, 64), ref, atol=1e-6)
 
 
+def _random_module(seed=0):
+  """A MaskModule with numpy-random weights: the same module, without compiling an initializer
+  per parameter shape (which dominates this file's CPU time); the tests are about the forward."""
+  abstract = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, mr.defaults(),
+                                                  rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+  fan_in = lambda shape: int(np.prod(shape[:-1])) if len(shape) > 1 else 100
+  state = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in(s.shape)),
+                                             s.dtype), state)
+  return nnx.merge(graphdef, state)
+
+
 @pytest.fixture(scope="module")
 def setup():
-  cfg = mr.defaults()
-  module = mr.MaskModule(D, HEADS, D // HEADS, C, P, cfg, rngs=nnx.Rngs(0))
-  module.mask_token[...] = jax.random.normal(jax.random.key(9), (1, 1, D))
+  module = _random_module()
   rng = np.random.default_rng(0)
   f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
   inputs = dict(noise=f32(B, T, V, H * P, W * P, C), temb=f32(B, T, V, D), context=f32(B, T, V, L, D),
