@@ -12,8 +12,8 @@ Two layouts are read (`read_params`):
              {"model": config.model, "mask": config.mask}. A bare StandardCheckpointer directory
              of an nnx.Param state (wm_jax.train.loop.save_module) reads as params alone.
 
-Arrays come back as a flat {wm_jax path tuple: numpy array}, paths as nnx.to_flat_state spells
-them (list indices as ints).
+Arrays come back as a flat {wm_jax path tuple: numpy array} (path parts as strings; they are
+matched by param_map.torch_key).
 """
 
 from __future__ import annotations
@@ -82,14 +82,14 @@ def _restore_all(directory: str) -> dict:
 
 def flatten(tree: Any, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
   """Nested dicts of a restored nnx State -> {path tuple: array}; drops Orbax's 'value' wrapper
-  level under each variable and turns digit keys back into list indices."""
+  level under each variable. Path parts come back as strings (list indices too): match paths by
+  param_map.torch_key, which joins them the same way either way."""
   out = {}
   if isinstance(tree, dict):
     if set(tree) == {"value"} and not isinstance(tree["value"], dict):
       return {prefix: np.asarray(tree["value"])}
     for key, sub in tree.items():
-      part = int(key) if isinstance(key, str) and key.isdigit() else key
-      out.update(flatten(sub, prefix + (part,)))
+      out.update(flatten(sub, prefix + (key,)))
     return out
   if tree is None:
     return out
@@ -137,8 +137,8 @@ def write_params(out_dir: str, state: nnx.State, config: dict | None = None) -> 
   """DIR/params (nnx.Param state), DIR/rest (other checkpointed variables), DIR/config.json."""
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  params = state.filter(nnx.Param)
-  rest = state.filter(nnx.Not(nnx.Param))
+  params = nnx.filter_state(state, nnx.Param)
+  rest = nnx.filter_state(state, nnx.Not(nnx.Param))
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(out_dir, "params"), params, force=True)
   if jax.tree.leaves(rest):
@@ -169,7 +169,9 @@ def state_from_flat(flat: dict[tuple, np.ndarray], target) -> nnx.State:
   problems = param_map.compare_shapes(have_t, want_t)
   if problems:
     raise param_map.ConversionError("checkpoint does not match the model:\n" + problems)
-  flat_vars = [(path, var.replace(np.asarray(flat[tuple(path)]).astype(want[tuple(path)].dtype)))
+  by_key = {param_map.torch_key(p): v for p, v in flat.items()}
+  flat_vars = [(path, var.replace(np.asarray(by_key[param_map.torch_key(path)])
+                                  .astype(want[tuple(path)].dtype)))
                for path, var in nnx.to_flat_state(target_state)]
   return nnx.from_flat_state(flat_vars)
 

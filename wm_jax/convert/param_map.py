@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -98,14 +99,21 @@ def to_torch_state_dict(model_or_state) -> dict[str, np.ndarray]:
   return flat_to_torch(flat_state(checkpoint_state(model_or_state)))
 
 
-def flat_to_torch(flat: Mapping[tuple, Any]) -> dict[str, np.ndarray]:
-  """{wm_jax path tuple: array} -> PyTorch state_dict (names and layouts by the one rule)."""
+def flat_to_torch(flat: Mapping[tuple, Any]) -> dict[str, Any]:
+  """{wm_jax path tuple: array} -> PyTorch state_dict (names and layouts by the one rule).
+
+  Abstract values (jax.ShapeDtypeStruct) map to ShapeDtypeStructs of the PyTorch shape, so a
+  full-size conversion can be checked without memory."""
   out = {}
   for path, value in flat.items():
     key = torch_key(path)
     if key in out:
       raise ConversionError(f"two wm_jax parameters map to the PyTorch key {key!r}")
-    out[key] = np.ascontiguousarray(to_torch_layout(str(path[-1]), np.asarray(value)))
+    leaf = str(path[-1])
+    if isinstance(value, jax.ShapeDtypeStruct):
+      out[key] = jax.ShapeDtypeStruct(torch_shape(leaf, value.shape), value.dtype)
+    else:
+      out[key] = np.ascontiguousarray(to_torch_layout(leaf, np.asarray(value)))
   return out
 
 

@@ -40,13 +40,14 @@ def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
   """OpenDWM-keyed, PyTorch-layout arrays; checks them against the model the config builds."""
   sd = param_map.flat_to_torch(flat)
   want = param_map.torch_shapes(abstract_model(model_cfg, mask_cfg))
-  problems = param_map.compare_shapes({k: v.shape for k, v in sd.items()}, want)
+  problems = param_map.compare_shapes({k: tuple(v.shape) for k, v in sd.items()}, want)
   if problems:
     raise param_map.ConversionError(
         "checkpoint does not match the model its config builds:\n" + problems)
   paper = paper_only_keys(sd)
   if paper:
-    nonzero = [k for k in paper if np.any(sd[k] != 0)]
+    # abstract arrays (a shape-only check) count as non-zero: nothing shows they are still zero
+    nonzero = [k for k in paper if not isinstance(sd[k], np.ndarray) or np.any(sd[k] != 0)]
     if not drop_zero_paper_params or nonzero:
       why = (f"{len(nonzero)} of them are non-zero (trained), so no OpenDWM model computes what "
              "this one does" if nonzero else
