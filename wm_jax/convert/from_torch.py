@@ -12,8 +12,8 @@ source='sd3': a diffusers SD3Transformer2DModel (SD3 / SD3.5) state_dict: its ke
   backbone subset (pos_embed.proj, time_text_embed, context_embedder, transformer_blocks,
   norm_out, proj_out) with the same names; the video blocks, mixers, index/camera embeddings,
   layout adapter and mask module keep their init (only with source='sd3': by default every key
-  must be present). pos_embed.pos_embed (the fixed sin-cos table) is built, not read.
-  Checkpoint keys the model lacks are still refused.
+  must be present). pos_embed.pos_embed (the fixed sin-cos table) is read when the checkpoint
+  has it, else built. Checkpoint keys the model lacks are still refused.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from wm_jax.convert import param_map
 
 # Parts of the CTSD model a diffusers SD3 transformer does not have (regex over PyTorch keys).
 NOT_IN_SD3 = (
-    r"pos_embed\.pos_embed", r"condition_image_adapter\..*", r"view_embedding\..*",
+    r"condition_image_adapter\..*", r"view_embedding\..*",
     r"(view|time)_pos_embeds\..*", r"(crossview|temporal)_transformer_blocks\..*",
     r"(view|time)_mixers\..*", r"mask_module\..*",
 )
@@ -99,6 +99,8 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], target, *, source: str = "o
   ignore |= paper
   if source == "sd3":
     ignore |= set(sd3_ignore(model_keys))
+    if "pos_embed.pos_embed" not in sd:  # the fixed table; diffusers usually stores it
+      ignore.add("pos_embed.pos_embed")
   state = param_map.from_torch_state_dict(sd, target, ignore=sorted(ignore))
   flat = list(nnx.to_flat_state(state))
   pending = [path for path, var in flat if isinstance(var.get_value(), jax.ShapeDtypeStruct)]
