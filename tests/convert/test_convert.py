@@ -42,7 +42,7 @@ def test_ctsd35_conversion_has_exactly_the_opendwm_key_and_shape_set():
                                                     mask_reconstruction.defaults())
   abstract = to_torch.abstract_model(model_cfg, mask_cfg)
   flat = param_map.flat_state(param_map.checkpoint_state(abstract))
-  sd = to_torch.export_state_dict(flat, model_cfg, mask_cfg)
+  sd = to_torch.export_state_dict(flat, model_cfg, mask_cfg, abstract=abstract)
   want = _reference_shapes()
   assert len(want) == 1524
   assert param_map.compare_shapes({k: v.shape for k, v in sd.items()}, want) == ""

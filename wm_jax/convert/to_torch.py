@@ -36,10 +36,12 @@ def abstract_model(model_cfg, mask_cfg):
 
 
 def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
-                      drop_zero_paper_params: bool = False) -> dict[str, np.ndarray]:
-  """OpenDWM-keyed, PyTorch-layout arrays; checks them against the model the config builds."""
+                      drop_zero_paper_params: bool = False, abstract=None) -> dict[str, np.ndarray]:
+  """OpenDWM-keyed, PyTorch-layout arrays; checks them against the model the config builds
+  (`abstract`: that model's nnx.eval_shape when the caller has it already)."""
   sd = param_map.flat_to_torch(flat)
-  want = param_map.torch_shapes(abstract_model(model_cfg, mask_cfg))
+  want = param_map.torch_shapes(abstract if abstract is not None else
+                                abstract_model(model_cfg, mask_cfg))
   problems = param_map.compare_shapes({k: tuple(v.shape) for k, v in sd.items()}, want)
   if problems:
     raise param_map.ConversionError(
