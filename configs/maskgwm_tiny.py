@@ -12,6 +12,9 @@ more than 10x within a minute on a CPU (tests/models/test_ctsd_dit.py::test_tiny
 
 import ml_collections
 
+from wm_jax.diffusion import config as diffusion_config
+from wm_jax.models import mask_reconstruction
+
 
 def model_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
@@ -50,8 +53,9 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def mask_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(enabled=True, ratio=0.25, p_time=0.5, decode_layers=1,
-                                        side_blocks=1))
+  mask = mask_reconstruction.defaults()
+  mask.decode_layers = 1  # of 4 joint blocks; the encoder runs 3 at width K = 6 of W = 8
+  return mask
 
 
 def get_config(arg=None):
@@ -59,4 +63,5 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.model = model_config()
   config.mask = mask_config()
+  config.diffusion = diffusion_config.defaults()
   return config

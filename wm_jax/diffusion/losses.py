@@ -44,6 +44,13 @@ def _normal(rng, shape):
   return jax.random.normal(rng, (math.prod(shape),)).reshape(shape)  # flat: fast CPU compile
 
 
+def _feature(feats, key, which):
+  if key not in feats:
+    raise ValueError(f"the feature loss needs features[{key!r}] from the {which} forward "
+                     f"(return_features=True); the model returned keys {sorted(feats)}")
+  return feats[key]
+
+
 def _masked_mean(values, weight):
   return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
@@ -112,12 +119,12 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   if row_mask is not None:
     metrics["mask_time_fraction"] = jnp.mean(row_mask.is_time.astype(jnp.float32))
   if with_features:
-    recon = feats["reconstructed"].astype(jnp.float32)
+    recon = _feature(feats, "reconstructed", "masked").astype(jnp.float32)
     if "encoder_target" in feats:
       ref_feats = feats["encoder_target"]
     else:
       _, plain = model(z_tau, tau, return_features=True, **inputs)
-      ref_feats = plain["reconstructed"]
+      ref_feats = _feature(plain, "reconstructed", "unmasked")
     ref_feats = jax.lax.stop_gradient(ref_feats.astype(jnp.float32))
     grid = tuple(row_mask.keep_idx.shape[:4]) + (row_mask.width,)
     if recon.shape != ref_feats.shape or tuple(recon.shape[:5]) != grid:

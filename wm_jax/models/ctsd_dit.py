@@ -81,7 +81,7 @@ class CTSDDiT(nnx.Module):
   def __init__(self, model_config, mask_config=None, *, rngs: nnx.Rngs):
     cfg = model_config
     _check_config(cfg)
-    model_rngs, rngs = rngs, layers.KeyStream(rngs)
+    rngs = layers.KeyStream(rngs)
     self.cfg = _Static(cfg)
     prec = layers.Precision.from_config(cfg)
     self.prec = prec
@@ -158,7 +158,7 @@ class CTSDDiT(nnx.Module):
                          f"1..{cfg.num_layers - 1} for {cfg.num_layers} joint blocks")
       mask_module = mask_reconstruction.MaskModule(
           dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
-          rngs=model_rngs)
+          rngs=rngs, attention_impl=impl, dtype=prec.dtype, param_dtype=prec.param_dtype)
     self.mask_module = mask_module
 
   # ---------------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ class CTSDDiT(nnx.Module):
       residuals = self.condition_image_adapter(layout.astype(dtype))
 
     masked = row_mask is not None
-    first_decoder = cfg.num_layers - self.decode_layers if masked else cfg.num_layers
+    first_decoder = cfg.num_layers - self.decode_layers  # == num_layers without a mask module
     if masked:
       from wm_jax.models import masking
       x = masking.gather_rows(x, row_mask)
@@ -213,11 +213,12 @@ class CTSDDiT(nnx.Module):
     feats = {}
     ctx = ctx0
     for i, block in enumerate(self.transformer_blocks):
-      if masked and i == first_decoder:
+      if i == first_decoder:
         feats["encoder"] = x
-        x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
-                             temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
-                             self.pos_embed.cropped(h, w).astype(dtype))
+        if masked:
+          x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
+                               temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
+                               self.pos_embed.cropped(h, w).astype(dtype))
         feats["reconstructed"] = x
       if i < len(residuals):
         x = x + residuals[i].astype(x.dtype)
