@@ -23,12 +23,11 @@ import numpy as np
 from flax import nnx
 
 from wm_jax.models.buffers import Buffer
-from wm_jax.models.mask_reconstruction import UnusedWeight
 
 LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
-# What a converted checkpoint holds: trainable params, persistent buffers, and weights PyTorch
-# keeps in its state_dict that the forward never reads (mask_reconstruction.UnusedWeight).
-CHECKPOINT_FILTER = nnx.Any(nnx.Param, Buffer, UnusedWeight)
+# What a converted checkpoint holds: trainable params and persistent buffers (Buffer subclasses
+# included, e.g. mask_reconstruction.UnusedWeight: weights PyTorch keeps but never applies).
+CHECKPOINT_FILTER = nnx.Any(nnx.Param, Buffer)
 
 
 class ConversionError(ValueError):
