@@ -220,3 +220,14 @@ def test_pth_is_read_with_weights_only(tmp_path):
   torch.save({"net": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")  # a module: not weights
   with pytest.raises(Exception):
     from_torch.read_torch_checkpoint(str(tmp_path / "pickled.pth"))
+
+
+def test_sharded_safetensors_directory_is_read_whole(tmp_path):
+  from safetensors.numpy import save_file
+  save_file({"a.weight": np.ones((2, 3), np.float32)}, str(tmp_path / "m-00001-of-00002.safetensors"))
+  save_file({"b.bias": np.zeros(4, np.float32)}, str(tmp_path / "m-00002-of-00002.safetensors"))
+  sd = from_torch.read_torch_checkpoint(str(tmp_path))
+  assert sorted(sd) == ["a.weight", "b.bias"] and sd["a.weight"].shape == (2, 3)
+  save_file({"b.bias": np.zeros(4, np.float32)}, str(tmp_path / "m-extra.safetensors"))
+  with pytest.raises(ValueError, match="b.bias"):
+    from_torch.read_torch_checkpoint(str(tmp_path))

@@ -38,9 +38,22 @@ NOT_IN_SD3 = (
 
 
 def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """PyTorch-layout numpy arrays from .safetensors, or .pth/.pt/.bin via torch.load(weights_only)."""
+  """PyTorch-layout numpy arrays from .safetensors, or .pth/.pt/.bin via torch.load(weights_only),
+  or a directory of .safetensors shards (a diffusers model folder: every shard is read)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path}")
+  if os.path.isdir(path):
+    shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not shards:
+      raise ValueError(f"{path}: a directory without .safetensors files")
+    out = {}
+    for shard in shards:
+      part = read_torch_checkpoint(os.path.join(path, shard))
+      dup = sorted(set(part) & set(out))
+      if dup:
+        raise ValueError(f"{path}/{shard}: keys also in an earlier shard: {dup[:10]}")
+      out.update(part)
+    return out
   if path.endswith(".safetensors"):
     from safetensors.torch import load_file
     tensors = load_file(path)
