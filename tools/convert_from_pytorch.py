@@ -4,7 +4,8 @@
       [--opendwm_config=model.json] [--config=configs/maskgwm_long.py] [--source=opendwm|sd3]
       [--ignore=key1,key2] [--prefix=transformer.] [--time_modulation]
 
---checkpoint: .safetensors, or .pth/.pt/.bin read with torch.load(weights_only=True).
+--checkpoint: .safetensors, a directory of .safetensors shards (diffusers folder), or
+.pth/.pt/.bin read with torch.load(weights_only=True).
 The model config: --config (a wm_jax config file) gives the run-time fields and, without
 --opendwm_config, the architecture; --opendwm_config (OpenDWM's model config JSON, e.g. the one
 tools/convert_to_pytorch.py writes) replaces the architecture fields. Default base config:
