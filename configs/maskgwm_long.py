@@ -5,9 +5,9 @@ temporal blocks at OpenDWM's layers, camera + action (speed, steering) embedding
   python -m wm_jax.main --config=configs/maskgwm_long.py --workdir=gs://BUCKET/maskgwm_long
   python tools/param_count.py --config=configs/maskgwm_long.py
 
-Expect: about 2.9e9 parameters (tools/param_count.py prints the exact split); needs accelerators
-with bf16 and sharding (config.mesh); not runnable on a CPU. Mask reconstruction with r = 0.25
-keeps 24 of 32 tokens per row.
+Expect: 3.417e9 trainable parameters (tools/param_count.py prints the split: 2.22e9 in the joint
+blocks); needs accelerators with bf16 and sharding (config.mesh), not runnable on a CPU. Mask
+reconstruction with r = 0.25 keeps 24 of 32 tokens per row.
 """
 
 import ml_collections

@@ -7,7 +7,7 @@ convert name for name, plus the paper's Eq. 5 time modulation).
   python -m wm_jax.main --config=configs/maskgwm_mview.py --workdir=gs://BUCKET/maskgwm_mview
   python tools/param_count.py --config=configs/maskgwm_mview.py
 
-Expect: about 3.3e9 parameters (tools/param_count.py prints the split); accelerators only.
+Expect: 4.224e9 trainable parameters (tools/param_count.py prints the split); accelerators only.
 """
 
 import ml_collections
