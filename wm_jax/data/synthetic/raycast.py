@@ -240,13 +240,8 @@ def _shade(col, n, st):
   return col * (st["ambient"] + (1 - st["ambient"]) * lambert[:, None] * st["sun_color"][None])
 
 
-def _render_view(o, r_wc, k_inv, boxes, segs, crossings, style, *, height, width):
-  st = _unpack_style(style)
-  v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
-                      jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
-  pix = jnp.stack([u.ravel(), v.ravel(), jnp.ones(height * width, jnp.float32)], -1)
-  d_cam = pix @ k_inv.T  # z = 1: t is the depth along the optical axis
-  d = d_cam @ r_wc.T
+def _shade_rays(o, d, boxes, segs, crossings, st):
+  """Colour uint8 [C,3], depth [C] and hit id [C] of rays o + t d (d [C,3] with camera z = 1)."""
   norm = jnp.linalg.norm(d, axis=-1)
   dir_unit = d / norm[:, None]
 
@@ -280,10 +275,12 @@ def _render_view(o, r_wc, k_inv, boxes, segs, crossings, style, *, height, width
   col = col * fog[:, None] + st["sky_horizon"][None] * (1 - fog)[:, None]
   any_hit = t < FAR
   col = jnp.where(any_hit[:, None], col, sky)
-  rgb = jnp.clip(col * 255.0 + 0.5, 0, 255).astype(jnp.uint8).reshape(height, width, 3)
-  depth = t.reshape(height, width)
+  rgb = jnp.clip(col * 255.0 + 0.5, 0, 255).astype(jnp.uint8)
   hit_id = jnp.where(hit_box & any_hit, box_rows[:, 11], 0.0).astype(jnp.int32)
-  return rgb, depth, hit_id.reshape(height, width)
+  return rgb, t, hit_id
+
+
+TILE_PIXELS = 2048  # rays shaded per step: small enough that temporaries stay in cache
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
@@ -297,7 +294,28 @@ def render_views(origins, r_wc, k_inv, boxes, segs, crossings, style, *, height,
   Returns:
     rgb uint8 [V,H,W,3], depth float32 [V,H,W] (metres along the optical axis, FAR for sky),
     hit_id int32 [V,H,W] (the `id` column of the box seen at each pixel, 0 for ground / sky).
+
+  The V*H*W rays are shaded in tiles of TILE_PIXELS with lax.map: one pass over a whole image
+  would stream dozens of image-sized temporaries through memory; a tile's stay in cache.
   """
-  fn = functools.partial(_render_view, segs=segs, crossings=crossings, style=style, height=height,
-                         width=width)
-  return jax.vmap(lambda o, r, ki, b: fn(o, r, ki, b))(origins, r_wc, k_inv, boxes)
+  st = _unpack_style(style)
+  num_views = origins.shape[0]
+  v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
+                      jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
+  pix = jnp.stack([u.ravel(), v.ravel(), jnp.ones(height * width, jnp.float32)], -1)
+  d = jnp.einsum("pi,vji,vkj->vpk", pix, k_inv, r_wc)  # z_cam = 1: t is the optical depth
+  per_view = height * width
+  tile = min(TILE_PIXELS, per_view)
+  tiles = -(-per_view // tile)
+  pad = tiles * tile - per_view
+  d = jnp.pad(d, ((0, 0), (0, pad), (0, 0)), constant_values=1.0).reshape(num_views * tiles, tile, 3)
+  view_of_tile = jnp.repeat(jnp.arange(num_views), tiles)
+
+  def one_tile(args):
+    d_tile, view = args
+    return _shade_rays(origins[view], d_tile, boxes[view], segs, crossings, st)
+
+  rgb, depth, hit_id = jax.lax.map(one_tile, (d, view_of_tile))
+  unpad = lambda a: a.reshape(num_views, tiles * tile, *a.shape[2:])[:, :per_view].reshape(
+      num_views, height, width, *a.shape[2:])
+  return unpad(rgb), unpad(depth), unpad(hit_id)
