@@ -105,14 +105,19 @@ def project_segments(a: np.ndarray, b: np.ndarray, intrinsics: np.ndarray,
   return proj(ca)[:, :2], proj(cb)[:, :2], ok
 
 
-def _draw(draw, pa, pb, ok, colors, width, limit):
-  for (x0, y0), (x1, y1), good, col in zip(pa, pb, ok, colors):
-    if not good:
-      continue
-    # Very long projected segments (points near the near plane) are clamped for PIL.
-    x0, y0, x1, y1 = np.clip([x0, y0, x1, y1], -limit, limit)
-    draw.line([(float(x0), float(y0)), (float(x1), float(y1))], fill=tuple(int(c) for c in col),
-              width=width)
+def _draw(draw, pa, pb, ok, colors, width, size):
+  """Draws the ok segments that may touch the image (h, w) = size; others are skipped."""
+  h, w = size
+  xs = np.stack([pa[:, 0], pb[:, 0]], 1)
+  ys = np.stack([pa[:, 1], pb[:, 1]], 1)
+  ok = ok & ~(xs.max(1) < -width) & ~(xs.min(1) > w + width) & ~(ys.max(1) < -width) & \
+      ~(ys.min(1) > h + width)
+  # Very long projected segments (end points near the near plane) are clamped for PIL.
+  limit = 4.0 * max(h, w)
+  seg = np.clip(np.concatenate([pa, pb], 1)[ok], -limit, limit).tolist()
+  cols = [tuple(c) for c in np.asarray(colors)[ok].astype(int).tolist()]
+  for xy, col in zip(seg, cols):
+    draw.line(xy, fill=col, width=width)
 
 
 def render_layout(boxes, map_lines, intrinsics, extrinsics, image_size, *, line_width: int = 1,
@@ -174,7 +179,6 @@ def render_layout(boxes, map_lines, intrinsics, extrinsics, image_size, *, line_
                   np.concatenate(map_b) if map_b else np.zeros((0, 3)),
                   np.concatenate(map_col) if map_col else np.zeros((0, 3)))
   out = np.zeros((len(intrinsics), h, w, 6), np.uint8)
-  limit = 4.0 * max(h, w)
   for v in range(len(intrinsics)):
     cam_from_ego = np.linalg.inv(extrinsics[v])
     for channels, (a, b, col) in ((slice(0, 3), box_segments), (slice(3, 6), map_segments)):
@@ -182,6 +186,6 @@ def render_layout(boxes, map_lines, intrinsics, extrinsics, image_size, *, line_
         continue
       image = Image.new("RGB", (w, h))
       pa, pb, ok = project_segments(a, b, intrinsics[v], cam_from_ego)
-      _draw(ImageDraw.Draw(image), pa, pb, ok, col, line_width, limit)
+      _draw(ImageDraw.Draw(image), pa, pb, ok, col, line_width, (h, w))
       out[v, :, :, channels] = np.asarray(image)
   return out

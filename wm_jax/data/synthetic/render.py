@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from wm_jax.data import layout_render
+from wm_jax.data import layout_render, schema
 from wm_jax.data.synthetic import ego as ego_lib
 from wm_jax.data.synthetic import raycast
 from wm_jax.data.synthetic import rig as rig_lib
@@ -237,6 +237,26 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
       "fps": np.float32(fps),
       "view_adjacency": rig.view_adjacency.copy(),
   }
+  schema.validate(record, source=f"synthetic:{scene.domain.name}:seed={scene.seed}")
   if return_hit_id:
     record["hit_id"] = np.stack([np.asarray(o[2]) for o in outs])
   return record
+
+
+def record_for_index(index: int, *, seed: int = 0, domains=("boston", "singapore"),
+                     rig="front", num_frames: int = 8, fps: float = 12.0, image_size=(128, 256),
+                     **kwargs) -> dict:
+  """Record number `index` of a synthetic data set: a random-access source for data pipelines.
+
+  Scene `index` uses domain domains[index % len(domains)] and scene seed (seed, index) hashed to
+  one integer, with a main road long enough for the clip. Deterministic: the same arguments give
+  the same record. Extra keyword arguments go to render_clip.
+  """
+  if index < 0:
+    raise ValueError(f"index must be >= 0, got {index}")
+  domain = domains[index % len(domains)]
+  scene_seed = int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+  duration = num_frames / fps
+  length = max(200.0, 80.0 + 1.5 * 15.0 * duration)
+  scene = world.make_scene(scene_seed, domain, length=length)
+  return render_clip(scene, rig, num_frames=num_frames, fps=fps, image_size=image_size, **kwargs)
