@@ -280,7 +280,7 @@ def _shade_rays(o, d, boxes, segs, crossings, st):
   return rgb, t, hit_id
 
 
-TILE_PIXELS = 2048  # rays shaded per step: small enough that temporaries stay in cache
+TILE_PIXELS = 8192  # rays shaded per step: small enough that temporaries stay in cache
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
