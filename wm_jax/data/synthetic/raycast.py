@@ -82,37 +82,30 @@ def _mix(a, b, w):
 def _ground_color(px, py, segs, crossings, st):
   """Colour [P,3] of ground points (px, py) [P] from road segments [KR,SEG_COLS].
 
-  A scan over the segments keeps two running nearest segments per pixel: the nearest of the main
-  road (road 0) and the nearest of all side roads, each with its lateral offset u and arc length
-  s (side roads cross only the main road, so "the other road" is the other of the two).
+  A scan over the segments keeps the nearest asphalt edge (with its segment, lateral offset u and
+  arc length s) and the nearest edge distance of the main road and of the side roads.
   """
   inf = jnp.full_like(px, jnp.inf)
   zero = jnp.zeros_like(px)
-  kzero = jnp.zeros(px.shape, jnp.int32)
 
   def body(carry, seg):
-    (k, main, side) = carry
+    k, e_main, e_side, e1, u1, s1, k1 = carry
     ax, ay, dx, dy, ln, s0, road, hw, _, _, _, active = (seg[i] for i in range(SEG_COLS))
     rx, ry = px - ax, py - ay
     along = jnp.clip(rx * dx + ry * dy, 0.0, ln)
     ex, ey = rx - along * dx, ry - along * dy
-    edge = jnp.where(active > 0, jnp.sqrt(ex * ex + ey * ey) - hw, jnp.inf)
-    u = dx * ry - dy * rx
+    edge = jnp.sqrt(ex * ex + ey * ey) - hw + jnp.where(active > 0, 0.0, jnp.inf)
+    better = edge < e1
+    e_main = jnp.minimum(e_main, edge + jnp.where(road == 0, 0.0, jnp.inf))
+    e_side = jnp.minimum(e_side, edge + jnp.where(road == 0, jnp.inf, 0.0))
+    return (k + 1, e_main, e_side, jnp.where(better, edge, e1),
+            jnp.where(better, dx * ry - dy * rx, u1), jnp.where(better, s0 + along, s1),
+            jnp.where(better, k, k1)), None
 
-    def update(b, mine):
-      better = (edge < b[0]) & mine
-      return (jnp.where(better, edge, b[0]), jnp.where(better, u, b[1]),
-              jnp.where(better, s0 + along, b[2]), jnp.where(better, k, b[3]))
-    return (k + 1, update(main, road == 0), update(side, road != 0)), None
-
-  init = (inf, zero, zero, kzero)
-  (_, main, side), _ = jax.lax.scan(body, (jnp.int32(0), init, init), segs)
-  best = {"main": main, "side": side}
-  main_first = best["main"][0] <= best["side"][0]
-  pick = lambda i: jnp.where(main_first, best["main"][i], best["side"][i])
-  e1, u1, s1 = pick(0), pick(1), pick(2)
-  k1 = pick(3)
-  other = jnp.where(main_first, best["side"][0], best["main"][0])
+  init = (jnp.int32(0), inf, inf, inf, zero, zero, jnp.zeros(px.shape, jnp.int32))
+  (_, e_main, e_side, e1, u1, s1, k1), _ = jax.lax.scan(body, init, segs)
+  # Side roads cross only the main road, so "another road" is the other of the two classes.
+  other = jnp.where(segs[k1, 6] == 0, e_side, e_main)
   road1, hw1, lw1, lanes1, park1 = (segs[:, i][k1] for i in (6, 7, 8, 9, 10))
   kerb, walk = st["kerb_width"], st["sidewalk_width"]
 
