@@ -252,7 +252,10 @@ def _shade_rays(o, d, boxes, segs, crossings, st):
   t_ground = jnp.where(d[:, 2] < -1e-6, -o[2] / jnp.minimum(d[:, 2], -1e-6), jnp.inf)
   gx = o[0] + jnp.minimum(t_ground, FAR) * d[:, 0]
   gy = o[1] + jnp.minimum(t_ground, FAR) * d[:, 1]
-  ground = _ground_color(gx, gy, segs, crossings, st)
+  # Tiles entirely above the horizon skip the road-segment pass.
+  ground = jax.lax.cond(jnp.any(d[:, 2] < -1e-6),
+                        lambda: _ground_color(gx, gy, segs, crossings, st),
+                        lambda: jnp.zeros(d.shape, jnp.float32))
   ground = _shade(ground, jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0]), d.shape), st)
 
   # Boxes.
