@@ -276,7 +276,13 @@ def _shade_rays(o, d, boxes, segs, crossings, st):
   return rgb, t, hit_id
 
 
-TILE_PIXELS = 8192  # rays shaded per step: small enough that temporaries stay in cache
+TILE_SHAPE = (32, 128)  # rows x columns of pixels shaded per step (temporaries stay in cache)
+
+
+def tile_grid(height, width):
+  """(tile_h, tile_w, tiles_y, tiles_x): the image, padded up, splits into tiles_y x tiles_x tiles."""
+  th, tw = min(TILE_SHAPE[0], height), min(TILE_SHAPE[1], width)
+  return th, tw, -(-height // th), -(-width // tw)
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
@@ -285,33 +291,38 @@ def render_views(origins, r_wc, k_inv, boxes, segs, crossings, style, *, height,
 
   Args:
     origins [V,3] camera centres (world); r_wc [V,3,3] world-from-camera rotations (OpenCV camera
-    axes); k_inv [V,3,3] inverse intrinsics; boxes [V,K,BOX_COLS] per-view box lists; segs
-    [KR,SEG_COLS] road segments; crossings [J,3]; style [S] (style_vector).
+    axes); k_inv [V,3,3] inverse intrinsics; boxes [V,Ty*Tx,K,BOX_COLS] box lists per view and
+    tile (tile_grid; row-major tiles; a tile's list must hold every box that covers any of its
+    pixels, nearest first); segs [KR,SEG_COLS] road segments; crossings [J,3]; style [S].
   Returns:
     rgb uint8 [V,H,W,3], depth float32 [V,H,W] (metres along the optical axis, FAR for sky),
     hit_id int32 [V,H,W] (the `id` column of the box seen at each pixel, 0 for ground / sky).
 
-  The V*H*W rays are shaded in tiles of TILE_PIXELS with lax.map: one pass over a whole image
-  would stream dozens of image-sized temporaries through memory; a tile's stay in cache.
+  Rays are shaded tile by tile with lax.map: one pass over a whole image would stream dozens of
+  image-sized temporaries through memory, a tile's stay in cache, and each tile tests only the
+  boxes that can cover it.
   """
   st = _unpack_style(style)
   num_views = origins.shape[0]
-  v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
-                      jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
-  pix = jnp.stack([u.ravel(), v.ravel(), jnp.ones(height * width, jnp.float32)], -1)
-  d = jnp.einsum("pi,vji,vkj->vpk", pix, k_inv, r_wc)  # z_cam = 1: t is the optical depth
-  per_view = height * width
-  tile = min(TILE_PIXELS, per_view)
-  tiles = -(-per_view // tile)
-  pad = tiles * tile - per_view
-  d = jnp.pad(d, ((0, 0), (0, pad), (0, 0)), constant_values=1.0).reshape(num_views * tiles, tile, 3)
-  view_of_tile = jnp.repeat(jnp.arange(num_views), tiles)
+  th, tw, ty, tx = tile_grid(height, width)
+  hp, wp = th * ty, tw * tx
+  v, u = jnp.meshgrid(jnp.arange(hp, dtype=jnp.float32) + 0.5,
+                      jnp.arange(wp, dtype=jnp.float32) + 0.5, indexing="ij")
+  pix = jnp.stack([u, v, jnp.ones_like(u)], -1)  # [Hp,Wp,3]
+  pix = pix.reshape(ty, th, tx, tw, 3).transpose(0, 2, 1, 3, 4).reshape(ty * tx, th * tw, 3)
+  d = jnp.einsum("tpi,vji,vkj->vtpk", pix, k_inv, r_wc)  # z_cam = 1: t is the optical depth
+  d = d.reshape(num_views * ty * tx, th * tw, 3)
+  boxes = boxes.reshape(num_views * ty * tx, *boxes.shape[2:])
+  view_of_tile = jnp.repeat(jnp.arange(num_views), ty * tx)
 
   def one_tile(args):
-    d_tile, view = args
-    return _shade_rays(origins[view], d_tile, boxes[view], segs, crossings, st)
+    d_tile, view, tile_boxes = args
+    return _shade_rays(origins[view], d_tile, tile_boxes, segs, crossings, st)
 
-  rgb, depth, hit_id = jax.lax.map(one_tile, (d, view_of_tile))
-  unpad = lambda a: a.reshape(num_views, tiles * tile, *a.shape[2:])[:, :per_view].reshape(
-      num_views, height, width, *a.shape[2:])
-  return unpad(rgb), unpad(depth), unpad(hit_id)
+  rgb, depth, hit_id = jax.lax.map(one_tile, (d, view_of_tile, boxes))
+
+  def untile(a):
+    a = a.reshape(num_views, ty, tx, th, tw, *a.shape[2:])
+    a = jnp.moveaxis(a, 3, 2).reshape(num_views, hp, wp, *a.shape[5:])
+    return a[:, :height, :width]
+  return untile(rgb), untile(depth), untile(hit_id)
