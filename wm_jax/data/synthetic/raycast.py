@@ -276,12 +276,17 @@ def _shade_rays(o, d, boxes, segs, crossings, st):
   return rgb, t, hit_id
 
 
-TILE_SHAPE = (32, 128)  # rows x columns of pixels shaded per step (temporaries stay in cache)
+TILE_SHAPE = (32, 128)  # largest tile, rows x columns (temporaries stay in cache)
 
 
 def tile_grid(height, width):
-  """(tile_h, tile_w, tiles_y, tiles_x): the image, padded up, splits into tiles_y x tiles_x tiles."""
-  th, tw = min(TILE_SHAPE[0], height), min(TILE_SHAPE[1], width)
+  """(tile_h, tile_w, tiles_y, tiles_x): the image, padded up, splits into tiles_y x tiles_x tiles.
+
+  Tiles are at most TILE_SHAPE and at most a quarter of the height and half the width, so even
+  small images get 4 x 2 tiles for box culling.
+  """
+  th = max(1, min(TILE_SHAPE[0], -(-height // 4)))
+  tw = max(1, min(TILE_SHAPE[1], -(-width // 2)))
   return th, tw, -(-height // th), -(-width // tw)
 
 
