@@ -4,7 +4,8 @@ Every pixel casts one ray from its camera's optical centre through the pixel cen
 p(t) = o + t d with d = R_world_cam K^-1 (u + 0.5, v + 0.5, 1), so the hit parameter t IS the
 depth along the optical axis (camera z). The nearest hit among
 
-  * K oriented boxes (slab test in each box's frame; boxes chosen per view by the caller),
+  * K oriented boxes per image tile (slab test in each box's frame; the caller lists for each
+    tile the boxes whose projection covers it, see render.select_boxes),
   * the ground plane z = 0, painted from the KR nearest road segments (asphalt, lane markings,
     kerbs, sidewalks, zebra crossings) and procedural noise (verge / grass),
   * the sky (no hit: gradient by elevation + sun glow, depth = FAR)
