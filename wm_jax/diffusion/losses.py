@@ -26,12 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.diffusion import guidance, schedules
-from wm_jax.models import masking
-
-
-def _model_inputs(batch, config):
-  from wm_jax.models import conditioning  # the backbone's own input contract
-  return conditioning.model_inputs(batch, config)
+from wm_jax.models import conditioning, masking
 
 
 def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
@@ -71,7 +66,7 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   if z0.ndim != 6:
     raise ValueError(f"batch['latents'] must be [B,T,V,h,w,C], got shape {tuple(z0.shape)}")
   b, t, v, h, w, _ = z0.shape
-  inputs = dict((inputs_fn or _model_inputs)(batch, config))
+  inputs = dict((inputs_fn or conditioning.model_inputs)(batch, config))
   inputs.pop("latents", None)
   inputs.pop("timesteps", None)
   rng_tau, rng_ref, rng_eps, rng_drop, rng_mask = jax.random.split(rng, 5)
