@@ -113,7 +113,7 @@ def test_inference_equals_model_without_mask_module(tiny):
   plain = nnx.eval_shape(lambda: CTSDDiT(cfg.model, None, rngs=nnx.Rngs(1)))
   assert plain.mask_module is None
   state = nnx.state(model)
-  nnx.update(plain, state.filter(lambda path, _: path[0] != "mask_module"))
+  nnx.update(plain, nnx.filter_state(state, lambda path, _: path[0] != "mask_module"))
   inputs = _inputs(cfg, batch=1)
   forward = nnx.jit(_forward)
   out = forward(model, inputs)
