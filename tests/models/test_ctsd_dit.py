@@ -246,3 +246,23 @@ def test_fractional_kept_width_raises():
   cfg.mask.ratio = 0.3  # 0.3 * 8 tokens is not whole
   with pytest.raises(ValueError, match="0.3"):
     nnx.eval_shape(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.slow
+def test_remat_policies_give_the_same_gradients():
+  cfg = maskgwm_tiny.get_config()
+  cfg.model.update(num_layers=2, dual_attention_layers=[0], temporal_block_layers=[0],
+                   crossview_block_layers=[1], camera_scalars=0)
+  cfg.model.layout_adapter = None
+  inputs = _inputs(cfg, batch=1)
+  for key in ("camera", "layout"):
+    inputs.pop(key)
+  grads = {}
+  for policy in ("none", "full", "dots_saveable"):
+    cfg.model.remat_policy = policy
+    model = CTSDDiT(cfg.model, None, rngs=nnx.Rngs(0))
+    loss = lambda m: jnp.mean(jnp.square(_forward(m, inputs)))
+    grads[policy] = jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model)))
+  for policy in ("full", "dots_saveable"):
+    for a, b in zip(grads["none"], grads[policy]):
+      np.testing.assert_allclose(a, b, atol=1e-6)

@@ -217,7 +217,15 @@ class CTSDDiT(nnx.Module):
 
     frame_index = sinusoidal(jnp.arange(t), dim)
     view_index = sinusoidal(jnp.arange(v), dim)
+    # nnx.remat takes positional arguments only
     joint = self._remat(lambda blk, xs, cs, te: blk(xs, cs, te))
+    kind = cfg.temporal_attention_type
+    temporal = self._remat(
+        lambda blk, mix, pos, xs, idx, cam, te, dis: temporal_step(
+            blk, mix, pos, xs, kind=kind, index_emb=idx, cond_emb=cam, time_emb=te, disabled=dis))
+    crossview = self._remat(
+        lambda blk, mix, pos, xs, idx, cam, adj, dis: crossview_step(
+            blk, mix, pos, xs, index_emb=idx, cond_emb=cam, view_adjacency=adj, disabled=dis))
     feats = {}
     ctx = ctx0
     for i, block in enumerate(self.transformer_blocks):
@@ -235,16 +243,13 @@ class CTSDDiT(nnx.Module):
       x = xs.reshape(b, t, v, h, width, dim)
       if i in self.temporal_layers:
         j = self.temporal_layers.index(i)
-        step = self._remat(functools.partial(temporal_step, kind=cfg.temporal_attention_type))
-        x = step(self.temporal_transformer_blocks[j], self.time_mixers[j],
-                 self.time_pos_embeds[j], x, index_emb=frame_index, cond_emb=cam_emb,
-                 time_emb=t_only, disabled=disable_temporal)
+        x = temporal(self.temporal_transformer_blocks[j], self.time_mixers[j],
+                     self.time_pos_embeds[j], x, frame_index, cam_emb, t_only, disable_temporal)
       if i in self.crossview_layers:
         j = self.crossview_layers.index(i)
-        step = self._remat(crossview_step)
-        x = step(self.crossview_transformer_blocks[j], self.view_mixers[j],
-                 self.view_pos_embeds[j], x, index_emb=view_index, cond_emb=cam_emb,
-                 view_adjacency=view_adjacency, disabled=disable_crossview)
+        x = crossview(self.crossview_transformer_blocks[j], self.view_mixers[j],
+                      self.view_pos_embeds[j], x, view_index, cam_emb, view_adjacency,
+                      disable_crossview)
       x = constrain(x, ("batch", None, None, None, None, "embed"))
     feats["final"] = x
     y = self.proj_out(self.norm_out(x.reshape(n, h * w, dim), temb))
