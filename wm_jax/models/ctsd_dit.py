@@ -121,9 +121,10 @@ class CTSDDiT(nnx.Module):
     if adapter is not None:
       downs = sum(bool(d) for d in adapter.is_downblocks)
       if adapter.downscale_factor * 2 ** downs != VAE_FACTOR * cfg.patch_size:
-        raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with {downs} "
-                         f"downblocks gives a grid 1/{adapter.downscale_factor * 2 ** downs} of the "
-                         f"image, but the token grid is 1/{VAE_FACTOR * cfg.patch_size}")
+        grid = adapter.downscale_factor * 2 ** downs
+        raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with "
+                         f"{downs} downblocks gives a grid 1/{grid} of the image, but the token "
+                         f"grid is 1/{VAE_FACTOR * cfg.patch_size}")
       if any(c != dim for c in adapter.channels):
         raise ValueError(f"layout adapter channels {list(adapter.channels)} must all equal the "
                          f"model width {dim}")
