@@ -6,7 +6,8 @@
     (to_out.0 for the image part, to_add_out for the context part unless context_pre_only);
   - plain self-attention (SD3.5's attn2, temporal and cross-view attn1).
 In a context_pre_only block only the image tokens query (add_q_proj / norm_added_q are kept as
-non-trainable checkpoint weights). Per-head RMSNorm on q and k (norm_q/norm_k, norm_added_q/norm_added_k) when qk_norm='rms_norm'.
+non-trainable checkpoint weights). Per-head RMSNorm on q and k (norm_q/norm_k,
+norm_added_q/norm_added_k) when qk_norm='rms_norm'.
 Tensors are [N, S, D] (N: independent sequences); every attention goes through
 wm_jax.kernels.attention.attention with the model's `attention_impl`.
 """
