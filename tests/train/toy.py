@@ -54,3 +54,30 @@ def batch(seed, batch_size=8, c=4):
   r = np.random.default_rng(seed)
   return {"latents": r.normal(size=(batch_size, 2, 1, 4, 4, c)).astype("float32"),
           "fps": np.full((batch_size,), 10.0, np.float32)}
+
+
+# --- components for wm_jax.main (config.components), used by the subprocess tests ---------------
+
+def make_model(config):
+  return lambda: Toy(rngs=nnx.Rngs(int(config.train.seed)))
+
+
+def make_loss(config):
+  def loss(model, batch, rng, config, train=True):
+    value, metrics = loss_fn(model, batch, rng, config, train)
+    metrics["first_index"] = batch["index"][0].astype(jnp.float32)  # shows the data order
+    return value, metrics
+  return loss
+
+
+def make_iterator(config):
+  """A real Grain iterator (checkpointable) of toy batches with an 'index' per example."""
+  import grain
+  import numpy as np
+
+  def example(i):
+    r = np.random.default_rng(i)
+    return {"latents": r.normal(size=(2, 1, 4, 4, 4)).astype("float32"), "index": np.int32(i)}
+
+  ds = grain.MapDataset.range(1000).shuffle(seed=int(config.train.seed)).map(example)
+  return iter(ds.batch(int(config.train.batch_size)))
