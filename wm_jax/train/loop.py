@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -113,6 +113,32 @@ def make_latent_encoder(config):
 # ---------------------------------------------------------------------------------------------
 
 
+class Setup(NamedTuple):
+  tx: Any
+  graphdef: Any
+  abstract: Any          # TrainState of ShapeDtypeStructs
+  param_shardings: Any
+  shardings: Any         # TrainState of NamedShardings
+  step_fn: Any           # step.make_train_step(...)
+  factory: Callable
+  loss_fn: Callable
+  ema: bool
+
+
+def setup(config, mesh, *, model_factory=None, loss_fn=None, donate: bool = True) -> Setup:
+  """Optimizer, abstract state, shardings and the jitted step for `config` on `mesh` (no arrays
+  are allocated: also used by the benchmark and ahead-of-time compilation)."""
+  tx = optim.make_optimizer(config.train)
+  factory = model_factory or default_model_factory(config)
+  loss_fn = loss_fn or default_loss_fn()
+  ema = float(config.train.get("ema_decay", 0.0)) > 0
+  graphdef, abstract = state_lib.abstract(factory, tx, ema)
+  param_sh = mesh_lib.state_shardings(abstract.params, mesh)
+  shardings = mesh_lib.matching_shardings(abstract, abstract.params, param_sh, mesh)
+  step_fn = step_lib.make_train_step(graphdef, loss_fn, tx, config, mesh, shardings, donate=donate)
+  return Setup(tx, graphdef, abstract, param_sh, shardings, step_fn, factory, loss_fn, ema)
+
+
 class _Stop:
   """SIGTERM (the TPU preemption notice) sets a flag; the loop saves and exits cleanly."""
 
@@ -150,12 +176,9 @@ def train(config, workdir: str, *, model_factory=None, loss_fn=None, make_iterat
   log(f"[train] mesh {sizes} over {jax.device_count()} {jax.devices()[0].platform} devices, "
       f"{jax.process_count()} process(es)")
 
-  tx = optim.make_optimizer(tc)
-  factory = model_factory or default_model_factory(config)
-  ema = float(tc.get("ema_decay", 0.0)) > 0
-  graphdef, abstract = state_lib.abstract(factory, tx, ema)
-  param_sh = mesh_lib.state_shardings(abstract.params, mesh)
-  shardings = mesh_lib.matching_shardings(abstract, abstract.params, param_sh, mesh)
+  s = setup(config, mesh, model_factory=model_factory, loss_fn=loss_fn)
+  tx, factory, ema, graphdef, abstract = s.tx, s.factory, s.ema, s.graphdef, s.abstract
+  param_sh, shardings, step_fn, loss_fn = s.param_shardings, s.shardings, s.step_fn, s.loss_fn
   n_params = int(sum(x.size for x in jax.tree.leaves(abstract.params)))
   log(f"[train] {n_params / 1e6:.2f}M parameters")
   for path, shape, size in mesh_lib.replicated_large_params(abstract.params, param_sh):
@@ -175,9 +198,7 @@ def train(config, workdir: str, *, model_factory=None, loss_fn=None, make_iterat
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  loss_fn = loss_fn or default_loss_fn()
   prepare = prepare_batch or default_prepare_batch(config)
-  step_fn = step_lib.make_train_step(graphdef, loss_fn, tx, config, mesh, shardings)
   writer = metrics_lib.create_writer(workdir)
   hooks = metrics_lib.progress_hooks(workdir, int(tc.num_steps), writer,
                                      every_steps=int(tc.log_every), profile_steps=int(tc.get("profile_steps", 0)))
