@@ -1,0 +1,77 @@
+"""TFDS ArrayRecord caches: build, read back through tfds.data_source, feed the Grain pipeline."""
+
+import os
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from wm_jax.data import grain_pipeline, tfds_builders
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("videos"))
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    w = imageio.get_writer(f"{root}/clip{i}.mp4", fps=10, codec="libx264", quality=8,
+                           macro_block_size=16)
+    for _ in range(6):
+      w.append_data(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8))
+    w.close()
+  return root
+
+
+def _config(root):
+  c = grain_pipeline.defaults()
+  c.update(source="video", path=root, num_frames=2, fps=5, image_height=8, image_width=16, val_fraction=0.0)
+  return c
+
+
+def _pool8(frames):
+  """A real (if trivial) encoder: 8x8 mean pooling to one float channel per colour."""
+  t, v, h, w, _ = frames.shape
+  return frames.reshape(t, v, h // 8, 8, w // 8, 8, 3).mean((3, 5)).astype(np.float32) / 255.0
+
+
+def test_build_and_read_back_equals_source_records(videos, tmp_path):
+  config = _config(videos)
+  data_dir = str(tmp_path)
+  builder = tfds_builders.make_builder("video", config, name="tiny", data_dir=data_dir,
+                                       splits=("train",))
+  builder.download_and_prepare()
+  assert any(f.endswith(tuple(f"{i:05d}" for i in range(100))) and "array_record" in f
+             for f in os.listdir(builder.data_dir))
+  cached = tfds_builders.data_source("wm_video/tiny", split="train", data_dir=data_dir)
+  source = grain_pipeline.make_source(config, "train")
+  assert len(cached) == len(source) == 3  # one 2-frame clip at 5 fps per 6-frame video
+  for i in range(len(source)):
+    want, got = source[i], cached[i]
+    assert sorted(got) == sorted(want)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+      assert got[key].dtype == np.asarray(want[key]).dtype, key
+  # The pipeline reads the cache as a random-access Grain source.
+  c = config.copy_and_resolve_references()
+  c.update(source="tfds", tfds_name="wm_video/tiny", path=data_dir, shuffle=False, num_epochs=1,
+           drop_remainder=False)
+  batches = list(grain_pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1))
+  np.testing.assert_array_equal(batches[1]["frames"][0], source[2]["frames"])
+
+
+def test_latent_cache_holds_encoded_frames(videos, tmp_path):
+  config = _config(videos)
+  builder = tfds_builders.make_builder("video", config, name="lat", data_dir=str(tmp_path),
+                                       splits=("train",), max_examples=2, encode_fn=_pool8)
+  builder.download_and_prepare()
+  cached = tfds_builders.data_source("wm_video/lat", split="train", data_dir=str(tmp_path))
+  source = grain_pipeline.make_source(config, "train")
+  assert len(cached) == 2
+  got = cached[1]
+  assert "frames" not in got and got["latents"].shape == (2, 1, 1, 2, 3)
+  np.testing.assert_allclose(got["latents"], _pool8(source[1]["frames"]), rtol=1e-6)
+
+
+def test_missing_cache_names_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match="wm_video/none"):
+    tfds_builders.data_source("wm_video/none", split="train", data_dir=str(tmp_path))

@@ -1,0 +1,146 @@
+"""MaskModule: OpenDWM names/shapes, mask-token formula, branch selection, per-frame modulation."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wm_jax.models import mask_reconstruction as mr
+from wm_jax.models import masking
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data_files", "mask_module_params_opendwm.tsv")
+
+B, T, V, H, W, D, HEADS, C, P, L = 2, 3, 2, 2, 4, 32, 2, 4, 2, 3
+
+
+def _torch_layout(path, shape):
+  """Flax (path, shape) -> OpenDWM (key, shape) by the one naming rule."""
+  *mods, leaf = path
+  key = ".".join(str(m) for m in mods)
+  if leaf == "kernel":
+    shape = shape[::-1] if len(shape) == 2 else (shape[4], shape[3]) + tuple(shape[:3])
+    return key + ".weight", tuple(shape)
+  if leaf == "scale":
+    return key + ".weight", tuple(shape)
+  return ".".join([key, leaf]) if key else leaf, tuple(shape)
+
+
+def test_param_names_and_shapes_equal_opendwm():
+  cfg = mr.defaults()
+  module = nnx.eval_shape(lambda: mr.MaskModule(1536, 24, 64, 16, 2, cfg, rngs=nnx.Rngs(0)))
+  ours = {}
+  for path, var in nnx.to_flat_state(nnx.state(module)):
+    key, shape = _torch_layout(path, var.shape if hasattr(var, "shape") else var.value.shape)
+    ours["mask_module." + key] = shape
+  ref = {}
+  with open(DATA) as f:
+    for line in f:
+      key, shape, _ = line.rstrip("\n").split("\t")
+      ref[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+  assert sorted(ours) == sorted(ref)
+  assert {k: ours[k] for k in ref if ours[k] != ref[k]} == {}
+  # weights OpenDWM never applies are checkpoint-only, not trainable
+  trainable = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+  assert "sideblocks.0.attn.to_q.kernel" in trainable
+  assert not any("add_k_proj" in k or "norm_added" in k for k in trainable)
+  assert len(trainable) == len(ref) - 2 * 2 * 6
+
+
+def test_defaults():
+  cfg = mr.defaults()
+  assert (cfg.enabled, cfg.ratio, cfg.p_time, cfg.decode_layers, cfg.side_blocks) == (
+      True, 0.25, 0.5, 5, 1)
+
+
+@pytest.mark.torch
+def test_sincos_table_matches_diffusers():
+  emb = pytest.importorskip("diffusers.models.embeddings")
+  ref = emb.get_3d_sincos_pos_embed(64, (5, 3), 4, output_type="pt").numpy()  # [T, h*W, D]
+  np.testing.assert_allclose(mr.sincos_3d(4, 3, 5, 64).reshape(4, 15, 64), ref, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = mr.defaults()
+  module = mr.MaskModule(D, HEADS, D // HEADS, C, P, cfg, rngs=nnx.Rngs(0))
+  module.mask_token[...] = jax.random.normal(jax.random.key(9), (1, 1, D))
+  rng = np.random.default_rng(0)
+  f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  inputs = dict(noise=f32(B, T, V, H * P, W * P, C), temb=f32(B, T, V, D), context=f32(B, T, V, L, D),
+                tau=jnp.asarray(rng.uniform(size=(B, T, V)), jnp.float32))
+  mask = masking.sample_row_mask(jax.random.key(1), B, T, V, H, W, 0.25, 0.5)
+  mask = mask.replace(is_time=jnp.array([True, False]))
+  kept = f32(B, T, V, H, 3, D)
+
+  @nnx.jit
+  def forward(module, kept, mask, noise, tau, temb, context):
+    return module(kept, mask, noise, tau, temb, context)
+
+  return module, forward, mask, kept, inputs
+
+
+def test_mask_tokens_follow_formula(setup):
+  module, _, mask, _, x = setup
+  tokens = nnx.jit(lambda m, mask, tau: m.mask_tokens(x["noise"], mask, tau))
+  pos = jnp.broadcast_to(jnp.asarray(mr.sincos_3d(T, H, W, D))[None, :, None], (B, T, V, H, W, D))
+  pos_term = module.mask_path_embed.proj(masking.gather_dropped(pos, mask))
+  f_m = masking.gather_dropped(module.noise_features(x["noise"]), mask)
+  at0 = tokens(module, mask, jnp.zeros((B, T, V)))
+  at1 = tokens(module, mask, jnp.ones((B, T, V)))
+  assert at0.shape == (B, T, V, H, 1, D)
+  np.testing.assert_allclose(at0, f_m + pos_term, atol=1e-5)
+  np.testing.assert_allclose(at1, module.mask_token[...].reshape(D) + pos_term, atol=1e-5)
+  half = tokens(module, mask, jnp.full((B, T, V), 0.25))
+  np.testing.assert_allclose(half, 0.75 * (f_m + pos_term) + 0.25 * at1, atol=1e-5)
+  # f_m reaches the token grid: stride = patch size, 3x3 support
+  assert module.noise_features(x["noise"]).shape == (B, T, V, H, W, D)
+
+
+def test_branch_selection_and_masked_shortcut(setup):
+  module, forward, mask, kept, x = setup
+  run = lambda m: np.asarray(forward(module, kept, m, x["noise"], x["tau"], x["temb"], x["context"]))
+  out = run(mask)
+  out_t = run(mask.replace(is_time=jnp.array([True, True])))
+  out_s = run(mask.replace(is_time=jnp.array([False, False])))
+  assert out.shape == (B, T, V, H, W, D)
+  np.testing.assert_array_equal(out[0], out_t[0])
+  np.testing.assert_array_equal(out[1], out_s[1])
+  drop = np.asarray(masking.dropped_positions(mask))
+  assert np.abs(out_t - out_s)[drop].min() > 0, "branches must differ at dropped tokens"
+  # kept tokens pass through untouched, at their columns
+  np.testing.assert_array_equal(np.asarray(masking.gather_rows(jnp.asarray(out), mask)), kept)
+
+
+def test_spatial_branch_is_per_frame_temporal_branch_mixes_frames(setup):
+  module, forward, mask, kept, x = setup
+  kept2 = kept.at[:, 2].add(1.0)  # change frame 2 only
+  run = lambda m, k: np.asarray(forward(module, k, m, x["noise"], x["tau"], x["temb"], x["context"]))
+  spatial = mask.replace(is_time=jnp.array([False, False]))
+  timed = mask.replace(is_time=jnp.array([True, True]))
+  ds = np.abs(run(spatial, kept2) - run(spatial, kept))
+  dt = np.abs(run(timed, kept2) - run(timed, kept))
+  assert ds[:, :2].max() == 0 and ds[:, 2].max() > 0
+  assert dt[:, :2].max() > 0
+
+
+def test_per_frame_modulation_uses_own_frame(setup):
+  module, forward, mask, kept, x = setup
+  spatial = mask.replace(is_time=jnp.array([False, False]))
+  temb2 = x["temb"].at[:, 1].add(3.0)  # another timestep embedding for frame 1 only
+  a = np.asarray(forward(module, kept, spatial, x["noise"], x["tau"], x["temb"], x["context"]))
+  b = np.asarray(forward(module, kept, spatial, x["noise"], x["tau"], temb2, x["context"]))
+  diff = np.abs(a - b).max(axis=(0, 2, 3, 4, 5))
+  assert diff[0] == 0 and diff[2] == 0 and diff[1] > 0, diff
+
+
+def test_bad_shapes_raise(setup):
+  module, _, mask, kept, x = setup
+  with pytest.raises(ValueError, match="temb"):
+    module(kept, mask, x["noise"], x["tau"], x["temb"][:, :2], x["context"])
+  with pytest.raises(ValueError, match="noise"):
+    module.noise_features(x["noise"][..., :3])
+  with pytest.raises(ValueError, match="dim=30"):
+    mr.MaskModule(30, 2, 16, C, P, mr.defaults(), rngs=nnx.Rngs(0))

@@ -1,0 +1,124 @@
+"""Camera rigs of the synthetic world: intrinsics, extrinsics, view adjacency.
+
+Conventions (the same as nuScenes):
+  ego frame     x forward, y left, z up; origin at the rear axle, on the ground.
+  camera frame  OpenCV: x right, y down, z forward (the optical axis).
+  extrinsics    ego-from-camera 4x4: p_ego = E @ p_cam.
+  intrinsics    3x3 in pixels of the rendered image; pixel (u, v) has its centre at (u+0.5, v+0.5),
+                so a camera-frame point p projects to (K @ p)[:2] / p[2] in that continuous frame.
+
+Rigs are described at nuScenes' native 1600x900 and scaled to any image size with square pixels and
+the native horizontal field of view: fx = fy = f_native * W / 1600, principal point at the centre.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+NATIVE_SIZE = (900, 1600)  # (H, W) of nuScenes camera images
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+  name: str            # nuScenes channel, e.g. 'CAM_FRONT'
+  translation: tuple   # ego-frame position of the optical centre, metres
+  yaw_deg: float       # heading of the optical axis in the ego frame, counter-clockwise from x
+  focal_native: float  # focal length in pixels at NATIVE_SIZE
+  pitch_deg: float = 0.0  # positive tilts the optical axis down
+
+
+# Positions, headings and focal lengths close to the nuScenes calibration (scene-0061 era).
+NUSCENES6 = (
+    CameraSpec("CAM_FRONT", (1.70, 0.02, 1.51), 0.0, 1266.0),
+    CameraSpec("CAM_FRONT_RIGHT", (1.55, -0.49, 1.50), -55.0, 1260.0),
+    CameraSpec("CAM_BACK_RIGHT", (1.04, -0.48, 1.59), -110.0, 1260.0),
+    CameraSpec("CAM_BACK", (0.03, 0.00, 1.58), 180.0, 809.0),
+    CameraSpec("CAM_BACK_LEFT", (1.04, 0.48, 1.59), 110.0, 1260.0),
+    CameraSpec("CAM_FRONT_LEFT", (1.52, 0.49, 1.51), 55.0, 1260.0),
+)
+
+RIGS: dict[str, tuple[CameraSpec, ...]] = {
+    "front": NUSCENES6[:1],
+    "nuscenes6": NUSCENES6,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rig:
+  """A rig at one image size. Arrays are float32; V = number of cameras."""
+  name: str
+  cameras: tuple[CameraSpec, ...]
+  image_size: tuple[int, int]   # (H, W)
+  intrinsics: np.ndarray        # [V,3,3] pixels
+  extrinsics: np.ndarray        # [V,4,4] ego-from-camera
+  view_adjacency: np.ndarray    # [V,V] bool, overlapping fields of view (incl. self)
+
+  @property
+  def num_views(self) -> int:
+    return len(self.cameras)
+
+  @property
+  def channels(self) -> tuple[str, ...]:
+    return tuple(c.name for c in self.cameras)
+
+
+def rotation_ego_from_camera(yaw_deg: float, pitch_deg: float = 0.0) -> np.ndarray:
+  """3x3 rotation whose columns are the camera's x (right), y (down), z (forward) in the ego frame."""
+  yaw, pitch = np.deg2rad(yaw_deg), np.deg2rad(pitch_deg)
+  forward = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch), -np.sin(pitch)])
+  right = np.array([np.sin(yaw), -np.cos(yaw), 0.0])
+  down = np.cross(forward, right)
+  return np.stack([right, down, forward], axis=1)
+
+
+def horizontal_fov(camera: CameraSpec) -> float:
+  """Full horizontal field of view in radians."""
+  return 2.0 * np.arctan(NATIVE_SIZE[1] / 2.0 / camera.focal_native)
+
+
+def _adjacency(cameras) -> np.ndarray:
+  """Views whose horizontal fields of view overlap (or are the same view)."""
+  v = len(cameras)
+  adj = np.eye(v, dtype=bool)
+  for i in range(v):
+    for j in range(v):
+      gap = abs((cameras[i].yaw_deg - cameras[j].yaw_deg + 180.0) % 360.0 - 180.0)
+      half = np.rad2deg(horizontal_fov(cameras[i]) + horizontal_fov(cameras[j])) / 2.0
+      adj[i, j] |= gap < half
+  return adj
+
+
+def make_rig(name: str, image_size: tuple[int, int]) -> Rig:
+  """Builds rig `name` ('front' or 'nuscenes6') for images of `image_size` = (H, W)."""
+  if name not in RIGS:
+    raise ValueError(f"unknown rig {name!r}; known rigs: {sorted(RIGS)}")
+  h, w = (int(s) for s in image_size)
+  if h <= 0 or w <= 0:
+    raise ValueError(f"image_size must be positive (H, W), got {image_size}")
+  cameras = RIGS[name]
+  ks, es = [], []
+  for cam in cameras:
+    f = cam.focal_native * w / NATIVE_SIZE[1]
+    ks.append([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])
+    e = np.eye(4)
+    e[:3, :3] = rotation_ego_from_camera(cam.yaw_deg, cam.pitch_deg)
+    e[:3, 3] = cam.translation
+    es.append(e)
+  return Rig(name, cameras, (h, w), np.asarray(ks, np.float32), np.asarray(es, np.float32),
+             _adjacency(cameras))
+
+
+def scale_intrinsics(k: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+  """Intrinsics [...,3,3] for an image resized from `from_size` to `to_size` (both (H, W)).
+
+  Rows 0 and 1 scale by W and H ratios separately (pixel-centre convention above), so this also
+  serves real nuScenes images resized with a different aspect ratio.
+  """
+  sy = to_size[0] / from_size[0]
+  sx = to_size[1] / from_size[1]
+  k = np.array(k, dtype=np.float32, copy=True)
+  k[..., 0, :] *= sx
+  k[..., 1, :] *= sy
+  return k

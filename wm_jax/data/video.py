@@ -1,0 +1,186 @@
+"""Folders of driving videos (mp4, as in OpenDV-YouTube) -> single-view clips per data/schema.py.
+
+    source = VideoClipSource('/data/opendv', num_frames=25, fps=10, image_size=(288, 512))
+    record = source[i]   # {'frames': [T,1,H,W,3] uint8, 'fps': (), 'view_adjacency': [1,1]}
+
+Every `*.mp4` under the folder (sorted, recursive) is one video. Clip i starts at source time
+start_i = k * clip_stride / fps within its video and samples frames at times start_i + t / fps,
+each taken from the nearest frame (frame j of a video at rate r is shown at j / r) (so a 30 fps video read at 10 fps keeps every third
+frame, and fps above the video's rate repeats frames: that raises unless allow_upsample). Frames
+are resized to cover the target size, keeping the aspect ratio, and centre-cropped.
+
+Also home of the image helpers the nuScenes reader shares: `resize_crop` and `crop_intrinsics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+VIDEO_EXTENSIONS = (".mp4",)
+
+
+def resize_crop(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Resizes `image` [h0,w0,3] uint8 to cover `size` (H, W) and centre-crops it.
+
+  Returns (image [H,W,3] uint8, affine [2,3]) where a continuous pixel coordinate (u, v) of the
+  input (pixel centres at +0.5) maps to affine @ (u, v, 1) in the output.
+  """
+  h0, w0 = image.shape[:2]
+  h, w = size
+  s = max(h / h0, w / w0)
+  rh, rw = max(h, int(round(h0 * s))), max(w, int(round(w0 * s)))
+  if (rh, rw) != (h0, w0):
+    image = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+  oy, ox = (rh - h) // 2, (rw - w) // 2
+  affine = np.array([[rw / w0, 0.0, -ox], [0.0, rh / h0, -oy]], np.float64)
+  return np.ascontiguousarray(image[oy:oy + h, ox:ox + w]), affine
+
+
+def crop_intrinsics(k: np.ndarray, affine: np.ndarray) -> np.ndarray:
+  """Intrinsics [3,3] of the image `resize_crop` produced (affine from it)."""
+  a = np.vstack([affine, [0.0, 0.0, 1.0]])
+  return (a @ np.asarray(k, np.float64)).astype(np.float32)
+
+
+def nearest_indices(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """Index of the entry of sorted `times` nearest to each of `targets`."""
+  times = np.asarray(times, np.float64)
+  right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1) if len(times) > 1 else None
+  if right is None:
+    return np.zeros(len(targets), np.int64)
+  left = right - 1
+  return np.where(np.abs(targets - times[left]) <= np.abs(times[right] - targets), left, right)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  path: str
+  fps: float
+  num_frames: int
+
+
+def probe(path: str) -> VideoInfo:
+  """Frame rate and exact frame count of a video; raises ValueError naming an unreadable file."""
+  import imageio.v2 as imageio
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"video {path} does not exist")
+  try:
+    reader = imageio.get_reader(path, "ffmpeg")
+    try:
+      fps = float(reader.get_meta_data()["fps"])
+      n = int(reader.count_frames())
+    finally:
+      reader.close()
+  except (OSError, RuntimeError, KeyError, IndexError) as e:
+    raise ValueError(f"cannot read video {path}: {type(e).__name__}: {e}") from e
+  if not fps > 0 or n <= 0:
+    raise ValueError(f"video {path} reports fps={fps} and {n} frames")
+  return VideoInfo(path, fps, n)
+
+
+def read_frames(path: str, indices: Sequence[int]) -> list[np.ndarray]:
+  """Decodes frames `indices` (ascending, may repeat) of a video in one sequential pass."""
+  import imageio.v2 as imageio
+  wanted = sorted(set(int(i) for i in indices))
+  frames = {}
+  try:
+    reader = imageio.get_reader(path, "ffmpeg")
+    try:
+      for i, frame in enumerate(reader):
+        if i in wanted:
+          frames[i] = np.asarray(frame)
+        if i >= wanted[-1]:
+          break
+    finally:
+      reader.close()
+  except (OSError, RuntimeError) as e:
+    raise ValueError(f"cannot decode video {path}: {type(e).__name__}: {e}") from e
+  missing = [i for i in wanted if i not in frames]
+  if missing:
+    raise ValueError(f"video {path} ended before frame {missing[0]} (decoded {len(frames)} of "
+                     f"the {len(wanted)} frames wanted)")
+  return [frames[int(i)] for i in indices]
+
+
+class VideoClipSource:
+  """Random-access single-view clips from a folder of videos."""
+
+  def __init__(self, root: str, *, num_frames: int, fps: float, image_size: tuple[int, int],
+               clip_stride: int = 0, files: Sequence[str] | None = None,
+               allow_upsample: bool = False, name: str | None = None):
+    if num_frames < 1 or fps <= 0:
+      raise ValueError(f"need num_frames >= 1 and fps > 0, got {num_frames}, {fps}")
+    self.root, self.num_frames, self.fps = root, int(num_frames), float(fps)
+    self.image_size = tuple(int(s) for s in image_size)
+    self.clip_stride = int(clip_stride) or self.num_frames
+    self.name = name or f"video:{root}"
+    if files is None:
+      files = list_videos(root)
+    if not files:
+      raise ValueError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
+    self.videos = [probe(f) for f in files]
+    self.clips = []  # (video index, start time in seconds)
+    for vi, info in enumerate(self.videos):
+      if self.fps > info.fps * 1.01 and not allow_upsample:
+        raise ValueError(f"fps={self.fps} exceeds the frame rate {info.fps} of video {info.path}")
+      span = (self.num_frames - 1) / self.fps
+      k = 0
+      while _frame_at(k * self.clip_stride / self.fps + span, info.fps) < info.num_frames:
+        self.clips.append((vi, k * self.clip_stride / self.fps))
+        k += 1
+
+  @classmethod
+  def from_config(cls, config, split: str = "train"):
+    from wm_jax.data.grain_pipeline import in_validation
+    files = list_videos(config.path)
+    if split in ("validation", "val"):
+      files = [f for f in files if in_validation(os.path.relpath(f, config.path),
+                                                  config.val_fraction)]
+    elif split == "train":
+      files = [f for f in files if not in_validation(os.path.relpath(f, config.path),
+                                                      config.val_fraction)]
+    elif split != "all":
+      raise ValueError(f"unknown split {split!r}; use 'train', 'validation' or 'all'")
+    if not files:
+      raise ValueError(f"split {split!r} of {config.path} has no videos "
+                       f"(val_fraction={config.val_fraction})")
+    return cls(config.path, num_frames=config.num_frames, fps=config.fps,
+               image_size=(config.image_height, config.image_width),
+               clip_stride=config.clip_stride, files=files, name=f"video:{config.path}:{split}")
+
+  def __len__(self):
+    return len(self.clips)
+
+  def frame_indices(self, index: int) -> np.ndarray:
+    vi, start = self.clips[index]
+    info = self.videos[vi]
+    return _frame_at(start + np.arange(self.num_frames) / self.fps, info.fps)
+
+  def __getitem__(self, index):
+    index = int(index)
+    if not 0 <= index < len(self.clips):
+      raise IndexError(f"{self.name}: clip index {index} out of range [0, {len(self.clips)})")
+    info = self.videos[self.clips[index][0]]
+    frames = read_frames(info.path, self.frame_indices(index))
+    frames = np.stack([resize_crop(f, self.image_size)[0] for f in frames])[:, None]
+    return {"frames": frames, "fps": np.float32(self.fps),
+            "view_adjacency": np.ones((1, 1), bool)}
+
+
+def _frame_at(time, video_fps):
+  """Index of the frame shown at `time` seconds (frame j starts at j / video_fps), rounded."""
+  return np.floor(np.asarray(time) * video_fps + 0.5 + 1e-6).astype(np.int64)
+
+
+def list_videos(root: str) -> list[str]:
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"video folder {root} does not exist")
+  out = []
+  for dirpath, _, names in os.walk(root):
+    out += [os.path.join(dirpath, n) for n in names if n.lower().endswith(VIDEO_EXTENSIONS)]
+  return sorted(out)

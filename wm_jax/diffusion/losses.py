@@ -1,0 +1,132 @@
+"""Rectified-flow training loss with clean reference frames and mask reconstruction.
+
+Per sample b: one tau_b ~ logit-normal (+shift) shared by every frame and view to predict; the
+first n_b frames (n_b uniform in [0, min(max_reference_frames, T-1)]) are reference frames: fed
+clean (z = z0), given tau = 0 (which the backbone turns into the m_c*tau modulation of Eq. 5), and
+left out of the loss. Elsewhere z_tau = (1 - tau) z0 + tau eps and the target is the velocity
+eps - z0 (schedules.py). With probability uncond_prob a sample's conditions are replaced by the
+unconditional ones (guidance.py) so that classifier-free guidance has something to contrast.
+
+When training with config.mask.enabled, a RowMask is drawn (M_time with probability p_time) and the
+model runs its mask-reconstruction path (row_mask + noise). With feature_loss_weight lambda > 0 the
+model is also asked for features (return_features=True): feats['reconstructed'] is the mask
+module's full-width output [B,T,V,h,W,D]; the target is feats['encoder_target'] if the model
+returns it, else feats['reconstructed'] of a second, unmasked forward, under stop_gradient. The
+auxiliary loss is the MSE at dropped positions only. lambda = 0 runs no second forward.
+
+loss_target 'x0' reproduces OpenDWM's loss (MSE between z_tau - tau*v and z0, i.e. the velocity
+error weighted by tau^2); 'velocity' (default) is the plain v-prediction loss of the paper's Eq. 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from wm_jax.diffusion import guidance, schedules
+from wm_jax.models import masking
+
+
+def _model_inputs(batch, config):
+  from wm_jax.models import conditioning  # the backbone's own input contract
+  return conditioning.model_inputs(batch, config)
+
+
+def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
+  """int32 [B]: clean leading frames per sample, uniform in [0, min(max, T-1)]."""
+  top = max(0, min(int(max_reference_frames), frames - 1))
+  return jax.random.randint(rng, (batch,), 0, top + 1, dtype=jnp.int32)
+
+
+def _normal(rng, shape):
+  return jax.random.normal(rng, (math.prod(shape),)).reshape(shape)  # flat: fast CPU compile
+
+
+def _masked_mean(values, weight):
+  return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
+  """(loss, metrics) for one batch. `model(latents, timesteps, **inputs)` as CTSDDiT.
+
+  batch: schema dict with 'latents' [B,T,V,h,w,C] (already VAE-scaled) and conditioning keys.
+  inputs_fn(batch, config) -> model keyword arguments; default models.conditioning.model_inputs.
+  """
+  cfg = config.diffusion
+  if cfg.loss_target not in ("velocity", "x0"):
+    raise ValueError(f"config.diffusion.loss_target must be 'velocity' or 'x0', got "
+                     f"{cfg.loss_target!r}")
+  if "latents" not in batch:
+    raise ValueError(f"loss_fn needs batch['latents']; batch has keys {sorted(batch)}")
+  z0 = jnp.asarray(batch["latents"], jnp.float32)
+  if z0.ndim != 6:
+    raise ValueError(f"batch['latents'] must be [B,T,V,h,w,C], got shape {tuple(z0.shape)}")
+  b, t, v, h, w, _ = z0.shape
+  inputs = dict((inputs_fn or _model_inputs)(batch, config))
+  inputs.pop("latents", None)
+  inputs.pop("timesteps", None)
+  rng_tau, rng_ref, rng_eps, rng_drop, rng_mask = jax.random.split(rng, 5)
+
+  tau_b = schedules.sample_tau(rng_tau, (b,), cfg)
+  n_ref = reference_count(rng_ref, b, t, cfg.max_reference_frames)
+  is_ref = jnp.arange(t)[None, :] < n_ref[:, None]  # [B, T]
+  tau = jnp.broadcast_to(jnp.where(is_ref, 0.0, tau_b[:, None])[:, :, None], (b, t, v))
+  eps = _normal(rng_eps, z0.shape)
+  tau6 = tau[..., None, None, None]
+  z_tau = (1 - tau6) * z0 + tau6 * eps
+  target = eps - z0
+
+  if train and cfg.uncond_prob > 0:
+    inputs = guidance.drop_conditions(inputs, jax.random.uniform(rng_drop, (b,)) < cfg.uncond_prob)
+
+  mask_cfg = config.get("mask")
+  row_mask = None
+  kwargs = dict(inputs)
+  if train and mask_cfg is not None and mask_cfg.enabled:
+    p = config.model.patch_size
+    row_mask = masking.sample_row_mask(rng_mask, b, t, v, h // p, w // p, mask_cfg.ratio,
+                                       mask_cfg.p_time)
+    kwargs.update(row_mask=row_mask, noise=eps)
+  lam = float(cfg.feature_loss_weight)
+  with_features = row_mask is not None and lam > 0
+
+  if with_features:
+    pred, feats = model(z_tau, tau, return_features=True, **kwargs)
+  else:
+    pred = model(z_tau, tau, **kwargs)
+  pred = pred.astype(jnp.float32)
+  err = jnp.square(pred - target)
+  if cfg.loss_target == "x0":
+    err = err * jnp.square(tau6)
+  frame_err = jnp.mean(err, axis=(3, 4, 5))  # [B,T,V]
+  weight = jnp.broadcast_to((~is_ref)[:, :, None], (b, t, v)).astype(jnp.float32)
+  diffusion_loss = _masked_mean(frame_err, weight)
+  loss = diffusion_loss
+  metrics = {
+      "diffusion_loss": diffusion_loss,
+      "tau_mean": _masked_mean(tau, weight),
+      "reference_frames": jnp.mean(n_ref.astype(jnp.float32)),
+  }
+  if row_mask is not None:
+    metrics["mask_time_fraction"] = jnp.mean(row_mask.is_time.astype(jnp.float32))
+  if with_features:
+    recon = feats["reconstructed"].astype(jnp.float32)
+    if "encoder_target" in feats:
+      ref_feats = feats["encoder_target"]
+    else:
+      _, plain = model(z_tau, tau, return_features=True, **inputs)
+      ref_feats = plain["reconstructed"]
+    ref_feats = jax.lax.stop_gradient(ref_feats.astype(jnp.float32))
+    grid = tuple(row_mask.keep_idx.shape[:4]) + (row_mask.width,)
+    if recon.shape != ref_feats.shape or tuple(recon.shape[:5]) != grid:
+      raise ValueError(f"feature loss: reconstructed {tuple(recon.shape)} and target "
+                       f"{tuple(ref_feats.shape)} must both be [B,T,V,h,W,D] on the mask's grid "
+                       f"{grid}")
+    dropped = masking.dropped_positions(row_mask).astype(jnp.float32)
+    feature_loss = _masked_mean(jnp.mean(jnp.square(recon - ref_feats), -1), dropped)
+    loss = loss + lam * feature_loss
+    metrics["feature_loss"] = feature_loss
+  metrics["loss"] = loss
+  return loss, metrics

@@ -1,0 +1,310 @@
+"""Mask reconstruction module of MaskGWM (paper Sec. 3.2-3.3), with OpenDWM's parameter names.
+
+Training only. The encoder blocks run on the K kept tokens of every row; before the last
+`decode_layers` blocks this module
+
+  1. builds the diffusion-related mask tokens of the dropped positions (paper Eq. 3)
+         m_tau = (1 - tau) * f_m(eps) + tau * p  +  proj(pos3d)
+     f_m = `noise_proj` (Conv3d, kernel (1,3,3), stride (1,p,p), padding (0,1,1): the latent noise
+     eps [.., h*p, w*p, C] lands on the token grid [.., h, w, D]), p = `mask_token`, pos3d = the
+     3-D sin-cos table of (frame, row, column) as OpenDWM's MaskPatchEmbed builds it
+     (diffusers get_3d_sincos_pos_embed: D/4 temporal channels, then 3D/4 spatial ones), and proj =
+     `mask_path_embed.proj`;
+  2. scatters kept tokens and mask tokens back to full width W;
+  3. runs the side blocks: F_s (`sideblocks`, attention over a frame's h*W tokens) for M_spatial
+     samples, F_t (`temporal_sideblocks`, attention over the T frames of one token position) for
+     M_time samples (Eq. 4). Both chains run on the whole batch and `jnp.where(is_time)` picks one
+     per sample: static shapes for one extra full-width block per side block (about 1/(number of
+     backbone blocks) of the forward's FLOPs);
+  4. keeps the kept tokens as they came (OpenDWM's "masked shortcut"): only dropped positions take
+     the side blocks' output.
+
+Side block = OpenDWM's STDiT3Block (PixArt-style): per-frame modulation `t_block(temb)` + the
+block's `scale_shift_table` (6, D) -> shift/scale/gate for attention and MLP, LayerNorm without
+affine (eps 1e-6), self-attention `attn` with RMS qk-norm, un-gated cross-attention `cross_attn`
+from the frame's tokens to that frame's text context (D wide, after the backbone's
+context_embedder), MLP fc1/GELU(tanh)/fc2 with ratio 4.
+Per-frame modulation is applied to each frame's own tokens (OpenDWM tiles the frames in the wrong
+order when frames carry different timesteps; not copied).
+
+Where this differs from OpenDWM on purpose:
+  - the paper's m_tau = (1-tau) f_m(eps) + tau p. OpenDWM's "trans" recipe with target
+    ["noise", "learnable"] computes tau * f_m(eps) + (1 - tau) * p, the reverse weighting; the
+    paper's formula is used (DESIGN.md: paper behaviour, OpenDWM names);
+  - the M_spatial / M_time choice is per sample (OpenDWM: per (sample, view));
+  - kept tokens in column order (OpenDWM: random order).
+
+The diffusers attention modules OpenDWM uses carry `add_k_proj`, `add_v_proj`, `norm_added_q`,
+`norm_added_k` that its processor never applies. They exist here as `UnusedWeight` variables so
+checkpoints convert name for name, but they are not `nnx.Param`, so optimizers (wrt=nnx.Param)
+leave them alone, as PyTorch does with weights that never get a gradient.
+
+Flax layouts: Linear kernel (in, out), Conv kernel (kD, kH, kW, in, out), norm weight `scale`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from wm_jax.kernels.attention import attention
+from wm_jax.models import masking
+
+MLP_RATIO = 4.0
+QK_NORM_EPS = 1e-5  # diffusers Attention default eps for its RMSNorm
+LAYER_NORM_EPS = 1e-6
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """config.mask: row-wise mask reconstruction (training only)."""
+  return ml_collections.ConfigDict(dict(
+      enabled=True,
+      ratio=0.25,        # r: each token row keeps K = (1 - r) * W tokens
+      p_time=0.5,        # probability a sample gets M_time (else M_spatial)
+      decode_layers=5,   # final joint blocks run at full width after the module (OpenDWM: 5)
+      side_blocks=1,     # blocks per branch (OpenDWM interpolater_layer)
+  ))
+
+
+class UnusedWeight(nnx.Variable):
+  """A checkpoint weight that the forward never reads (kept for name-for-name conversion)."""
+
+
+def _linear_init(axes):
+  # PyTorch nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)).
+  return nnx.with_partitioning(nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"), axes)
+
+
+def _linear(din, dout, axes, rngs, dtype, param_dtype):
+  return nnx.Linear(din, dout, kernel_init=_linear_init(axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def _rms_norm(dim, rngs, param_dtype):
+  return nnx.RMSNorm(dim, epsilon=QK_NORM_EPS, param_dtype=param_dtype,
+                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("head_dim",)),
+                     rngs=rngs)
+
+
+class _UnusedLinear(nnx.Module):
+
+  def __init__(self, din, dout, axes, rngs, param_dtype):
+    self.kernel = UnusedWeight(_linear_init(axes)(rngs.params(), (din, dout), param_dtype),
+                               out_sharding=axes)
+    self.bias = UnusedWeight(jnp.zeros((dout,), param_dtype), out_sharding=(axes[1],))
+
+
+class _UnusedNorm(nnx.Module):
+
+  def __init__(self, dim, param_dtype):
+    self.scale = UnusedWeight(jnp.ones((dim,), param_dtype), out_sharding=("head_dim",))
+
+
+class Attention(nnx.Module):
+  """diffusers Attention(query_dim=D, added_kv_proj_dim=D, qk_norm='rms_norm', bias=True) as
+  AttnProcessor2_0 runs it: q from x, k/v from the context (or x), RMSNorm on q and k per head."""
+
+  def __init__(self, dim, num_heads, head_dim, *, rngs, attention_impl="auto", dtype=None,
+               param_dtype=jnp.float32):
+    inner = num_heads * head_dim
+    self.num_heads, self.head_dim, self.attention_impl = num_heads, head_dim, attention_impl
+    mk = lambda a, b, axes: _linear(a, b, axes, rngs, dtype, param_dtype)
+    self.to_q = mk(dim, inner, ("embed", "heads"))
+    self.to_k = mk(dim, inner, ("embed", "heads"))
+    self.to_v = mk(dim, inner, ("embed", "heads"))
+    self.to_out = nnx.List([mk(inner, dim, ("heads", "embed"))])
+    self.norm_q = _rms_norm(head_dim, rngs, param_dtype)
+    self.norm_k = _rms_norm(head_dim, rngs, param_dtype)
+    self.add_k_proj = _UnusedLinear(dim, inner, ("embed", "heads"), rngs, param_dtype)
+    self.add_v_proj = _UnusedLinear(dim, inner, ("embed", "heads"), rngs, param_dtype)
+    self.norm_added_q = _UnusedNorm(head_dim, param_dtype)
+    self.norm_added_k = _UnusedNorm(head_dim, param_dtype)
+
+  def __call__(self, x, context=None):
+    """x [N, S, D], context [N, L, D] or None (self-attention) -> [N, S, D]."""
+    context = x if context is None else context
+    heads = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
+    q = self.norm_q(heads(self.to_q(x))).astype(x.dtype)
+    k = self.norm_k(heads(self.to_k(context))).astype(x.dtype)
+    v = heads(self.to_v(context))
+    out = attention(q, k, v, mask=None, impl=self.attention_impl)
+    return self.to_out[0](out.reshape(out.shape[:-2] + (-1,)))
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, dim, hidden, *, rngs, dtype=None, param_dtype=jnp.float32):
+    self.fc1 = _linear(dim, hidden, ("embed", "mlp"), rngs, dtype, param_dtype)
+    self.fc2 = _linear(hidden, dim, ("mlp", "embed"), rngs, dtype, param_dtype)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+
+
+def _layer_norm(x):
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, -1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), -1, keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)).astype(x.dtype)
+
+
+class SideBlock(nnx.Module):
+  """OpenDWM STDiT3Block on full-width tokens x [B,T,V,h,W,D].
+
+  temporal=False: self-attention over each frame's h*W tokens (F_s);
+  temporal=True:  self-attention over the T frames of each (view, row, column) (F_t).
+  """
+
+  def __init__(self, dim, num_heads, head_dim, *, temporal, rngs, attention_impl="auto",
+               dtype=None, param_dtype=jnp.float32):
+    self.temporal = temporal
+    table = jax.random.normal(rngs.params(), (6, dim), param_dtype) / math.sqrt(dim)
+    self.scale_shift_table = nnx.Param(table, out_sharding=(None, "embed"))
+    kw = dict(rngs=rngs, attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
+    self.attn = Attention(dim, num_heads, head_dim, **kw)
+    self.cross_attn = Attention(dim, num_heads, head_dim, **kw)
+    self.mlp = Mlp(dim, int(dim * MLP_RATIO), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x, context, modulation):
+    """x [B,T,V,h,W,D]; context [B,T,V,L,D]; modulation [B,T,V,6,D] (t_block of each frame's temb)."""
+    b, t, v, h, w, d = x.shape
+    mod = (modulation + self.scale_shift_table[...]).astype(x.dtype)[:, :, :, :, None, None, :]
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        mod[:, :, :, i] for i in range(6))
+    y = _layer_norm(x) * (1 + scale_msa) + shift_msa
+    if self.temporal:
+      y = jnp.moveaxis(y, 1, 4).reshape(b * v * h * w, t, d)
+      y = self.attn(y)
+      y = jnp.moveaxis(y.reshape(b, v, h, w, t, d), 4, 1)
+    else:
+      y = self.attn(y.reshape(b * t * v, h * w, d)).reshape(x.shape)
+    x = x + gate_msa * y
+    ctx = context.reshape((b * t * v,) + context.shape[3:]).astype(x.dtype)
+    x = x + self.cross_attn(x.reshape(b * t * v, h * w, d), ctx).reshape(x.shape)
+    y = _layer_norm(x) * (1 + scale_mlp) + shift_mlp
+    return x + gate_mlp * self.mlp(y)
+
+
+def sincos_3d(frames: int, rows: int, width: int, dim: int) -> np.ndarray:
+  """[T, h, W, D] float32: OpenDWM's mask position table (diffusers get_3d_sincos_pos_embed with
+  spatial_size=(W, h)): concat(temporal 1-D sin-cos (D/4), column sin-cos (3D/8), row sin-cos (3D/8)).
+  """
+  if dim % 16:
+    raise ValueError(f"the 3-D sin-cos table needs a width divisible by 16, got dim={dim}")
+
+  def one_d(d, pos):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  spatial = 3 * dim // 4
+  row, col = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(width, dtype=np.float64),
+                         indexing="ij")
+  space = np.concatenate([one_d(spatial // 2, col), one_d(spatial // 2, row)], 1)  # [h*W, 3D/4]
+  time = one_d(dim // 4, np.arange(frames, dtype=np.float64))  # [T, D/4]
+  table = np.concatenate([np.repeat(time[:, None], rows * width, 1),
+                          np.repeat(space[None], frames, 0)], -1)
+  return table.reshape(frames, rows, width, dim).astype(np.float32)
+
+
+class _PathEmbed(nnx.Module):
+  """OpenDWM MaskPatchEmbed(merge_type='add'): mask token + proj(position table)."""
+
+  def __init__(self, dim, *, rngs, dtype=None, param_dtype=jnp.float32):
+    self.proj = _linear(dim, dim, ("embed", "embed"), rngs, dtype, param_dtype)
+
+
+class MaskModule(nnx.Module):
+  """MaskGWM token reconstruction; param paths equal OpenDWM's `mask_module.*` keys."""
+
+  def __init__(self, dim, num_heads, head_dim, latent_channels, patch_size, mask_config, *, rngs,
+               attention_impl="auto", dtype=None, param_dtype=jnp.float32):
+    if num_heads * head_dim != dim:
+      raise ValueError(f"MaskModule needs dim == num_heads * head_dim, got dim={dim}, "
+                       f"num_heads={num_heads}, head_dim={head_dim}")
+    side = int(mask_config.side_blocks)
+    if side < 1:
+      raise ValueError(f"mask.side_blocks must be >= 1, got {mask_config.side_blocks}")
+    self.dim, self.patch_size, self.latent_channels = dim, patch_size, latent_channels
+    self.mask_token = nnx.Param(jnp.zeros((1, 1, dim), param_dtype), out_sharding=(None, None, "embed"))
+    kw = dict(rngs=rngs, attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
+    self.sideblocks = nnx.List([SideBlock(dim, num_heads, head_dim, temporal=False, **kw)
+                                for _ in range(side)])
+    self.temporal_sideblocks = nnx.List([SideBlock(dim, num_heads, head_dim, temporal=True, **kw)
+                                         for _ in range(side)])
+    conv_init = nnx.with_partitioning(nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                                      (None, None, None, "conv_in", "conv_out"))
+    self.noise_proj = nnx.Conv(
+        latent_channels, dim, (1, 3, 3), strides=(1, patch_size, patch_size),
+        padding=((0, 0), (1, 1), (1, 1)), kernel_init=conv_init,
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.mask_path_embed = _PathEmbed(dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.t_block = nnx.Dict({"1": _linear(dim, 6 * dim, ("embed", "mlp"), rngs, dtype,
+                                          param_dtype)})
+
+  def noise_features(self, noise):
+    """f_m(eps): noise [B,T,V,h*p,w*p,C] -> [B,T,V,h,w,D]."""
+    b, t, v, hl, wl, c = noise.shape
+    p = self.patch_size
+    if c != self.latent_channels or hl % p or wl % p:
+      raise ValueError(f"noise has shape {tuple(noise.shape)}; need [B,T,V,h,w,C] with "
+                       f"C={self.latent_channels} and h, w divisible by patch_size={p}")
+    out = self.noise_proj(noise.reshape(b * t * v, 1, hl, wl, c))
+    return out.reshape(b, t, v, hl // p, wl // p, self.dim)
+
+  def mask_tokens(self, noise, mask: masking.RowMask, tau, pos_embed=None):
+    """Mask tokens of the dropped positions [B,T,V,h,W-K,D] (Eq. 3 plus position embedding).
+
+    pos_embed: None (OpenDWM's 3-D sin-cos table of frame, row, column) or an explicit table
+    [h,W,D] (shared by all frames) or [T,h,W,D].
+    """
+    feats = self.noise_features(noise)
+    b, t, v, h, w, d = feats.shape
+    if mask.keep_idx.shape[:4] != (b, t, v, h) or mask.width != w:
+      raise ValueError(f"mask indices {tuple(mask.keep_idx.shape)} + {tuple(mask.drop_idx.shape)} "
+                       f"do not fit the token grid [B,T,V,h,W]={(b, t, v, h, w)} of the noise")
+    if tuple(tau.shape) != (b, t, v):
+      raise ValueError(f"tau has shape {tuple(tau.shape)}, expected [B,T,V]={(b, t, v)}")
+    if pos_embed is None:
+      pos_embed = sincos_3d(t, h, w, d)
+    pos_embed = jnp.asarray(pos_embed)
+    if pos_embed.shape not in ((h, w, d), (t, h, w, d)):
+      raise ValueError(f"pos_embed has shape {tuple(pos_embed.shape)}, expected [h,W,D]="
+                       f"{(h, w, d)} or [T,h,W,D]={(t, h, w, d)}")
+    if pos_embed.ndim == 3:
+      pos_embed = jnp.broadcast_to(pos_embed, (t, h, w, d))
+    pos = jnp.broadcast_to(pos_embed[None, :, None].astype(feats.dtype), feats.shape)
+    tau_ = tau.astype(feats.dtype)[:, :, :, None, None, None]
+    token = self.mask_token[...].astype(feats.dtype).reshape(d)
+    dropped = ((1 - tau_) * masking.gather_dropped(feats, mask) + tau_ * token)
+    return dropped + self.mask_path_embed.proj(masking.gather_dropped(pos, mask))
+
+  def __call__(self, kept_hidden, mask: masking.RowMask, noise, tau, temb, context,
+               pos_embed=None):
+    """kept_hidden [B,T,V,h,K,D] -> reconstructed full-width tokens [B,T,V,h,W,D]."""
+    b, t, v, h, k, d = kept_hidden.shape
+    if d != self.dim or mask.keep_idx.shape != (b, t, v, h, k):
+      raise ValueError(f"kept_hidden has shape {tuple(kept_hidden.shape)}; the mask keeps "
+                       f"{tuple(mask.keep_idx.shape)} and the module width is {self.dim}")
+    if tuple(temb.shape) != (b, t, v, d):
+      raise ValueError(f"temb has shape {tuple(temb.shape)}, expected [B,T,V,D]={(b, t, v, d)}")
+    if context.ndim != 5 or tuple(context.shape[:3]) != (b, t, v) or context.shape[-1] != d:
+      raise ValueError(f"context has shape {tuple(context.shape)}, expected [B,T,V,L,D] with "
+                       f"[B,T,V]={(b, t, v)} and D={d}")
+    tokens = self.mask_tokens(noise, mask, tau, pos_embed).astype(kept_hidden.dtype)
+    full = masking.scatter_rows(kept_hidden, tokens, mask)
+    modulation = self.t_block["1"](jax.nn.silu(temb)).reshape(b, t, v, 6, d)
+    spatial, temporal = full, full
+    for block_s, block_t in zip(self.sideblocks, self.temporal_sideblocks):
+      spatial = block_s(spatial, context, modulation)
+      temporal = block_t(temporal, context, modulation)
+    out = jnp.where(mask.is_time[:, None, None, None, None, None], temporal, spatial)
+    dropped = masking.dropped_positions(mask)[..., None]
+    return jnp.where(dropped, out, full)
