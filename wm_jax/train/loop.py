@@ -73,11 +73,14 @@ def load_vae(config):
   """The AutoencoderKL of config.vae with its parameters restored from config.vae.checkpoint."""
   from flax import nnx
   from wm_jax.models import vae as vae_lib
-  vae = vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0))
   path = config.vae.get("checkpoint", "") if "vae" in config else ""
-  if path:
-    vae = restore_module(vae, path)
-  return vae
+  if not path:
+    raise ValueError("batches have frames but no latents, and config.vae.checkpoint is empty: "
+                     "set it (diffusers safetensors, or an Orbax params dir from tools/demo.sh) or "
+                     "cache latents first (tools/cache_latents.py)")
+  if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):  # Orbax params (save_module)
+    return restore_module(vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0)), path)
+  return vae_lib.from_pretrained(path, config.vae)
 
 
 def restore_module(module, path: str):
@@ -207,6 +210,7 @@ def train(config, workdir: str, *, model_factory=None, loss_fn=None, make_iterat
   history = []
   step = last_saved = step0
   last_metrics: dict = {}
+  window = None  # metrics summed on device since the last log (no per-step host sync)
   t_log, steps_since_log = time.perf_counter(), 0
   with _Stop() as stop:
     while step < int(tc.num_steps) and not stop.requested:
@@ -217,12 +221,15 @@ def train(config, workdir: str, *, model_factory=None, loss_fn=None, make_iterat
             graphdef, state.params, state.rest, loss_fn, dev, config))
         log(f"[train] {step_flops / 1e9:.3f} GFLOPs per step (3x forward matmuls); compiling...")
       state, metrics = step_fn(state, dev)
+      window = metrics if window is None else jax.tree.map(lambda a, b: a + b, window, metrics)
       step += 1
       steps_since_log += 1
       for hook in hooks:
         hook(step)
       if step % int(tc.log_every) == 0 or step == int(tc.num_steps):
         scalars = _scalars(metrics)
+        scalars["loss_mean"] = _scalars(window)["loss"] / steps_since_log
+        window = None
         dt = (time.perf_counter() - t_log) / steps_since_log
         scalars["step_seconds"] = dt
         scalars["model_tflops_per_s"] = step_flops / dt / 1e12
@@ -233,6 +240,7 @@ def train(config, workdir: str, *, model_factory=None, loss_fn=None, make_iterat
         history.append({"step": step, **scalars})
         last_metrics = scalars
         log(f"[train] step {step}/{tc.num_steps} loss {scalars['loss']:.4f} "
+            f"(mean {scalars['loss_mean']:.4f}) "
             f"grad_norm {scalars['grad_norm']:.3f} lr {scalars['learning_rate']:.2e} "
             f"{dt:.2f}s/step skipped {int(scalars['skipped_steps'])}")
         t_log, steps_since_log = time.perf_counter(), 0
