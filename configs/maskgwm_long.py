@@ -1,0 +1,57 @@
+"""MaskGWM-long: single front camera, 25 frames of 288x512 (36x64 latents, SD3 16-channel VAE),
+SD3.5-medium backbone sizes (24 layers, 24 heads x 64, dual attention in layers 0-12), pointwise
+temporal blocks at OpenDWM's layers, camera + action (speed, steering) embedding, no layout.
+
+  python -m wm_jax.main --config=configs/maskgwm_long.py --workdir=gs://BUCKET/maskgwm_long
+  python tools/param_count.py --config=configs/maskgwm_long.py
+
+Expect: about 2.9e9 parameters (tools/param_count.py prints the exact split); needs accelerators
+with bf16 and sharding (config.mesh); not runnable on a CPU. Mask reconstruction with r = 0.25
+keeps 24 of 32 tokens per row.
+"""
+
+import ml_collections
+
+from configs import maskgwm_tiny
+
+
+def model_config() -> ml_collections.ConfigDict:
+  m = maskgwm_tiny.model_config()
+  m.patch_size = 2
+  m.in_channels = 16
+  m.out_channels = 16
+  m.num_layers = 24
+  m.num_heads = 24
+  m.head_dim = 64
+  m.joint_attention_dim = 4096
+  m.pooled_projection_dim = 2048
+  m.pos_embed_max_size = 384
+  m.sample_size = 128
+  m.dual_attention_layers = list(range(13))
+  m.temporal_block_layers = [2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23]
+  m.crossview_block_layers = []
+  m.temporal_attention_type = "pointwise"
+  m.camera_scalars = 13
+  m.layout_adapter = None
+  m.num_frames = 25
+  m.num_views = 1
+  m.latent_height = 36
+  m.latent_width = 64
+  m.text_tokens = 77
+  m.dtype = "bfloat16"
+  m.param_dtype = "float32"
+  m.remat_policy = "dots_saveable"
+  return m
+
+
+def mask_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(enabled=True, ratio=0.25, p_time=0.5, decode_layers=5,
+                                        side_blocks=1))
+
+
+def get_config(arg=None):
+  del arg
+  config = ml_collections.ConfigDict()
+  config.model = model_config()
+  config.mask = mask_config()
+  return config

@@ -1,0 +1,143 @@
+"""Names and layouts between wm_jax (Flax NNX) state and PyTorch state_dicts, in both directions.
+
+One rule, no renaming table: the module path joined with '.' IS the PyTorch key, except the leaf:
+
+  Flax leaf   PyTorch leaf   layout (Flax <-> PyTorch)
+  kernel      weight         Linear (in, out) <-> (out, in); Conv2d (kH, kW, I, O) <-> (O, I, kH, kW);
+                             Conv3d (kD, kH, kW, I, O) <-> (O, I, kD, kH, kW)
+  scale       weight         norms: same layout
+  embedding   weight         nn.Embedding: same layout
+  other       same name      same layout (bias, mix_factor, mask_token, scale_shift_table, ...)
+
+Converting into wm_jax needs the target structure (an abstract state from nnx.eval_shape) to know
+whether a PyTorch `weight` is a kernel, a scale or an embedding; every missing, unexpected or
+mis-shaped key is reported together in one ConversionError.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from flax import nnx
+
+from wm_jax.models.buffers import Buffer
+
+LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+# What a converted checkpoint holds: trainable params and persistent buffers.
+CHECKPOINT_FILTER = nnx.Any(nnx.Param, Buffer)
+
+
+class ConversionError(ValueError):
+  """A checkpoint that does not match the model, with every offending key listed."""
+
+
+def torch_key(path: tuple) -> str:
+  """('transformer_blocks', 0, 'attn', 'to_q', 'kernel') -> 'transformer_blocks.0.attn.to_q.weight'."""
+  *parents, leaf = (str(p) for p in path)
+  return ".".join([*parents, LEAF_TO_TORCH.get(leaf, leaf)])
+
+
+def to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
+  """Flax layout -> PyTorch layout for one array whose Flax leaf name is `leaf`."""
+  if leaf != "kernel" or value.ndim < 2:
+    return value
+  if value.ndim == 2:
+    return value.T
+  # (k..., I, O) -> (O, I, k...)
+  n = value.ndim
+  return np.transpose(value, (n - 1, n - 2, *range(n - 2)))
+
+
+def from_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
+  """PyTorch layout -> Flax layout (inverse of to_torch_layout)."""
+  if leaf != "kernel" or value.ndim < 2:
+    return value
+  if value.ndim == 2:
+    return value.T
+  # (O, I, k...) -> (k..., I, O)
+  n = value.ndim
+  return np.transpose(value, (*range(2, n), 1, 0))
+
+
+def flat_state(state: nnx.State) -> dict[tuple, Any]:
+  """{path tuple: array or ShapeDtypeStruct} of an nnx State."""
+  out = {}
+  for path, var in nnx.to_flat_state(state):
+    out[tuple(path)] = var.get_value() if hasattr(var, "get_value") else var
+  return out
+
+
+def checkpoint_state(model_or_state) -> nnx.State:
+  """The part of a model's state that checkpoints and conversion carry (params + buffers)."""
+  if isinstance(model_or_state, nnx.State):
+    return model_or_state.filter(CHECKPOINT_FILTER)
+  return nnx.state(model_or_state, CHECKPOINT_FILTER)
+
+
+def torch_shapes(model_or_state) -> dict[str, tuple[int, ...]]:
+  """PyTorch key -> PyTorch shape, from a model or (abstract) state; no array is materialised."""
+  out = {}
+  for path, value in flat_state(checkpoint_state(model_or_state)).items():
+    shape = tuple(value.shape)
+    if str(path[-1]) == "kernel" and len(shape) >= 2:
+      shape = (shape[1], shape[0]) if len(shape) == 2 else (shape[-1], shape[-2], *shape[:-2])
+    out[torch_key(path)] = shape
+  return out
+
+
+def to_torch_state_dict(model_or_state) -> dict[str, np.ndarray]:
+  """PyTorch-layout numpy arrays keyed by OpenDWM/diffusers names."""
+  out = {}
+  for path, value in flat_state(checkpoint_state(model_or_state)).items():
+    key = torch_key(path)
+    if key in out:
+      raise ConversionError(f"two wm_jax parameters map to the PyTorch key {key!r}")
+    out[key] = np.ascontiguousarray(to_torch_layout(str(path[-1]), np.asarray(value)))
+  return out
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
+                          ignore: Iterable[str] = ()) -> nnx.State:
+  """A wm_jax checkpoint state (params + buffers) from a PyTorch state_dict.
+
+  Args:
+    state_dict: PyTorch key -> array (numpy, or torch tensors converted by the caller).
+    target: the model, or its abstract state (nnx.eval_shape), giving structure, shapes, dtypes.
+    ignore: PyTorch keys to leave out on either side (not reported as missing or unexpected).
+
+  Raises:
+    ConversionError: listing every missing key, unexpected key and shape mismatch.
+  """
+  ignore = set(ignore)
+  target_state = checkpoint_state(target)
+  flat = flat_state(target_state)
+  by_key = {torch_key(path): path for path in flat}
+  missing = sorted(k for k in by_key if k not in state_dict and k not in ignore)
+  unexpected = sorted(k for k in state_dict if k not in by_key and k not in ignore)
+  mismatched, values = [], {}
+  for key, path in by_key.items():
+    if key in ignore or key not in state_dict:
+      continue
+    array = from_torch_layout(str(path[-1]), np.asarray(state_dict[key]))
+    want = tuple(flat[path].shape)
+    if tuple(array.shape) != want:
+      mismatched.append(f"{key}: checkpoint {tuple(np.shape(state_dict[key]))} -> "
+                        f"{tuple(array.shape)} in Flax layout, model wants {want}")
+      continue
+    values[path] = array.astype(flat[path].dtype)
+  if missing or unexpected or mismatched:
+    parts = []
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", mismatched)):
+      if items:
+        shown = "\n    ".join(items[:50]) + (f"\n    ... {len(items) - 50} more" if len(items) > 50 else "")
+        parts.append(f"  {len(items)} {title} key(s):\n    {shown}")
+    raise ConversionError("checkpoint does not match the model:\n" + "\n".join(parts))
+  flat_vars = []
+  for path, var in nnx.to_flat_state(target_state):
+    if path in values:
+      flat_vars.append((path, var.replace(values[path])))
+    else:  # ignored key: keep the target's value
+      flat_vars.append((path, var))
+  return nnx.from_flat_state(flat_vars)

@@ -1,0 +1,342 @@
+"""CTSDDiT: the spatio-temporal cross-view MMDiT of MaskGWM / OpenDWM (CTSD-3.5), channels last.
+
+    model = CTSDDiT(config.model, config.mask, rngs=nnx.Rngs(0))
+    v = model(latents [B,T,V,h,w,C], tau [B,T,V], context=[B,T,V,L,Dj], pooled=[B,T,V,P], ...)
+
+Per (frame, view) image: patch embedding + cropped 2-D sin-cos positions, SD3 conditioning
+vector from tau*1000 and pooled text, MMDiT joint blocks with the (context-embedded) text. After
+joint block i: a temporal block if i in temporal_block_layers, then a row-wise cross-view block if
+i in crossview_block_layers (each with its frame/view index MLP, the camera embedding, and an
+AlphaBlender). The layout adapter's residual j is added before joint block j. Output:
+AdaLayerNormContinuous, proj_out, unpatchify -> velocity [B,T,V,h,w,C] (dtype of latents).
+
+Mask reconstruction (training only, row_mask + noise given): tokens are gathered to the K kept
+columns of every row after the patch embedding (layout residuals with the same indices); joint,
+temporal and cross-view blocks before the last `decode_layers` joint blocks run at width K (the
+temporal attention over kept tokens is the paper's shifted temporal attention, cross-view rows have
+V*K tokens); the MaskModule rebuilds full width W; the decoder blocks run at width W. Without a
+row_mask the mask module is skipped and the model equals one built without it.
+
+Parameter paths joined with '.' are OpenDWM's state_dict keys (wm_jax.convert.param_map);
+PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wm_jax.models import layers
+from wm_jax.models.embeddings import (MLPEmbedding, PatchEmbed, TimestepTextEmbedding,
+                                      TIMESTEP_CHANNELS, sinusoidal)
+from wm_jax.models.layout_adapter import ImageAdapter
+from wm_jax.models.mmdit import AdaLayerNormContinuous, JointTransformerBlock
+from wm_jax.models.video_blocks import (AlphaBlender, CROSSVIEW_TYPES, TEMPORAL_TYPES,
+                                        VTSelfAttentionBlock, crossview_step, temporal_step)
+from wm_jax.parallel.shard import constrain
+
+# Parameters the paper adds and OpenDWM lacks (regex over PyTorch-style keys).
+PAPER_ONLY_PARAMS = (r"temporal_transformer_blocks\.\d+\.time_modulation\.linear\.(weight|bias)",)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+VAE_FACTOR = 8  # image pixels per latent pixel (layout images are at image resolution)
+
+
+def _check_config(cfg):
+  if cfg.temporal_attention_type not in TEMPORAL_TYPES:
+    raise ValueError(f"temporal_attention_type must be one of {TEMPORAL_TYPES}, got "
+                     f"{cfg.temporal_attention_type!r}")
+  if cfg.crossview_attention_type not in CROSSVIEW_TYPES:
+    raise ValueError(f"crossview_attention_type must be one of {CROSSVIEW_TYPES}, got "
+                     f"{cfg.crossview_attention_type!r}")
+  if cfg.remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got "
+                     f"{cfg.remat_policy!r}")
+  for name in ("latent_height", "latent_width"):
+    if cfg[name] % cfg.patch_size:
+      raise ValueError(f"{name}={cfg[name]} is not divisible by patch_size={cfg.patch_size}")
+  for name in ("temporal_block_layers", "crossview_block_layers", "dual_attention_layers"):
+    bad = [i for i in cfg[name] if not 0 <= i < cfg.num_layers]
+    if bad:
+      raise ValueError(f"{name} has layers {bad} outside 0..{cfg.num_layers - 1}")
+
+
+def _mask_enabled(mask_config) -> bool:
+  return mask_config is not None and bool(mask_config.get("enabled", False))
+
+
+class CTSDDiT(nnx.Module):
+
+  def __init__(self, model_config, mask_config=None, *, rngs: nnx.Rngs):
+    cfg = model_config
+    _check_config(cfg)
+    model_rngs, rngs = rngs, layers.KeyStream(rngs)
+    self.cfg = _Static(cfg)
+    prec = layers.Precision.from_config(cfg)
+    self.prec = prec
+    dim = cfg.num_heads * cfg.head_dim
+    self.dim = dim
+    impl = cfg.get("attention_impl", "auto")
+    self.temporal_layers = tuple(int(i) for i in cfg.temporal_block_layers)
+    self.crossview_layers = tuple(int(i) for i in cfg.crossview_block_layers)
+
+    self.pos_embed = PatchEmbed(cfg.in_channels, dim, cfg.patch_size, cfg.pos_embed_max_size,
+                                cfg.get("sample_size", 128) // cfg.patch_size, rngs=rngs,
+                                prec=prec)
+    self.time_text_embed = TimestepTextEmbedding(dim, cfg.pooled_projection_dim, rngs=rngs,
+                                                 prec=prec)
+    self.context_embedder = layers.linear(cfg.joint_attention_dim, dim, (None, "embed"),
+                                          rngs=rngs, prec=prec)
+    self.transformer_blocks = nnx.List([
+        JointTransformerBlock(dim, cfg.num_heads, cfg.head_dim, rngs=rngs, prec=prec,
+                              context_pre_only=i == cfg.num_layers - 1,
+                              dual_attention=i in tuple(cfg.dual_attention_layers),
+                              qk_norm=cfg.qk_norm, impl=impl)
+        for i in range(cfg.num_layers)])
+    self.norm_out = AdaLayerNormContinuous(dim, dim, rngs=rngs, prec=prec)
+    self.proj_out = layers.linear(dim, cfg.patch_size ** 2 * cfg.out_channels, ("embed", None),
+                                  rngs=rngs, prec=prec)
+
+    adapter = cfg.get("layout_adapter", None)
+    image_adapter = None
+    if adapter is not None:
+      downs = sum(bool(d) for d in adapter.is_downblocks)
+      if adapter.downscale_factor * 2 ** downs != VAE_FACTOR * cfg.patch_size:
+        raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with {downs} "
+                         f"downblocks gives a grid 1/{adapter.downscale_factor * 2 ** downs} of the "
+                         f"image, but the token grid is 1/{VAE_FACTOR * cfg.patch_size}")
+      if any(c != dim for c in adapter.channels):
+        raise ValueError(f"layout adapter channels {list(adapter.channels)} must all equal the "
+                         f"model width {dim}")
+      if len(adapter.channels) > cfg.num_layers:
+        raise ValueError(f"layout adapter has {len(adapter.channels)} residuals for "
+                         f"{cfg.num_layers} joint blocks")
+      image_adapter = ImageAdapter(
+          adapter.in_channels, adapter.channels, adapter.is_downblocks, adapter.num_res_blocks,
+          adapter.downscale_factor, adapter.get("use_zero_convs", True), rngs=rngs, prec=prec)
+    self.condition_image_adapter = image_adapter
+
+    self.view_embedding = (MLPEmbedding(cfg.camera_scalars * TIMESTEP_CHANNELS, dim, dim,
+                                        rngs=rngs, prec=prec) if cfg.camera_scalars else None)
+
+    video_block = functools.partial(VTSelfAttentionBlock, dim, cfg.num_heads, cfg.head_dim,
+                                    rngs=rngs, prec=prec, qk_norm=cfg.qk_norm, impl=impl)
+    index_mlp = lambda: MLPEmbedding(dim, 4 * dim, dim, rngs=rngs, prec=prec,
+                                     axes=("embed", "mlp", "embed"))
+    if self.crossview_layers:
+      self.view_pos_embeds = nnx.List([index_mlp() for _ in self.crossview_layers])
+      self.crossview_transformer_blocks = nnx.List([video_block() for _ in self.crossview_layers])
+      self.view_mixers = nnx.List([AlphaBlender(cfg.merge_factor, prec=prec)
+                                   for _ in self.crossview_layers])
+    if self.temporal_layers:
+      self.time_pos_embeds = nnx.List([index_mlp() for _ in self.temporal_layers])
+      self.temporal_transformer_blocks = nnx.List([
+          video_block(time_modulation=cfg.get("time_modulation", True))
+          for _ in self.temporal_layers])
+      self.time_mixers = nnx.List([AlphaBlender(cfg.merge_factor, prec=prec)
+                                   for _ in self.temporal_layers])
+
+    mask_module, self.decode_layers, self.kept_width = None, 0, None
+    if _mask_enabled(mask_config):
+      from wm_jax.models import masking, mask_reconstruction  # the mask helper's modules
+      width = cfg.latent_width // cfg.patch_size
+      self.kept_width = masking.kept_width(width, float(mask_config.ratio))
+      self.decode_layers = int(mask_config.decode_layers)
+      if not 0 < self.decode_layers < cfg.num_layers:
+        raise ValueError(f"mask decode_layers={self.decode_layers} must be in "
+                         f"1..{cfg.num_layers - 1} for {cfg.num_layers} joint blocks")
+      mask_module = mask_reconstruction.MaskModule(
+          dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
+          rngs=model_rngs)
+    self.mask_module = mask_module
+
+  # ---------------------------------------------------------------------------------------------
+  def _remat(self, fn):
+    policy_name = self.cfg.remat_policy
+    if policy_name == "none":
+      return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[policy_name])
+
+  def __call__(self, latents, timesteps, context=None, pooled=None, camera=None, layout=None,
+               view_adjacency=None, disable_temporal=None, disable_crossview=None, row_mask=None,
+               noise=None, return_features: bool = False):
+    cfg = self.cfg
+    self._check_inputs(latents, timesteps, context, pooled, camera, layout, view_adjacency,
+                       disable_temporal, disable_crossview, row_mask, noise)
+    out_dtype = latents.dtype
+    dtype = self.prec.dtype or jnp.result_type(latents.dtype, jnp.float32)
+    b, t, v, hl, wl, c = latents.shape
+    p, dim = cfg.patch_size, self.dim
+    h, w = hl // p, wl // p
+    n = b * t * v
+    if context is None:
+      context = jnp.zeros((b, t, v, cfg.text_tokens, cfg.joint_attention_dim), dtype)
+    if pooled is None:
+      pooled = jnp.zeros((b, t, v, cfg.pooled_projection_dim), dtype)
+
+    x = self.pos_embed(latents.reshape(n, hl, wl, c).astype(dtype)).reshape(b, t, v, h, w, dim)
+    ctx0 = self.context_embedder(context.reshape(n, *context.shape[3:]).astype(dtype))
+    temb, t_only = self.time_text_embed(timesteps.reshape(n).astype(jnp.float32),
+                                        pooled.reshape(n, -1).astype(dtype), dtype=dtype)
+    temb_btv = temb.reshape(b, t, v, dim)
+    t_only = t_only.reshape(b, t, v, dim)
+    cam_emb = None
+    if camera is not None and self.view_embedding is not None:
+      cam_in = sinusoidal(camera.astype(jnp.float32), TIMESTEP_CHANNELS).reshape(b, t, v, -1)
+      cam_emb = self.view_embedding(cam_in.astype(dtype))
+    residuals = []
+    if layout is not None and self.condition_image_adapter is not None:
+      residuals = self.condition_image_adapter(layout.astype(dtype))
+
+    masked = row_mask is not None
+    first_decoder = cfg.num_layers - self.decode_layers if masked else cfg.num_layers
+    if masked:
+      from wm_jax.models import masking
+      x = masking.gather_rows(x, row_mask)
+      residuals = [masking.gather_rows(r, row_mask) if i < first_decoder else r
+                   for i, r in enumerate(residuals)]
+
+    frame_index = sinusoidal(jnp.arange(t), dim)
+    view_index = sinusoidal(jnp.arange(v), dim)
+    joint = self._remat(lambda blk, xs, cs, te: blk(xs, cs, te))
+    feats = {}
+    ctx = ctx0
+    for i, block in enumerate(self.transformer_blocks):
+      if masked and i == first_decoder:
+        feats["encoder"] = x
+        x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
+                             temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
+                             self.pos_embed.cropped(h, w).astype(dtype))
+        feats["reconstructed"] = x
+      if i < len(residuals):
+        x = x + residuals[i].astype(x.dtype)
+      width = x.shape[4]
+      ctx, xs = joint(block, x.reshape(n, h * width, dim), ctx, temb)
+      x = xs.reshape(b, t, v, h, width, dim)
+      if i in self.temporal_layers:
+        j = self.temporal_layers.index(i)
+        step = self._remat(functools.partial(temporal_step, kind=cfg.temporal_attention_type))
+        x = step(self.temporal_transformer_blocks[j], self.time_mixers[j],
+                 self.time_pos_embeds[j], x, index_emb=frame_index, cond_emb=cam_emb,
+                 time_emb=t_only, disabled=disable_temporal)
+      if i in self.crossview_layers:
+        j = self.crossview_layers.index(i)
+        step = self._remat(crossview_step)
+        x = step(self.crossview_transformer_blocks[j], self.view_mixers[j],
+                 self.view_pos_embeds[j], x, index_emb=view_index, cond_emb=cam_emb,
+                 view_adjacency=view_adjacency, disabled=disable_crossview)
+      x = constrain(x, ("batch", None, None, None, "tokens", "embed"))
+    feats["final"] = x
+    y = self.proj_out(self.norm_out(x.reshape(n, h * w, dim), temb))
+    y = y.reshape(b, t, v, h, w, p, p, cfg.out_channels)
+    y = y.transpose(0, 1, 2, 3, 5, 4, 6, 7).reshape(b, t, v, hl, wl, cfg.out_channels)
+    y = y.astype(out_dtype)
+    return (y, feats) if return_features else y
+
+  # ---------------------------------------------------------------------------------------------
+  def _check_inputs(self, latents, timesteps, context, pooled, camera, layout, view_adjacency,
+                    disable_temporal, disable_crossview, row_mask, noise):
+    cfg = self.cfg
+    if latents.ndim != 6:
+      raise ValueError(f"latents must be [B,T,V,h,w,C] (rank 6), got shape {tuple(latents.shape)}")
+    b, t, v, hl, wl, c = latents.shape
+    want = {"frames (T)": (t, cfg.num_frames), "views (V)": (v, cfg.num_views),
+            "latent height": (hl, cfg.latent_height), "latent width": (wl, cfg.latent_width),
+            "latent channels": (c, cfg.in_channels)}
+    for name, (got, expected) in want.items():
+      if got != expected:
+        raise ValueError(f"latents {tuple(latents.shape)}: {name} is {got}, the model config "
+                         f"says {expected}")
+    if hl % cfg.patch_size or wl % cfg.patch_size:
+      raise ValueError(f"latent size {hl}x{wl} is not divisible by patch_size={cfg.patch_size}")
+    lead = (b, t, v)
+    if tuple(timesteps.shape) != lead:
+      raise ValueError(f"timesteps must be [B,T,V]={lead}, got shape {tuple(timesteps.shape)}")
+    if not isinstance(timesteps, jax.core.Tracer):
+      tau = np.asarray(timesteps, np.float32)
+      if not np.all((tau >= 0) & (tau <= 1)):
+        bad = tau[~((tau >= 0) & (tau <= 1))]
+        raise ValueError(f"timesteps must lie in [0, 1]; got values such as {bad.ravel()[:4]}")
+    shapes = {
+        "context": (context, lead + (None, cfg.joint_attention_dim)),
+        "pooled": (pooled, lead + (cfg.pooled_projection_dim,)),
+        "camera": (camera, lead + (cfg.camera_scalars,)),
+        "layout": (layout, lead + (hl * VAE_FACTOR, wl * VAE_FACTOR, None)),
+        "view_adjacency": (view_adjacency, (b, v, v)),
+        "disable_temporal": (disable_temporal, (b,)),
+        "disable_crossview": (disable_crossview, (b,)),
+        "noise": (noise, tuple(latents.shape)),
+    }
+    if self.condition_image_adapter is not None:
+      shapes["layout"] = (layout, lead + (hl * VAE_FACTOR, wl * VAE_FACTOR,
+                                          cfg.layout_adapter.in_channels))
+    for name, (value, expected) in shapes.items():
+      if value is None:
+        continue
+      got = tuple(value.shape)
+      if len(got) != len(expected) or any(e is not None and g != e for g, e in zip(got, expected)):
+        shown = tuple("*" if e is None else e for e in expected)
+        raise ValueError(f"{name} must have shape {shown}, got {got}")
+    if camera is not None and self.view_embedding is None:
+      raise ValueError("camera scalars given, but the model config has camera_scalars=0")
+    if layout is not None and self.condition_image_adapter is None:
+      raise ValueError("layout given, but the model config has no layout_adapter")
+    if (row_mask is None) != (noise is None):
+      raise ValueError("the mask-reconstruction path needs both row_mask and noise; got "
+                       f"row_mask={'set' if row_mask is not None else None}, "
+                       f"noise={'set' if noise is not None else None}")
+    if row_mask is not None:
+      if self.mask_module is None:
+        raise ValueError("row_mask given, but the model was built without a mask module "
+                         "(mask_config.enabled is False)")
+      want_idx = (b, t, v, hl // cfg.patch_size, self.kept_width)
+      if tuple(row_mask.keep_idx.shape) != want_idx:
+        raise ValueError(f"row_mask.keep_idx must have shape {want_idx}, got "
+                         f"{tuple(row_mask.keep_idx.shape)}")
+
+
+class _Static:
+  """Read-only plain-Python copy of a ConfigDict (NNX modules should not hold ConfigDicts)."""
+
+  def __init__(self, cfg):
+    self._d = {k: _freeze(val) for k, val in cfg.items()}
+
+  def __getattr__(self, name):
+    try:
+      return self.__dict__["_d"][name]
+    except KeyError:
+      raise AttributeError(name) from None
+
+  def __getitem__(self, name):
+    return self._d[name]
+
+  def get(self, name, default=None):
+    return self._d.get(name, default)
+
+  def items(self):
+    return self._d.items()
+
+  def __eq__(self, other):
+    return isinstance(other, _Static) and self._d == other._d
+
+  def __hash__(self):
+    return hash(tuple(sorted(self._d.items())))
+
+
+def _freeze(value: Any):
+  if hasattr(value, "items"):
+    return _Static(value)
+  if isinstance(value, list):
+    return tuple(value)
+  return value
