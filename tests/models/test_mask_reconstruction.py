@@ -51,8 +51,8 @@ def test_param_names_and_shapes_equal_opendwm():
 
 def test_defaults():
   cfg = mr.defaults()
-  assert (cfg.enabled, cfg.ratio, cfg.p_time, cfg.decode_layers, cfg.side_blocks) == (
-      True, 0.25, 0.5, 5, 1)
+  assert (cfg.enabled, cfg.ratio, cfg.p_time, cfg.decode_layers, cfg.side_blocks, cfg.pos_table) == (
+      True, 0.25, 0.5, 5, 1, "3d_sincos")
 
 
 @pytest.mark.torch
@@ -97,6 +97,19 @@ def test_mask_tokens_follow_formula(setup):
   np.testing.assert_allclose(half, 0.75 * (f_m + pos_term) + 0.25 * at1, atol=1e-5)
   # f_m reaches the token grid: stride = patch size, 3x3 support
   assert module.noise_features(x["noise"]).shape == (B, T, V, H, W, D)
+  # the 3-D table is the default; a caller's [h,W,D] table is used with pos_table='backbone'
+  table = jnp.asarray(np.random.default_rng(1).normal(size=(H, W, D)), jnp.float32)
+  with_table = nnx.jit(lambda m, mask, tau, pe: m.mask_tokens(x["noise"], mask, tau, pe))
+  np.testing.assert_allclose(with_table(module, mask, jnp.ones((B, T, V)), table), at1, atol=1e-5)
+  module.pos_table = "backbone"
+  try:
+    got = with_table(module, mask, jnp.ones((B, T, V)), table)
+  finally:
+    module.pos_table = "3d_sincos"
+  full = jnp.broadcast_to(table, (B, T, V, H, W, D))
+  want = module.mask_token[...].reshape(D) + module.mask_path_embed.proj(
+      masking.gather_dropped(full, mask))
+  np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_branch_selection_and_masked_shortcut(setup):

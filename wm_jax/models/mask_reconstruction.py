@@ -8,7 +8,8 @@ Training only. The encoder blocks run on the K kept tokens of every row; before 
      f_m = `noise_proj` (Conv3d, kernel (1,3,3), stride (1,p,p), padding (0,1,1): the latent noise
      eps [.., h*p, w*p, C] lands on the token grid [.., h, w, D]), p = `mask_token`, pos3d = the
      3-D sin-cos table of (frame, row, column) as OpenDWM's MaskPatchEmbed builds it
-     (diffusers get_3d_sincos_pos_embed: D/4 temporal channels, then 3D/4 spatial ones), and proj =
+     (diffusers get_3d_sincos_pos_embed: D/4 temporal channels, then 3D/4 spatial ones; with
+     mask.pos_table='backbone' the caller's pos_embed table instead), and proj =
      `mask_path_embed.proj`;
   2. scatters kept tokens and mask tokens back to full width W;
   3. runs the side blocks: F_s (`sideblocks`, attention over a frame's h*W tokens) for M_spatial
@@ -68,7 +69,14 @@ def defaults() -> ml_collections.ConfigDict:
       p_time=0.5,        # probability a sample gets M_time (else M_spatial)
       decode_layers=5,   # final joint blocks run at full width after the module (OpenDWM: 5)
       side_blocks=1,     # blocks per branch (OpenDWM interpolater_layer)
+      # position of the mask tokens: '3d_sincos' = OpenDWM's (frame, row, column) table built
+      # here (the backbone's pos_embed argument is then not used); 'backbone' = the [h,W,D] or
+      # [T,h,W,D] table the caller passes as pos_embed
+      pos_table="3d_sincos",
   ))
+
+
+POS_TABLES = ("3d_sincos", "backbone")
 
 
 class UnusedWeight(nnx.Variable):
@@ -231,7 +239,11 @@ class MaskModule(nnx.Module):
     side = int(mask_config.side_blocks)
     if side < 1:
       raise ValueError(f"mask.side_blocks must be >= 1, got {mask_config.side_blocks}")
+    pos_table = mask_config.get("pos_table", "3d_sincos")
+    if pos_table not in POS_TABLES:
+      raise ValueError(f"mask.pos_table must be one of {POS_TABLES}, got {pos_table!r}")
     self.dim, self.patch_size, self.latent_channels = dim, patch_size, latent_channels
+    self.pos_table = pos_table
     self.mask_token = nnx.Param(jnp.zeros((1, 1, dim), param_dtype), out_sharding=(None, None, "embed"))
     kw = dict(rngs=rngs, attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
     self.sideblocks = nnx.List([SideBlock(dim, num_heads, head_dim, temporal=False, **kw)
@@ -262,8 +274,9 @@ class MaskModule(nnx.Module):
   def mask_tokens(self, noise, mask: masking.RowMask, tau, pos_embed=None):
     """Mask tokens of the dropped positions [B,T,V,h,W-K,D] (Eq. 3 plus position embedding).
 
-    pos_embed: None (OpenDWM's 3-D sin-cos table of frame, row, column) or an explicit table
-    [h,W,D] (shared by all frames) or [T,h,W,D].
+    The position table is OpenDWM's 3-D sin-cos table of (frame, row, column) when
+    mask.pos_table == '3d_sincos' (pos_embed is not used), else `pos_embed`: [h,W,D] (shared by
+    all frames) or [T,h,W,D].
     """
     feats = self.noise_features(noise)
     b, t, v, h, w, d = feats.shape
@@ -272,8 +285,10 @@ class MaskModule(nnx.Module):
                        f"do not fit the token grid [B,T,V,h,W]={(b, t, v, h, w)} of the noise")
     if tuple(tau.shape) != (b, t, v):
       raise ValueError(f"tau has shape {tuple(tau.shape)}, expected [B,T,V]={(b, t, v)}")
-    if pos_embed is None:
+    if self.pos_table == "3d_sincos":
       pos_embed = sincos_3d(t, h, w, d)
+    elif pos_embed is None:
+      raise ValueError("mask.pos_table='backbone' needs the caller's pos_embed table; got None")
     pos_embed = jnp.asarray(pos_embed)
     if pos_embed.shape not in ((h, w, d), (t, h, w, d)):
       raise ValueError(f"pos_embed has shape {tuple(pos_embed.shape)}, expected [h,W,D]="

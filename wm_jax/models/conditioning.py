@@ -1,0 +1,97 @@
+"""Schema batch -> the conditioning keyword arguments of CTSDDiT.
+
+    kwargs = model_inputs(batch, config)      # config: the full config or config.model
+    v = model(noisy_latents, tau, **kwargs)
+
+Returned keys: context [B,T,V,L,Dj], pooled [B,T,V,P] (zeros when the batch has no text),
+camera [B,T,V,S] (None when the model has no camera embedding or the batch no cameras),
+layout [B,T,V,H,W,6] float in [0, 1] (None without a layout adapter or layout),
+view_adjacency [B,V,V] bool (None when absent: every view attends to every view).
+
+Camera scalars, in OpenDWM's order (S = 11): fps; fx/H, fy/H, cx/W, cy/H (intrinsics in pixels
+of the frames, divided by image height H / width W); the camera z axis in the ego frame
+(extrinsics[:3, 2]); the camera position in the ego frame (extrinsics[:3, 3]). S = 13 appends
+the ego speed (m/s) and steering (rad) of the frame from `actions` (MaskGWM's action conditioning).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from wm_jax.data import schema
+
+VAE_FACTOR = 8
+CAMERA_SCALARS = (11, 13)
+
+
+def _model_config(config):
+  return config.model if "model" in config else config
+
+
+def _image_size(batch: Mapping[str, Any], cfg) -> tuple[int, int]:
+  for key in ("frames", "layout"):
+    if key in batch:
+      return int(batch[key].shape[-3]), int(batch[key].shape[-2])  # [..., H, W, channels]
+  return cfg.latent_height * VAE_FACTOR, cfg.latent_width * VAE_FACTOR
+
+
+def camera_scalars(batch: Mapping[str, Any], count: int, image_size: tuple[int, int]):
+  """[B,T,V,count] float32 camera (and action) scalars; see the module docstring."""
+  if count not in CAMERA_SCALARS:
+    raise ValueError(f"camera_scalars must be one of {CAMERA_SCALARS}, got {count}")
+  for key in ("intrinsics", "extrinsics", "fps") + (("actions",) if count == 13 else ()):
+    if key not in batch:
+      raise ValueError(f"camera_scalars={count} needs batch key {key!r}; batch has "
+                       f"{sorted(batch)}")
+  k = jnp.asarray(batch["intrinsics"], jnp.float32)  # [B,T,V,3,3]
+  e = jnp.asarray(batch["extrinsics"], jnp.float32)  # [B,T,V,4,4]
+  height, width = image_size
+  fps = jnp.broadcast_to(jnp.asarray(batch["fps"], jnp.float32)[:, None, None], k.shape[:3])
+  parts = [fps[..., None],
+           k[..., 0, 0:1] / height, k[..., 1, 1:2] / height,
+           k[..., 0, 2:3] / width, k[..., 1, 2:3] / height,
+           e[..., :3, 2], e[..., :3, 3]]
+  if count == 13:
+    actions = jnp.asarray(batch["actions"], jnp.float32)  # [B,T,A]: speed, steering, ...
+    speed_steer = jnp.broadcast_to(actions[:, :, None, :2], k.shape[:3] + (2,))
+    parts.append(speed_steer)
+  return jnp.concatenate(parts, -1)
+
+
+def model_inputs(batch: Mapping[str, Any], config) -> dict:
+  """The conditioning keyword arguments of CTSDDiT for a schema batch with 'latents'."""
+  cfg = _model_config(config)
+  if "latents" not in batch:
+    raise ValueError(f"model_inputs needs batch['latents'] (VAE-encoded); batch has {sorted(batch)}")
+  unknown = sorted(set(batch) - set(schema.FIELDS))
+  if unknown:
+    raise ValueError(f"unknown batch keys {unknown}; known keys are {sorted(schema.FIELDS)}")
+  latents = batch["latents"]
+  if latents.ndim != 6:
+    raise ValueError(f"batch['latents'] must be [B,T,V,h,w,C], got shape {tuple(latents.shape)}")
+  b, t, v = latents.shape[:3]
+  out: dict[str, Any] = {}
+  if "text_embeddings" in batch:
+    out["context"] = jnp.asarray(batch["text_embeddings"])
+  else:
+    out["context"] = jnp.zeros((b, t, v, cfg.text_tokens, cfg.joint_attention_dim), jnp.float32)
+  if "pooled_text" in batch:
+    out["pooled"] = jnp.asarray(batch["pooled_text"])
+  else:
+    out["pooled"] = jnp.zeros((b, t, v, cfg.pooled_projection_dim), jnp.float32)
+  out["camera"] = None
+  if cfg.camera_scalars and "intrinsics" in batch and "extrinsics" in batch:
+    out["camera"] = camera_scalars(batch, cfg.camera_scalars, _image_size(batch, cfg))
+  out["layout"] = None
+  if cfg.get("layout_adapter", None) is not None and "layout" in batch:
+    layout = batch["layout"]
+    if np.dtype(layout.dtype) == np.uint8:
+      out["layout"] = jnp.asarray(layout, jnp.float32) / 255.0
+    else:
+      out["layout"] = jnp.asarray(layout, jnp.float32)
+  out["view_adjacency"] = (jnp.asarray(batch["view_adjacency"], bool)
+                           if "view_adjacency" in batch else None)
+  return out
