@@ -52,11 +52,18 @@ def abstract(model_factory, tx, ema: bool):
 
 
 def create(model_factory, tx, ema: bool, shardings=None):
-  """Builds the state directly with `shardings` (jit out_shardings: each device creates only its
-  shard); graphdef too."""
+  """(graphdef, state) with the state placed by `shardings`.
+
+  On a mesh of more than one device the init is jitted with out_shardings, so each device creates
+  only its shard (models larger than one device's memory). On one device the init runs eagerly:
+  compiling a whole model's initializer costs far more than running it op by op on a CPU.
+  """
   graphdef, _ = abstract(model_factory, tx, ema)
-  state = jax.jit(init_fn(model_factory, tx, ema), out_shardings=shardings)()
-  return graphdef, state
+  leaves = jax.tree.leaves(shardings) if shardings is not None else []
+  if leaves and max(len(s.device_set) for s in leaves) > 1:
+    return graphdef, jax.jit(init_fn(model_factory, tx, ema), out_shardings=shardings)()
+  state = init_fn(model_factory, tx, ema)()
+  return graphdef, state if shardings is None else jax.device_put(state, shardings)
 
 
 def merge(graphdef, state: TrainState, use_ema: bool = False) -> nnx.Module:
