@@ -202,6 +202,10 @@ def train(config, workdir: str, *, model_factory=None, loss_fn=None, make_iterat
     f.write(config.to_json_best_effort(indent=2))
 
   prepare = prepare_batch or default_prepare_batch(config)
+  wants_samples = int(tc.get("sample_every", 0)) or tc.get("sample_at_end", False)
+  if sample_fn is None and wants_samples and "vae" in config and config.vae.get("checkpoint"):
+    from wm_jax.train import sample as sample_lib
+    sample_fn = sample_lib.make_sample_fn(config, graphdef, workdir)
   writer = metrics_lib.create_writer(workdir)
   hooks = metrics_lib.progress_hooks(workdir, int(tc.num_steps), writer,
                                      every_steps=int(tc.log_every), profile_steps=int(tc.get("profile_steps", 0)))
