@@ -83,3 +83,14 @@ def test_replicated_large_params_lists_only_unsharded(cpu_devices):
   assert found == []
   small = {p for p, _, _ in mesh_lib.replicated_large_params(abstract, sh, min_size=32)}
   assert "['norm']['scale'].value" in small and "['up']['kernel'].value" not in small
+
+
+def test_train_validates_before_compiling(tmp_path, cpu_devices):
+  from wm_jax.train import loop
+  c = _cfg(num_heads=3)
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  called = []
+  with pytest.raises(ValueError, match=r"num_heads=3 is not divisible by the tensor axis size 2"):
+    loop.train(c, str(tmp_path), model_factory=lambda: called.append("model"), loss_fn=toy.loss_fn,
+               make_iterator=lambda cfg: called.append("data"))
+  assert called == []  # failed before building the model or the data pipeline
