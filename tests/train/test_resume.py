@@ -121,3 +121,29 @@ def test_damaged_latest_step_is_skipped(tmp_path):
   step, state, data, config = ckpt.restore_latest(mgr, abstract)
   assert step == 2 and data == {"pos": 2} and config["train"]["batch_size"] == c.train.batch_size
   np.testing.assert_array_equal(state["w"], states[2]["w"])
+
+
+def test_keeps_last_n_plus_best(tmp_path):
+  from wm_jax.train import checkpoint as ckpt
+  from tests.train import toy
+  c = toy.config()
+  c.checkpoint.update(every_steps=1, keep=1, best_metric="loss", best_mode="min", keep_best=1,
+                      async_save=False)
+  mgr = ckpt.make_manager(str(tmp_path), c.checkpoint)
+  for step, loss in zip((1, 2, 3, 4), (3.0, 1.0, 2.0, 4.0)):
+    ckpt.save(mgr, step, {"w": np.zeros(2, np.float32)}, {}, c, metrics={"loss": loss})
+  mgr.wait_until_finished()
+  assert sorted(mgr.all_steps()) == [2, 4]  # the best (loss 1.0) and the last
+  mgr.close()
+
+
+def test_aot_compile_without_libtpu_explains_and_fails():
+  pytest.importorskip("jax")
+  try:
+    import libtpu  # noqa: F401
+    pytest.skip("libtpu is installed here")
+  except ImportError:
+    pass
+  from tools import aot_compile
+  with pytest.raises(SystemExit, match=r"needs libtpu .*--topology=cpu"):
+    aot_compile.main(["--config=configs/bench.py", "--topology=v5e:2x2"])

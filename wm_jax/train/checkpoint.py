@@ -34,7 +34,8 @@ def make_manager(workdir: str, ckpt_config) -> ocp.CheckpointManager:
   metric = str(c.get("best_metric", "") or "")
   if metric:
     keep.append(policies.BestN(get_metric_fn=lambda m: float(m[metric]),
-                               reverse=(c.get("best_mode", "min") == "max"),
+                               # BestN keeps the last n after sorting: descending for 'min'
+                               reverse=(c.get("best_mode", "min") == "min"),
                                n=int(c.get("keep_best", 1)), keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=int(c.every_steps),
