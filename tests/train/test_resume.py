@@ -147,3 +147,19 @@ def test_aot_compile_without_libtpu_explains_and_fails():
   from tools import aot_compile
   with pytest.raises(SystemExit, match=r"needs libtpu .*--topology=cpu"):
     aot_compile.main(["--config=configs/bench.py", "--topology=v5e:2x2"])
+
+
+def test_checkpoints_of_another_model_are_not_overwritten(tmp_path):
+  from wm_jax.train import checkpoint as ckpt
+  from tests.train import toy
+  import jax
+  c = toy.config()
+  c.checkpoint.update(every_steps=1, async_save=False)
+  mgr = ckpt.make_manager(str(tmp_path), c.checkpoint)
+  ckpt.save(mgr, 1, {"w": np.zeros((4,), np.float32)}, {}, c)
+  mgr.close()
+  mgr = ckpt.make_manager(str(tmp_path), c.checkpoint)
+  other = {"v": jax.ShapeDtypeStruct((3,), np.float32,
+                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+  with pytest.raises(ValueError, match="refusing to start fresh"):
+    ckpt.restore_latest(mgr, other)

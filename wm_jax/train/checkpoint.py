@@ -86,10 +86,12 @@ def _from_json(x):
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
-  """(step, state, data_state, config_json) of the newest step that restores, or None.
+  """(step, state, data_state, config_json) of the newest step that restores; None when there is
+  no step at all; ValueError when there are steps but none restores (e.g. another model's).
 
   `abstract_state` is a tree of jax.ShapeDtypeStruct with `.sharding` set: each array is read
   straight into its shards."""
+  errors = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       out = manager.restore(step, args=ocp.args.Composite(
@@ -100,8 +102,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
                   step, manager.directory, type(e).__name__, str(e)[:200])
       print(f"[checkpoint] step {step} is incomplete or damaged ({type(e).__name__}); skipping it",
             flush=True)
+      errors.append(f"step {step}: {type(e).__name__}: {str(e)[:300]}")
       continue
     return step, out.state, _from_json(out.data), out.config
+  if errors:  # steps exist but none fits: a different model/config, not a fresh start
+    raise ValueError(f"no checkpoint in {manager.directory} restores into this config's state; "
+                     f"refusing to start fresh over them:\n" + "\n".join(errors))
   return None
 
 

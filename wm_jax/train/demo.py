@@ -280,7 +280,7 @@ def main(argv=None):
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(result, f, indent=2)
   say("6/6 summary")
-  bars = " ▁▂▃▄▅▆▇█"
+  bars = "▁▂▃▄▅▆▇█"
   lo, hi = min(c[1] for c in curve), max(c[1] for c in curve)
   spark = "".join(bars[int((v - lo) / max(hi - lo, 1e-9) * (len(bars) - 1))] for _, v in curve)
   print(f"  loss curve (every {args.log_every} steps): {spark}")
