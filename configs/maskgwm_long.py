@@ -5,12 +5,15 @@ temporal blocks at OpenDWM's layers, camera + action (speed, steering) embedding
   python -m wm_jax.main --config=configs/maskgwm_long.py --workdir=gs://BUCKET/maskgwm_long
   python tools/param_count.py --config=configs/maskgwm_long.py
 
-Expect: about 2.9e9 parameters (tools/param_count.py prints the exact split); needs accelerators
-with bf16 and sharding (config.mesh); not runnable on a CPU. Mask reconstruction with r = 0.25
-keeps 24 of 32 tokens per row.
+Expect: 3.417e9 trainable parameters (tools/param_count.py prints the split: 2.22e9 in the joint
+blocks); needs accelerators with bf16 and sharding (config.mesh), not runnable on a CPU. Mask
+reconstruction with r = 0.25 keeps 24 of 32 tokens per row.
 """
 
 import ml_collections
+
+from wm_jax.diffusion import config as diffusion_config
+from wm_jax.models import mask_reconstruction
 
 from configs import maskgwm_tiny
 
@@ -45,8 +48,7 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def mask_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(enabled=True, ratio=0.25, p_time=0.5, decode_layers=5,
-                                        side_blocks=1))
+  return mask_reconstruction.defaults()  # r = 0.25: 24 of 32 tokens per row, 5 decoder blocks
 
 
 def get_config(arg=None):
@@ -54,4 +56,6 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.model = model_config()
   config.mask = mask_config()
+  config.diffusion = diffusion_config.defaults()
+  config.diffusion.shift = 3.0  # SD3/SD3.5 sizes
   return config

@@ -7,10 +7,13 @@ convert name for name, plus the paper's Eq. 5 time modulation).
   python -m wm_jax.main --config=configs/maskgwm_mview.py --workdir=gs://BUCKET/maskgwm_mview
   python tools/param_count.py --config=configs/maskgwm_mview.py
 
-Expect: about 3.3e9 parameters (tools/param_count.py prints the split); accelerators only.
+Expect: 4.224e9 trainable parameters (tools/param_count.py prints the split); accelerators only.
 """
 
 import ml_collections
+
+from wm_jax.diffusion import config as diffusion_config
+from wm_jax.models import mask_reconstruction
 
 from configs import maskgwm_long
 
@@ -30,8 +33,7 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def mask_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(enabled=True, ratio=0.25, p_time=0.5, decode_layers=5,
-                                        side_blocks=1))
+  return mask_reconstruction.defaults()  # r = 0.25: 21 of 28 tokens per row, 5 decoder blocks
 
 
 def get_config(arg=None):
@@ -39,4 +41,6 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.model = model_config()
   config.mask = mask_config()
+  config.diffusion = diffusion_config.defaults()
+  config.diffusion.shift = 3.0  # SD3/SD3.5 sizes
   return config

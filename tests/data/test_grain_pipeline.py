@@ -103,12 +103,19 @@ def test_skip_bad_records_counts_them_and_state_keeps_the_count():
   for batch in it:
     assert set(batch) == {"frames", "actions", "fps"}
     seen += _ids(batch)
-  # The last shuffled record may be bad (then it is only logged); otherwise all three are counted.
   assert sorted(seen) == [0, 2, 3, 5, 7, 8, 9]
   assert it.bad_records == 3
   assert {n.split("index=")[1].split(":")[0] for n in it.bad_record_notes} == {"1", "4", "6"}
   state = json.loads(json.dumps(it.get_state()))
   assert state["bad_records"] == 3
+
+
+def test_skipped_records_after_the_last_good_one_are_counted_at_the_end():
+  config = _config(skip_bad_records=True, shuffle=False, num_epochs=1, drop_remainder=False)
+  it = gp.make_iterator(config, batch_size=2, process_index=0, process_count=1,
+                        source=_Source(5, {3: "nan", 4: "missing"}))
+  assert sum((_ids(b) for b in it), []) == [0, 1, 2]
+  assert it.bad_records == 2 and len(it.bad_record_notes) == 2
 
 
 def test_make_dataset_validates_and_marks_skipped_records_none():

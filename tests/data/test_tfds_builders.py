@@ -1,6 +1,8 @@
 """TFDS ArrayRecord caches: build, read back through tfds.data_source, feed the Grain pipeline."""
 
 import os
+import subprocess
+import sys
 
 import imageio.v2 as imageio
 import numpy as np
@@ -24,7 +26,8 @@ def videos(tmp_path_factory):
 
 def _config(root):
   c = grain_pipeline.defaults()
-  c.update(source="video", path=root, num_frames=2, fps=5, image_height=8, image_width=16, val_fraction=0.0)
+  c.update(source="video", path=root, num_frames=2, fps=5, image_height=8, image_width=16,
+           val_fraction=0.0)
   return c
 
 
@@ -75,3 +78,17 @@ def test_latent_cache_holds_encoded_frames(videos, tmp_path):
 def test_missing_cache_names_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="wm_video/none"):
     tfds_builders.data_source("wm_video/none", split="train", data_dir=str(tmp_path))
+
+
+def test_make_dataset_tool_builds_a_readable_cache(videos, tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run(
+      [sys.executable, os.path.join(repo, "tools", "make_dataset.py"), "--builder=video",
+       "--name=tool", f"--data_dir={tmp_path}", f"--data.path={videos}", "--data.num_frames=2",
+       "--data.fps=5", "--data.image_height=8", "--data.image_width=16",
+       "--data.val_fraction=0", "--splits=train"],
+      capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "train: 3 records" in out.stdout and "wm_video/tool" in out.stdout
+  cached = tfds_builders.data_source("wm_video/tool", split="train", data_dir=str(tmp_path))
+  assert cached[2]["frames"].shape == (2, 1, 8, 16, 3)

@@ -85,3 +85,17 @@ def test_pipeline_reads_video_folder_with_split(folder, tmp_path):
   batches = list(grain_pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1))
   assert sum(len(b["frames"]) for b in batches) == 2 * len(names(train))  # 2 clips per video
   assert batches[0]["frames"].shape[1:] == (2, 1, 8, 8, 3)
+
+
+def test_clip_deep_in_a_video_is_read_by_seeking(tmp_path):
+  path = str(tmp_path / "long.mp4")
+  w = imageio.get_writer(path, fps=10, codec="libx264", quality=9, macro_block_size=16)
+  for j in range(130):
+    w.append_data(np.stack(np.broadcast_arrays(np.uint8(j % 32 * 8), np.uint8(j // 32 * 60),
+                                               np.zeros((16, 16), np.uint8)), -1))
+  w.close()
+  src = video.VideoClipSource(str(tmp_path), num_frames=2, fps=5, image_size=(16, 16))
+  assert len(src) == 32  # starts every 4 frames; the last clip (124, 126) ends before frame 130
+  frames = src[28]["frames"][:, 0].reshape(2, -1, 3).mean(1)  # frames 112 and 114
+  np.testing.assert_allclose(frames[:, 0], [112 % 32 * 8, 114 % 32 * 8], atol=3)
+  np.testing.assert_allclose(frames[:, 1], [3 * 60, 3 * 60], atol=3)

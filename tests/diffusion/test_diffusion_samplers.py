@@ -51,6 +51,11 @@ def test_cfg_combination_in_one_batched_call(field_model, make_config):
   s_u = 10 * -1000.0  # zero context; the action scalar replaced by -1000
   v = (1 + s_u) + g * (s_c - s_u)
   np.testing.assert_allclose(out, _noise() - v[..., None, None, None], rtol=1e-5, atol=1e-3)
+  # scale 0: the unconditional velocity alone, through the same compiled call
+  out0 = samplers.euler_sample(field_model(field), _noise(), cond, make_config(), steps=3,
+                               cfg_scale=0.0)
+  assert calls == [2 * B]
+  np.testing.assert_allclose(out0, _noise() - (1 + s_u), rtol=1e-5, atol=1e-3)
   np.testing.assert_allclose(guidance.combine(3.0, 1.0, 4.0), 9.0)
 
 

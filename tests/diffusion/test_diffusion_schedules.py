@@ -13,6 +13,9 @@ def test_defaults():
   assert (cfg.logit_mean, cfg.logit_std, cfg.shift) == (0.0, 1.0, 1.0)
   assert (cfg.max_reference_frames, cfg.feature_loss_weight) == (3, 0.0)
   assert (cfg.sample_steps, cfg.cfg_scale, cfg.loss_target) == (30, 4.0, "velocity")
+  assert diffusion_config.defaults(shift=3.0).shift == 3.0
+  with pytest.raises(ValueError, match="shfit"):
+    diffusion_config.defaults(shfit=3.0)
 
 
 @pytest.mark.parametrize("mean,std,shift", [(0.0, 1.0, 1.0), (0.5, 0.6, 3.0)])

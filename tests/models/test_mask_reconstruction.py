@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wm_jax.convert import param_map
 from wm_jax.models import mask_reconstruction as mr
 from wm_jax.models import masking
 
@@ -16,25 +17,11 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data_files", "mask_module_
 B, T, V, H, W, D, HEADS, C, P, L = 2, 3, 2, 2, 4, 32, 2, 4, 2, 3
 
 
-def _torch_layout(path, shape):
-  """Flax (path, shape) -> OpenDWM (key, shape) by the one naming rule."""
-  *mods, leaf = path
-  key = ".".join(str(m) for m in mods)
-  if leaf == "kernel":
-    shape = shape[::-1] if len(shape) == 2 else (shape[4], shape[3]) + tuple(shape[:3])
-    return key + ".weight", tuple(shape)
-  if leaf == "scale":
-    return key + ".weight", tuple(shape)
-  return ".".join([key, leaf]) if key else leaf, tuple(shape)
-
-
 def test_param_names_and_shapes_equal_opendwm():
   cfg = mr.defaults()
   module = nnx.eval_shape(lambda: mr.MaskModule(1536, 24, 64, 16, 2, cfg, rngs=nnx.Rngs(0)))
-  ours = {}
-  for path, var in nnx.to_flat_state(nnx.state(module)):
-    key, shape = _torch_layout(path, var.shape if hasattr(var, "shape") else var.value.shape)
-    ours["mask_module." + key] = shape
+  # the converter's one naming rule over what checkpoints carry (params + buffers)
+  ours = {"mask_module." + k: v for k, v in param_map.torch_shapes(module).items()}
   ref = {}
   with open(DATA) as f:
     for line in f:
@@ -62,11 +49,22 @@ def test_sincos_table_matches_diffusers():
   np.testing.assert_allclose(mr.sincos_3d(4, 3, 5, 64).reshape(4, 15, 64), ref, atol=1e-6)
 
 
+def _random_module(seed=0):
+  """A MaskModule with numpy-random weights: the same module, without compiling an initializer
+  per parameter shape (which dominates this file's CPU time); the tests are about the forward."""
+  abstract = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, mr.defaults(),
+                                                  rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+  fan_in = lambda shape: int(np.prod(shape[:-1])) if len(shape) > 1 else 100
+  state = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in(s.shape)),
+                                             s.dtype), state)
+  return nnx.merge(graphdef, state)
+
+
 @pytest.fixture(scope="module")
 def setup():
-  cfg = mr.defaults()
-  module = mr.MaskModule(D, HEADS, D // HEADS, C, P, cfg, rngs=nnx.Rngs(0))
-  module.mask_token[...] = jax.random.normal(jax.random.key(9), (1, 1, D))
+  module = _random_module()
   rng = np.random.default_rng(0)
   f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
   inputs = dict(noise=f32(B, T, V, H * P, W * P, C), temb=f32(B, T, V, D), context=f32(B, T, V, L, D),
@@ -157,3 +155,33 @@ def test_bad_shapes_raise(setup):
     module.noise_features(x["noise"][..., :3])
   with pytest.raises(ValueError, match="dim=30"):
     mr.MaskModule(30, 2, 16, C, P, mr.defaults(), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.torch
+def test_attention_and_noise_proj_match_pytorch():
+  """Same weights through param_map: diffusers' Attention (as OpenDWM builds it, run by
+  AttnProcessor2_0) and torch Conv3d agree with the side-block attention and f_m."""
+  torch = pytest.importorskip("torch")
+  proc = pytest.importorskip("diffusers.models.attention_processor")
+  module = _random_module(3)
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 5, D)).astype(np.float32)
+  ctx = rng.normal(size=(2, 3, D)).astype(np.float32)
+  for ours, context in ((module.sideblocks[0].attn, None), (module.temporal_sideblocks[0].cross_attn, ctx)):
+    ref = proc.Attention(query_dim=D, added_kv_proj_dim=D, qk_norm="rms_norm", dim_head=D // HEADS,
+                         heads=HEADS, out_dim=D, bias=True, processor=proc.AttnProcessor2_0())
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in param_map.to_torch_state_dict(ours).items()}
+    ref.load_state_dict(sd, strict=True)  # also proves the key sets are equal
+    with torch.no_grad():
+      want = ref(torch.from_numpy(x),
+                 encoder_hidden_states=None if context is None else torch.from_numpy(context))
+    got = ours(jnp.asarray(x), None if context is None else jnp.asarray(context))
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=2e-5, rtol=1e-4)
+  conv = torch.nn.Conv3d(C, D, (1, 3, 3), (1, P, P), (0, 1, 1))
+  conv.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                        param_map.to_torch_state_dict(module.noise_proj).items()}, strict=True)
+  noise = rng.normal(size=(1, 2, 1, H * P, W * P, C)).astype(np.float32)  # [B,T,V,h,w,C]
+  with torch.no_grad():
+    want = conv(torch.from_numpy(noise[:, :, 0].transpose(0, 4, 1, 2, 3))).numpy()  # [B,D,T,h,w]
+  got = np.asarray(module.noise_features(jnp.asarray(noise)))[:, :, 0].transpose(0, 4, 1, 2, 3)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)

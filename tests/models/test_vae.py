@@ -89,17 +89,22 @@ def test_tiled_and_sliced_encode_and_decode():
 
 def test_posterior_sample_and_kl():
   moments = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 4, 8)), jnp.float32)
-  mean, logvar = vae_lib.posterior_mean_logvar(moments)
   rng = jax.random.key(5)
-  sample = vae_lib.posterior_sample(moments, rng)
-  eps = jax.random.normal(rng, mean.shape)
-  np.testing.assert_allclose(sample, mean + jnp.exp(0.5 * logvar) * eps, atol=1e-6)
-  np.testing.assert_array_equal(vae_lib.posterior_sample(moments), mean)
-  kl = vae_lib.posterior_kl(moments)
-  want = 0.5 * np.sum(np.asarray(mean) ** 2 + np.exp(logvar) - 1 - np.asarray(logvar), axis=(1, 2, 3))
+
+  @jax.jit
+  def run(moments):
+    mean, logvar = vae_lib.posterior_mean_logvar(moments)
+    eps = jax.random.normal(rng, mean.shape)
+    big = vae_lib.posterior_mean_logvar(moments.at[..., 4:].set(100.0))[1]
+    return (mean, logvar, eps, vae_lib.posterior_sample(moments, rng),
+            vae_lib.posterior_sample(moments), vae_lib.posterior_kl(moments), big.max())
+
+  mean, logvar, eps, sample, mode, kl, big_max = map(np.asarray, run(moments))
+  np.testing.assert_allclose(sample, mean + np.exp(0.5 * logvar) * eps, atol=1e-6)
+  np.testing.assert_array_equal(mode, mean)
+  want = 0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar, axis=(1, 2, 3))
   np.testing.assert_allclose(kl, want, rtol=1e-5)
-  big = moments.at[..., 4:].set(100.0)
-  assert float(vae_lib.posterior_mean_logvar(big)[1].max()) == 20.0  # logvar clamp
+  assert float(big_max) == 20.0  # logvar clamp
 
 
 def test_bad_inputs_are_refused():

@@ -10,6 +10,7 @@ make_iterator (validation, shuffle, read threads, batch 1) so the number is what
 Setup (exporting, caching) is not timed.
 """
 
+import math
 import os
 import tempfile
 import time
@@ -20,6 +21,7 @@ SHAPES = {  # name: (views / rig, frames, height, width)
     "mview": ("nuscenes6", 8, 128, 256),
 }
 SOURCES = ("synthetic", "nuscenes", "cache")
+VERSION = "v1.0-synthetic"
 
 
 def add_arguments(parser):
@@ -52,11 +54,12 @@ def _time(config, samples, source=None):
   return samples / elapsed, batch
 
 
-def _export(config, out, scenes):
+def _export(config, out, scenes, samples):
+  """Writes `scenes` synthetic scenes of `samples` keyframes (12 Hz sweeps between) as nuScenes."""
   from wm_jax.data.synthetic import export, world
   specs = [world.make_scene(i, domain=config.domain) for i in range(scenes)]
-  export.write_nuscenes(out, specs, rig=config.rig,
-                        image_size=(config.image_height, config.image_width))
+  export.write_nuscenes(out, specs, rig=config.rig, version=VERSION, num_samples=samples,
+                        image_size=(config.image_height, config.image_width), verbose=False)
   return out
 
 
@@ -78,10 +81,11 @@ def run(args):
         elif source == "nuscenes":
           print(f"# exporting {scenes} synthetic scenes ({shape}) as nuScenes", flush=True)
           config = _config(shape, source="synthetic")
-          _export(config, tmp, scenes)
+          keyframes = math.ceil((frames - 1) / 6) + 1  # enough 12 Hz frames for one clip
+          _export(config, tmp, scenes, keyframes)
           from wm_jax.data.synthetic import rig as rig_lib
           channels = rig_lib.make_rig(rig, (h, w)).channels
-          config = _config(shape, source="nuscenes", path=tmp, version="v1.0-trainval",
+          config = _config(shape, source="nuscenes", path=tmp, version=VERSION,
                            views=channels, keyframes_only=False, val_fraction=0.0,
                            read_threads=args.read_threads)
         elif source == "cache":

@@ -1,1 +1,14 @@
-"""wm_jax.convert."""
+"""wm_jax <-> PyTorch checkpoints (OpenDWM, diffusers).
+
+  param_map.py       the one name-and-layout rule (NNX path joined with '.' = PyTorch key; kernel/
+                     scale/embedding -> weight; kernels transposed), used in both directions
+  opendwm_config.py  config.model / config.mask <-> OpenDWM's model config names
+  checkpoints.py     Orbax: read train checkpoints (params/EMA + rest, no optimizer state) and
+                     params checkpoints; write params checkpoints; load_into(model, dir)
+  to_torch.py        export to an OpenDWM state_dict (shape-checked, paper-only policy) and
+                     safetensors (fp32 / bf16 / fp16)
+  from_torch.py      read .safetensors / .pth (weights_only) and convert OpenDWM or diffusers SD3
+                     checkpoints strictly (missing / unexpected / mis-shaped keys are refused)
+
+Command lines: tools/convert_to_pytorch.py, tools/convert_from_pytorch.py.
+"""

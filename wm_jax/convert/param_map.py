@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import jax
 import numpy as np
 from flax import nnx
 
 from wm_jax.models.buffers import Buffer
 
 LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
-# What a converted checkpoint holds: trainable params and persistent buffers.
+# What a converted checkpoint holds: trainable params and persistent buffers (Buffer subclasses
+# included, e.g. mask_reconstruction.UnusedWeight: weights PyTorch keeps but never applies).
 CHECKPOINT_FILTER = nnx.Any(nnx.Param, Buffer)
 
 
@@ -36,6 +38,14 @@ def torch_key(path: tuple) -> str:
   """('transformer_blocks', 0, 'attn', 'to_q', 'kernel') -> 'transformer_blocks.0.attn.to_q.weight'."""
   *parents, leaf = (str(p) for p in path)
   return ".".join([*parents, LEAF_TO_TORCH.get(leaf, leaf)])
+
+
+def torch_shape(leaf: str, shape: tuple) -> tuple:
+  """The PyTorch shape of a Flax array of `shape` whose leaf name is `leaf`."""
+  shape = tuple(shape)
+  if leaf != "kernel" or len(shape) < 2:
+    return shape
+  return (shape[1], shape[0]) if len(shape) == 2 else (shape[-1], shape[-2], *shape[:-2])
 
 
 def to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
@@ -79,22 +89,55 @@ def torch_shapes(model_or_state) -> dict[str, tuple[int, ...]]:
   """PyTorch key -> PyTorch shape, from a model or (abstract) state; no array is materialised."""
   out = {}
   for path, value in flat_state(checkpoint_state(model_or_state)).items():
-    shape = tuple(value.shape)
-    if str(path[-1]) == "kernel" and len(shape) >= 2:
-      shape = (shape[1], shape[0]) if len(shape) == 2 else (shape[-1], shape[-2], *shape[:-2])
-    out[torch_key(path)] = shape
+    out[torch_key(path)] = torch_shape(str(path[-1]), value.shape)
   return out
 
 
 def to_torch_state_dict(model_or_state) -> dict[str, np.ndarray]:
   """PyTorch-layout numpy arrays keyed by OpenDWM/diffusers names."""
+  return flat_to_torch(flat_state(checkpoint_state(model_or_state)))
+
+
+def flat_to_torch(flat: Mapping[tuple, Any]) -> dict[str, Any]:
+  """{wm_jax path tuple: array} -> PyTorch state_dict (names and layouts by the one rule).
+
+  Abstract values (jax.ShapeDtypeStruct) map to ShapeDtypeStructs of the PyTorch shape, so a
+  full-size conversion can be checked without memory."""
   out = {}
-  for path, value in flat_state(checkpoint_state(model_or_state)).items():
+  for path, value in flat.items():
     key = torch_key(path)
     if key in out:
       raise ConversionError(f"two wm_jax parameters map to the PyTorch key {key!r}")
-    out[key] = np.ascontiguousarray(to_torch_layout(str(path[-1]), np.asarray(value)))
+    leaf = str(path[-1])
+    if isinstance(value, jax.ShapeDtypeStruct):
+      out[key] = jax.ShapeDtypeStruct(torch_shape(leaf, value.shape), value.dtype)
+    else:
+      out[key] = np.ascontiguousarray(to_torch_layout(leaf, np.asarray(value)))
   return out
+
+
+def format_problems(missing=(), unexpected=(), mismatched=(), limit: int = 50) -> str:
+  """One message listing every missing, unexpected and mis-shaped key ('' when none)."""
+  parts = []
+  for title, items in (("missing", missing), ("unexpected", unexpected),
+                       ("shape mismatch", mismatched)):
+    items = list(items)
+    if items:
+      shown = "\n    ".join(items[:limit])
+      more = f"\n    ... {len(items) - limit} more" if len(items) > limit else ""
+      parts.append(f"  {len(items)} {title} key(s):\n    {shown}{more}")
+  return "\n".join(parts)
+
+
+def compare_shapes(have: Mapping[str, tuple], want: Mapping[str, tuple], *, ignore=()) -> str:
+  """Differences between two {PyTorch key: shape} maps as format_problems text ('' = equal)."""
+  ignore = set(ignore)
+  missing = sorted(k for k in want if k not in have and k not in ignore)
+  unexpected = sorted(k for k in have if k not in want and k not in ignore)
+  mismatched = [f"{k}: checkpoint {tuple(have[k])}, model wants {tuple(want[k])}"
+                for k in sorted(want) if k in have and k not in ignore
+                and tuple(have[k]) != tuple(want[k])]
+  return format_problems(missing, unexpected, mismatched)
 
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
@@ -127,13 +170,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
       continue
     values[path] = array.astype(flat[path].dtype)
   if missing or unexpected or mismatched:
-    parts = []
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", mismatched)):
-      if items:
-        shown = "\n    ".join(items[:50]) + (f"\n    ... {len(items) - 50} more" if len(items) > 50 else "")
-        parts.append(f"  {len(items)} {title} key(s):\n    {shown}")
-    raise ConversionError("checkpoint does not match the model:\n" + "\n".join(parts))
+    raise ConversionError("checkpoint does not match the model:\n" +
+                          format_problems(missing, unexpected, mismatched))
   flat_vars = []
   for path, var in nnx.to_flat_state(target_state):
     if path in values:

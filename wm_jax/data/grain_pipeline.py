@@ -14,8 +14,9 @@ Order of operations (every process builds the same pipeline):
 Bad records (corrupt image, missing file, NaN action, wrong shape, ...) raise `BadRecordError`
 naming the source and index. With `config.skip_bad_records` they are dropped instead; the number
 dropped travels with the batches (so it survives worker processes) and is summed by the last stage
-into `iterator.bad_records`, which is also part of the iterator state. A bad record at the very end
-of a finite iteration has no later record to travel with and is only logged.
+into `iterator.bad_records`, which is also part of the iterator state. Bad records after the last
+good one of a finite iteration are added when the iterator ends (with worker processes they
+stay in the workers and are only logged).
 
 Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the train helper
 saves it with Orbax and a restored iterator continues with the same next batch.
@@ -64,11 +65,14 @@ def defaults() -> ml_collections.ConfigDict:
   c.num_train = 1024  # scenes (= clips) per split
   c.num_val = 64
   c.scene_seed = 0  # scene of index i is seeded with scene_seed + i (+ offset for validation)
+  c.render_device = "cpu"  # JAX platform the renderer runs on ('' = JAX's default): keeps data
+  #                          threads off the accelerator that trains
   # nuScenes
   c.keyframes_only = False  # True: 2 Hz annotated samples; False: all 12 Hz camera sweeps
   c.box_mode = "interpolate"  # sweeps: 'interpolate' between keyframes | 'nearest' keyframe
   c.use_can_bus = True  # actions from can_bus/*.json when present, else from ego poses
   c.wheelbase = 2.588  # m (Renault Zoe, nuScenes); steering from yaw rate when no CAN bus
+  c.steering_ratio = 16.0  # CAN steering-wheel angle / road-wheel angle (synthetic export: 16)
   c.locations = ()  # keep only logs from these locations (e.g. 'boston-seaport'); () = all
   c.val_locations = ()  # domain split: validation from these locations instead
   c.val_fraction = 0.15  # nuScenes/video without location split: share of scenes/files in val
@@ -101,8 +105,7 @@ class SyntheticSource:
   """Renders clip i of a split from scene seed `scene_seed + i` (validation: + 10**6)."""
 
   def __init__(self, config, split: str):
-    from wm_jax.data.synthetic import render, rig, world
-    self._render, self._world = render, world
+    from wm_jax.data.synthetic import rig  # pylint: disable=g-import-not-at-top
     val = split != "train"
     self.domain = (config.val_domain or config.domain) if val else config.domain
     self.size = config.num_val if val else config.num_train
@@ -114,15 +117,24 @@ class SyntheticSource:
   def __len__(self):
     return self.size
 
+  def _device(self):
+    import contextlib
+    import jax
+    if not self.config.render_device:
+      return contextlib.nullcontext()
+    return jax.default_device(jax.devices(self.config.render_device)[0])
+
   def __getitem__(self, index):
     index = int(index)
     if not 0 <= index < self.size:
       raise IndexError(f"{self.name}: index {index} out of range [0, {self.size})")
+    from wm_jax.data.synthetic import render, world  # (modules do not pickle to workers)
     c = self.config
-    scene = self._world.make_scene(self.seed0 + index, domain=self.domain)
-    record = self._render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
-                                      image_size=(c.image_height, c.image_width),
-                                      max_boxes=c.max_boxes, layout=c.layout)
+    scene = world.make_scene(self.seed0 + index, domain=self.domain)
+    with self._device():
+      record = render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
+                                        image_size=(c.image_height, c.image_width),
+                                        max_boxes=c.max_boxes, layout=c.layout)
     if not c.layout:
       record.pop("layout", None)
     if not c.depth:
@@ -240,6 +252,17 @@ class _DropBadIterator(grain.DatasetIterator):
     self._pending, self._note = int(state["pending"]), str(state["note"])
 
 
+def _find(iterator, kind) -> list:
+  """Iterators of type `kind` upstream of `iterator` in this process."""
+  found, stack = [], [iterator]
+  while stack:
+    it = stack.pop()
+    if isinstance(it, kind):
+      found.append(it)
+    stack.extend(getattr(it, "_parents", ()) or ())
+  return found
+
+
 class _Report(grain.IterDataset):
   """Last stage: strips the carried bad-record counts from batches into `bad_records`."""
 
@@ -257,14 +280,24 @@ class ReportingIterator(grain.DatasetIterator):
     super().__init__(parent)
     self.bad_records = 0
     self.bad_record_notes: list[str] = []
+    self._local_drops = _find(parent, _DropBadIterator)  # empty with worker processes
 
-  def __next__(self):
-    batch = dict(next(self._parent))
-    skipped = int(np.sum(batch.pop(_SKIPPED)))
-    notes = [line for n in np.ravel(batch.pop(_NOTE)) for line in str(n).splitlines() if line]
+  def _count(self, skipped, notes):
     if skipped:
       self.bad_records += skipped
-      self.bad_record_notes = (self.bad_record_notes + notes)[-_MAX_NOTES:]
+      lines = [line for n in notes for line in str(n).splitlines() if line]
+      self.bad_record_notes = (self.bad_record_notes + lines)[-_MAX_NOTES:]
+
+  def __next__(self):
+    try:
+      batch = dict(next(self._parent))
+    except StopIteration:
+      # Bad records after the last good one never reach a batch; collect them here.
+      for drop in self._local_drops:
+        self._count(drop._pending, [drop._note])
+        drop._pending, drop._note = 0, ""
+      raise
+    self._count(int(np.sum(batch.pop(_SKIPPED))), np.ravel(batch.pop(_NOTE)))
     return batch
 
   def get_state(self):

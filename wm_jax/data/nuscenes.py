@@ -23,12 +23,13 @@ Per frame t and view v:
               annotations. Sweeps (box_mode='interpolate', default) interpolate each instance
               annotated in both neighbouring keyframes linearly in position and by slerp in
               rotation at the frame's timestamp; an instance annotated in only one of them is
-              kept when that keyframe is the nearer one. box_mode='nearest' takes the nearest
-              keyframe's boxes unchanged. nuScenes sizes are (w, l, h); records hold (l, w, h).
-              class = layout_render.class_index of the category (-1: no detection class); track
-              id = 1 + row of the instance in instance.json (0: padding). One row per track for the whole clip (as
-              the synthetic renderer): the `max_boxes` tracks nearest to the ego at any frame,
-              rows all zero (valid=0) where a track is not annotated.
+              kept when that keyframe is the nearer one, moved at the velocity its previous/next
+              annotation gives (nuScenes' own velocity estimate). box_mode='nearest' takes the
+              nearest keyframe's boxes unchanged. nuScenes sizes are (w, l, h); records hold
+              (l, w, h). class = layout_render.class_index of the category (-1: no detection
+              class); track id = 1 + row of the instance in instance.json (0: padding). One row
+              per track for the whole clip (as the synthetic renderer): the `max_boxes` tracks
+              nearest to the ego at any frame, rows all zero (valid=0) where a track is absent.
   actions     speed (m/s), steering (rad), accel (m/s^2), yaw rate (rad/s): from the CAN bus
               (`<scene>_pose.json`: vel[0], accel[0], rotation_rate[2]; `_steeranglefeedback.json`:
               value / steering_ratio), interpolated at frame times, when the files exist; otherwise
@@ -187,7 +188,7 @@ class ClipSource:
                image_size: tuple[int, int] = (64, 128), keyframes_only: bool = False,
                clip_stride: int = 0, box_mode: str = "interpolate", max_boxes: int = 32,
                layout: bool = True, use_can_bus: bool = True, wheelbase: float = 2.588,
-               steering_ratio: float = 1.0, scenes: Sequence[str] | None = None,
+               steering_ratio: float = 16.0, scenes: Sequence[str] | None = None,
                name: str | None = None):
     if box_mode not in ("interpolate", "nearest"):
       raise ValueError(f"box_mode must be 'interpolate' or 'nearest', got {box_mode!r}")
@@ -206,7 +207,8 @@ class ClipSource:
 
     self._channel = {}  # calibrated_sensor token -> channel
     for cs in tb.rows["calibrated_sensor"]:
-      self._channel[cs["token"]] = tb.ref("calibrated_sensor", cs, "sensor_token", "sensor")["channel"]
+      sensor = tb.ref("calibrated_sensor", cs, "sensor_token", "sensor")
+      self._channel[cs["token"]] = sensor["channel"]
     self._by_sample = collections.defaultdict(dict)  # sample token -> channel -> keyframe sd
     for sd in tb.rows["sample_data"]:
       if sd.get("is_key_frame"):
@@ -242,7 +244,7 @@ class ClipSource:
                keyframes_only=config.keyframes_only, clip_stride=config.clip_stride,
                box_mode=config.box_mode, max_boxes=config.max_boxes, layout=config.layout,
                use_can_bus=config.use_can_bus, wheelbase=config.wheelbase,
-               steering_ratio=config.get("steering_ratio", 1.0),
+               steering_ratio=config.steering_ratio,
                scenes=split_scenes(config.path, config.version, split, config),
                name=f"nuscenes:{config.path}/{config.version}:{split}")
 
@@ -272,7 +274,8 @@ class ClipSource:
     scene_samples = {s["token"] for s in samples}
     sd = first
     while sd["prev"]:
-      prev = tb.get("sample_data", sd["prev"], referrer=f"{tb.where('sample_data', sd['token'])}.prev")
+      prev = tb.get("sample_data", sd["prev"],
+                    referrer=f"{tb.where('sample_data', sd['token'])}.prev")
       if prev["sample_token"] not in scene_samples:
         break
       sd = prev
@@ -281,7 +284,8 @@ class ClipSource:
       out.append(sd)
       if not sd["next"]:
         break
-      nxt = tb.get("sample_data", sd["next"], referrer=f"{tb.where('sample_data', sd['token'])}.next")
+      nxt = tb.get("sample_data", sd["next"],
+                   referrer=f"{tb.where('sample_data', sd['token'])}.next")
       if nxt["sample_token"] not in scene_samples:
         break
       sd = nxt
@@ -306,7 +310,8 @@ class ClipSource:
     if self.fps > rate * 1.05:
       raise ValueError(f"fps={self.fps} exceeds the {ref} frame rate {rate:.2f} Hz of scene "
                        f"{scene['name']} ({'keyframes' if self.keyframes_only else 'sweeps'})")
-    targets = times[0] + np.arange(int(math.floor((times[-1] - times[0]) * self.fps + 1e-6)) + 1) / self.fps
+    count = int(math.floor((times[-1] - times[0]) * self.fps + 1e-6)) + 1
+    targets = times[0] + np.arange(count) / self.fps
     pick = video.nearest_indices(times, targets)
     view_times = {v: np.array([sd["timestamp"] for sd in frames[v]], np.float64) * 1e-6
                   for v in self.views}
@@ -320,8 +325,9 @@ class ClipSource:
         vt = view_times[v]
         j = int(video.nearest_indices(vt, np.array([times[p]]))[0])
         if abs(vt[j] - times[p]) > 1.0 / rate + 1e-3:
-          raise ValueError(f"nuScenes: scene {scene['name']}: no {v} frame within {1 / rate:.3f} s "
-                           f"of {ref} frame {self.tables.where('sample_data', frames[ref][p]['token'])}")
+          where = self.tables.where("sample_data", frames[ref][p]["token"])
+          raise ValueError(f"nuScenes: scene {scene['name']}: no {v} frame within "
+                           f"{1 / rate:.3f} s of {ref} frame {where}")
         entry[v] = frames[v][j]
       timeline.append(entry)
     return {"scene": scene, "samples": samples, "timeline": timeline, "ref_frames": frames[ref]}
@@ -392,6 +398,20 @@ class ClipSource:
     """{instance token: (translation, rotation, size, ann row)} of a keyframe."""
     return {a["instance_token"]: a for a in self._anns[sample_token]}
 
+  def _velocity(self, ann) -> np.ndarray:
+    """World velocity (m/s) of an annotation from its next (or previous) annotation; 0 if none."""
+    tb = self.tables
+    for field, sign in (("next", 1.0), ("prev", -1.0)):
+      if ann.get(field):
+        other = tb.get("sample_annotation", ann[field],
+                       referrer=f"{tb.where('sample_annotation', ann['token'])}.{field}")
+        t0 = tb.ref("sample_annotation", ann, "sample_token", "sample")["timestamp"]
+        t1 = tb.ref("sample_annotation", other, "sample_token", "sample")["timestamp"]
+        if t1 != t0:
+          return ((np.asarray(other["translation"], np.float64)
+                   - np.asarray(ann["translation"], np.float64)) / ((t1 - t0) * 1e-6))
+    return np.zeros(3)
+
   def _boxes(self, info, sd, world_from_ego) -> list[list[float]]:
     """Ego-frame box rows of the frame `sd` (see the module docstring)."""
     tb = self.tables
@@ -417,7 +437,9 @@ class ClipSource:
                           _slerp(a0[inst]["rotation"], a1[inst]["rotation"], w)))
           elif inst in (a0 if near is lo else a1):
             a = (a0 if near is lo else a1)[inst]
-            boxes.append((a, a["translation"], a["rotation"]))
+            at = (lo if near is lo else hi)["timestamp"]
+            boxes.append((a, np.asarray(a["translation"], np.float64)
+                          + self._velocity(a) * (t - at) * 1e-6, a["rotation"]))
     ego_from_world = np.linalg.inv(world_from_ego)
     rows = []
     for ann, translation, rotation in boxes:
@@ -436,7 +458,9 @@ class ClipSource:
 
   def _actions(self, info, times) -> np.ndarray:
     scene = info["scene"]["name"]
-    can = can_bus_actions(self.root, scene, times, self.steering_ratio) if self.use_can_bus else None
+    can = None
+    if self.use_can_bus:
+      can = can_bus_actions(self.root, scene, times, self.steering_ratio)
     if can is not None:
       return can
     ref = info["ref_frames"]
@@ -518,7 +542,8 @@ def _can_tables(root, scene):
   except (KeyError, IndexError, TypeError) as e:
     raise ValueError(f"nuScenes CAN bus files {pose_path} / {steer_path} are malformed: "
                      f"{type(e).__name__}: {e}") from e
-  for path, arr in ((pose_path, np.stack([pt, vel, acc, yaw_rate])), (steer_path, np.stack([st, sv]))):
+  for path, arr in ((pose_path, np.stack([pt, vel, acc, yaw_rate])),
+                    (steer_path, np.stack([st, sv]))):
     if arr.shape[-1] == 0:
       return None
     if not np.isfinite(arr).all():

@@ -98,6 +98,7 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise ValueError(f"{self.name}: split {split!r} of the source is empty")
     probe = self._convert(source[0])
     schema.validate(probe, source=getattr(source, "name", self.name), index=0)
+    self._probe = (split, probe)  # written as record 0 of that split without reading it again
     features = {}
     for key, value in sorted(probe.items()):
       encoding = (tfds.features.Encoding.ZLIB if value.nbytes > _COMPRESS_BYTES
@@ -124,6 +125,10 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       n = min(n, self.builder_config.max_examples)
     start, bad = time.time(), 0
     for i in range(n):
+      probe_split, probe = getattr(self, "_probe", (None, None))
+      if i == 0 and probe_split == split:
+        yield i, probe
+        continue
       record = checked[i]
       if grain_pipeline.is_bad(record):
         bad += 1

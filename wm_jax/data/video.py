@@ -5,9 +5,10 @@
 
 Every `*.mp4` under the folder (sorted, recursive) is one video. Clip i starts at source time
 start_i = k * clip_stride / fps within its video and samples frames at times start_i + t / fps,
-each taken from the nearest frame (frame j of a video at rate r is shown at j / r) (so a 30 fps video read at 10 fps keeps every third
-frame, and fps above the video's rate repeats frames: that raises unless allow_upsample). Frames
-are resized to cover the target size, keeping the aspect ratio, and centre-cropped.
+each taken from the nearest frame (frame j of a video at rate r is shown at j / r), so a 30 fps
+video read at 10 fps keeps every third frame; fps above the video's rate would repeat frames and
+raises unless allow_upsample. Frames are resized to cover the target size, keeping the aspect
+ratio, and centre-cropped.
 
 Also home of the image helpers the nuScenes reader shares: `resize_crop` and `crop_intrinsics`.
 """
@@ -84,26 +85,25 @@ def probe(path: str) -> VideoInfo:
 
 
 def read_frames(path: str, indices: Sequence[int]) -> list[np.ndarray]:
-  """Decodes frames `indices` (ascending, may repeat) of a video in one sequential pass."""
+  """Decodes frames `indices` (may repeat) of a video.
+
+  ffmpeg seeks to the first wanted frame (frame-accurate) and decodes forward from there, so a
+  clip deep inside an hour-long video costs about as much as one at its start.
+  """
   import imageio.v2 as imageio
-  wanted = sorted(set(int(i) for i in indices))
   frames = {}
   try:
     reader = imageio.get_reader(path, "ffmpeg")
     try:
-      for i, frame in enumerate(reader):
-        if i in wanted:
-          frames[i] = np.asarray(frame)
-        if i >= wanted[-1]:
-          break
+      for i in sorted(set(int(i) for i in indices)):
+        try:
+          frames[i] = np.asarray(reader.get_data(i))
+        except IndexError as e:
+          raise ValueError(f"video {path} has no frame {i}: {e}") from e
     finally:
       reader.close()
   except (OSError, RuntimeError) as e:
     raise ValueError(f"cannot decode video {path}: {type(e).__name__}: {e}") from e
-  missing = [i for i in wanted if i not in frames]
-  if missing:
-    raise ValueError(f"video {path} ended before frame {missing[0]} (decoded {len(frames)} of "
-                     f"the {len(wanted)} frames wanted)")
   return [frames[int(i)] for i in indices]
 
 

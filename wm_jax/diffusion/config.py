@@ -5,14 +5,14 @@ from __future__ import annotations
 import ml_collections
 
 
-def defaults() -> ml_collections.ConfigDict:
-  """Rectified flow with SD3's conventions.
+def defaults(**overrides) -> ml_collections.ConfigDict:
+  """Rectified flow with SD3's conventions; keyword overrides, e.g. defaults(shift=3.0).
 
   tau ~ shift(sigmoid(N(logit_mean, logit_std))): SD3's logit-normal sampling; `shift` s maps
   tau -> s*tau / (1 + (s-1)*tau) for training and for the sampler's sigma schedule. 1.0 suits the
   tiny CPU configs; the real sizes set 3.0 as SD3/SD3.5 do.
   """
-  return ml_collections.ConfigDict(dict(
+  config = ml_collections.ConfigDict(dict(
       logit_mean=0.0,
       logit_std=1.0,
       shift=1.0,
@@ -23,3 +23,8 @@ def defaults() -> ml_collections.ConfigDict:
       sample_steps=30,            # paper 7.3
       cfg_scale=4.0,              # paper 7.3
   ))
+  unknown = sorted(set(overrides) - set(config))
+  if unknown:
+    raise ValueError(f"unknown config.diffusion keys {unknown}; known: {sorted(config)}")
+  config.update(overrides)
+  return config

@@ -26,12 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.diffusion import guidance, schedules
-from wm_jax.models import masking
-
-
-def _model_inputs(batch, config):
-  from wm_jax.models import conditioning  # the backbone's own input contract
-  return conditioning.model_inputs(batch, config)
+from wm_jax.models import conditioning, masking
 
 
 def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
@@ -42,6 +37,13 @@ def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
 
 def _normal(rng, shape):
   return jax.random.normal(rng, (math.prod(shape),)).reshape(shape)  # flat: fast CPU compile
+
+
+def _feature(feats, key, which):
+  if key not in feats:
+    raise ValueError(f"the feature loss needs features[{key!r}] from the {which} forward "
+                     f"(return_features=True); the model returned keys {sorted(feats)}")
+  return feats[key]
 
 
 def _masked_mean(values, weight):
@@ -64,7 +66,7 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   if z0.ndim != 6:
     raise ValueError(f"batch['latents'] must be [B,T,V,h,w,C], got shape {tuple(z0.shape)}")
   b, t, v, h, w, _ = z0.shape
-  inputs = dict((inputs_fn or _model_inputs)(batch, config))
+  inputs = dict((inputs_fn or conditioning.model_inputs)(batch, config))
   inputs.pop("latents", None)
   inputs.pop("timesteps", None)
   rng_tau, rng_ref, rng_eps, rng_drop, rng_mask = jax.random.split(rng, 5)
@@ -112,12 +114,12 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   if row_mask is not None:
     metrics["mask_time_fraction"] = jnp.mean(row_mask.is_time.astype(jnp.float32))
   if with_features:
-    recon = feats["reconstructed"].astype(jnp.float32)
+    recon = _feature(feats, "reconstructed", "masked").astype(jnp.float32)
     if "encoder_target" in feats:
       ref_feats = feats["encoder_target"]
     else:
       _, plain = model(z_tau, tau, return_features=True, **inputs)
-      ref_feats = plain["reconstructed"]
+      ref_feats = _feature(plain, "reconstructed", "unmasked")
     ref_feats = jax.lax.stop_gradient(ref_feats.astype(jnp.float32))
     grid = tuple(row_mask.keep_idx.shape[:4]) + (row_mask.width,)
     if recon.shape != ref_feats.shape or tuple(recon.shape[:5]) != grid:

@@ -55,7 +55,8 @@ def euler_sample(model, noise, cond, config, *, steps=None, cfg_scale=None, ref_
   cond: model keyword arguments (context, pooled, camera, layout, view_adjacency, ...), each with
     a leading batch dim B.
   config: the full config (uses config.diffusion.shift, sample_steps, cfg_scale).
-  steps, cfg_scale: override the config; cfg_scale 1 (or less) runs no unconditional branch.
+  steps, cfg_scale: override the config; cfg_scale 1 runs no unconditional branch (0 samples
+    unconditionally, through the same batched call).
   ref_latents [B,n_ref,V,h,w,C]: clean latents of the first n_ref frames, held at tau = 0.
   """
   cfg = config.diffusion
@@ -81,4 +82,4 @@ def euler_sample(model, noise, cond, config, *, steps=None, cfg_scale=None, ref_
   sigmas = jnp.asarray(schedules.sigma_schedule(steps, float(cfg.shift)))
   graphdef, state = nnx.split(model)
   return _euler(graphdef, state, noise, dict(cond), ref, sigmas, jnp.float32(cfg_scale),
-                n_ref=n_ref, use_cfg=cfg_scale > 1.0)
+                n_ref=n_ref, use_cfg=cfg_scale != 1.0)

@@ -5,7 +5,9 @@
     (to_q/to_k/to_v and add_q_proj/add_k_proj/add_v_proj), attended together, and split again
     (to_out.0 for the image part, to_add_out for the context part unless context_pre_only);
   - plain self-attention (SD3.5's attn2, temporal and cross-view attn1).
-Per-head RMSNorm on q and k (norm_q/norm_k, norm_added_q/norm_added_k) when qk_norm='rms_norm'.
+In a context_pre_only block only the image tokens query (add_q_proj / norm_added_q are kept as
+non-trainable checkpoint weights). Per-head RMSNorm on q and k (norm_q/norm_k,
+norm_added_q/norm_added_k) when qk_norm='rms_norm'.
 Tensors are [N, S, D] (N: independent sequences); every attention goes through
 wm_jax.kernels.attention.attention with the model's `attention_impl`.
 """
@@ -43,8 +45,17 @@ class Attention(nnx.Module):
     self.norm_q, self.norm_k = norm(), norm()
     self.to_out = nnx.List([layers.linear(inner, dim, ("heads", "embed"), rngs=rngs, prec=prec)])
     if joint:
-      self.add_q_proj, self.add_k_proj, self.add_v_proj = proj(), proj(), proj()
-      self.norm_added_q, self.norm_added_k = norm(), norm()
+      self.add_k_proj, self.add_v_proj = proj(), proj()
+      self.norm_added_k = norm()
+      if context_pre_only:
+        # The context stream's attention output is dropped, so its queries are never needed:
+        # these weights exist only in checkpoints (diffusers creates and ignores them).
+        self.add_q_proj = layers.UnusedLinear(dim, inner, ("embed", "heads"), rngs=rngs,
+                                              prec=prec)
+        self.norm_added_q = (layers.UnusedScale(head_dim, ("head_dim",), prec=prec)
+                             if qk_norm else None)
+      else:
+        self.add_q_proj, self.norm_added_q = proj(), norm()
       self.to_add_out = (None if context_pre_only else
                          layers.linear(inner, dim, ("heads", "embed"), rngs=rngs, prec=prec))
 
@@ -60,7 +71,8 @@ class Attention(nnx.Module):
     if self.joint:
       if context is None:
         raise ValueError("joint attention needs a context sequence, got None")
-      q = jnp.concatenate([q, self._heads(context, self.add_q_proj, self.norm_added_q)], 1)
+      if not self.context_pre_only:
+        q = jnp.concatenate([q, self._heads(context, self.add_q_proj, self.norm_added_q)], 1)
       k = jnp.concatenate([k, self._heads(context, self.add_k_proj, self.norm_added_k)], 1)
       v = jnp.concatenate([v, self._heads(context, self.add_v_proj, None)], 1)
     q = constrain(q, ("batch", "tokens", "heads", None))
@@ -72,8 +84,7 @@ class Attention(nnx.Module):
     x_out = self.to_out[0](out[:, :seq])
     if not self.joint:
       return x_out
-    ctx_out = out[:, seq:]
-    return x_out, (None if self.context_pre_only else self.to_add_out(ctx_out))
+    return x_out, (None if self.context_pre_only else self.to_add_out(out[:, seq:]))
 
 
 class _Projection(nnx.Module):

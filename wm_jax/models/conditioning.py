@@ -65,7 +65,8 @@ def model_inputs(batch: Mapping[str, Any], config) -> dict:
   """The conditioning keyword arguments of CTSDDiT for a schema batch with 'latents'."""
   cfg = _model_config(config)
   if "latents" not in batch:
-    raise ValueError(f"model_inputs needs batch['latents'] (VAE-encoded); batch has {sorted(batch)}")
+    raise ValueError(f"model_inputs needs batch['latents'] (VAE-encoded); batch has "
+                     f"{sorted(batch)}")
   unknown = sorted(set(batch) - set(schema.FIELDS))
   if unknown:
     raise ValueError(f"unknown batch keys {unknown}; known keys are {sorted(schema.FIELDS)}")

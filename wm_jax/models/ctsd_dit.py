@@ -17,6 +17,14 @@ temporal attention over kept tokens is the paper's shifted temporal attention, c
 V*K tokens); the MaskModule rebuilds full width W; the decoder blocks run at width W. Without a
 row_mask the mask module is skipped and the model equals one built without it.
 
+return_features=True also returns a dict: 'encoder' (hidden state entering the first decoder block,
+before reconstruction: width K on the masked path, W otherwise), 'reconstructed' (the same point
+after the mask module, full width [B,T,V,h,W,D]; equal to 'encoder' without a row_mask) -- both
+only when the model has a mask module -- and 'final' (before norm_out).
+
+remat_policy (per joint / temporal / cross-view block, nnx.remat): 'none', 'full' (save nothing),
+'dots_saveable', 'dots_with_no_batch_dims_saveable' (jax.checkpoint_policies of the same names).
+
 Parameter paths joined with '.' are OpenDWM's state_dict keys (wm_jax.convert.param_map);
 PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5).
 """
@@ -81,7 +89,7 @@ class CTSDDiT(nnx.Module):
   def __init__(self, model_config, mask_config=None, *, rngs: nnx.Rngs):
     cfg = model_config
     _check_config(cfg)
-    model_rngs, rngs = rngs, layers.KeyStream(rngs)
+    rngs = layers.KeyStream(rngs)
     self.cfg = _Static(cfg)
     prec = layers.Precision.from_config(cfg)
     self.prec = prec
@@ -113,9 +121,10 @@ class CTSDDiT(nnx.Module):
     if adapter is not None:
       downs = sum(bool(d) for d in adapter.is_downblocks)
       if adapter.downscale_factor * 2 ** downs != VAE_FACTOR * cfg.patch_size:
-        raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with {downs} "
-                         f"downblocks gives a grid 1/{adapter.downscale_factor * 2 ** downs} of the "
-                         f"image, but the token grid is 1/{VAE_FACTOR * cfg.patch_size}")
+        grid = adapter.downscale_factor * 2 ** downs
+        raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with "
+                         f"{downs} downblocks gives a grid 1/{grid} of the image, but the token "
+                         f"grid is 1/{VAE_FACTOR * cfg.patch_size}")
       if any(c != dim for c in adapter.channels):
         raise ValueError(f"layout adapter channels {list(adapter.channels)} must all equal the "
                          f"model width {dim}")
@@ -158,7 +167,7 @@ class CTSDDiT(nnx.Module):
                          f"1..{cfg.num_layers - 1} for {cfg.num_layers} joint blocks")
       mask_module = mask_reconstruction.MaskModule(
           dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
-          rngs=model_rngs)
+          rngs=rngs, attention_impl=impl, dtype=prec.dtype, param_dtype=prec.param_dtype)
     self.mask_module = mask_module
 
   # ---------------------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ class CTSDDiT(nnx.Module):
       residuals = self.condition_image_adapter(layout.astype(dtype))
 
     masked = row_mask is not None
-    first_decoder = cfg.num_layers - self.decode_layers if masked else cfg.num_layers
+    first_decoder = cfg.num_layers - self.decode_layers  # == num_layers without a mask module
     if masked:
       from wm_jax.models import masking
       x = masking.gather_rows(x, row_mask)
@@ -209,15 +218,24 @@ class CTSDDiT(nnx.Module):
 
     frame_index = sinusoidal(jnp.arange(t), dim)
     view_index = sinusoidal(jnp.arange(v), dim)
+    # nnx.remat takes positional arguments only
     joint = self._remat(lambda blk, xs, cs, te: blk(xs, cs, te))
+    kind = cfg.temporal_attention_type
+    temporal = self._remat(
+        lambda blk, mix, pos, xs, idx, cam, te, dis: temporal_step(
+            blk, mix, pos, xs, kind=kind, index_emb=idx, cond_emb=cam, time_emb=te, disabled=dis))
+    crossview = self._remat(
+        lambda blk, mix, pos, xs, idx, cam, adj, dis: crossview_step(
+            blk, mix, pos, xs, index_emb=idx, cond_emb=cam, view_adjacency=adj, disabled=dis))
     feats = {}
     ctx = ctx0
     for i, block in enumerate(self.transformer_blocks):
-      if masked and i == first_decoder:
+      if i == first_decoder:
         feats["encoder"] = x
-        x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
-                             temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
-                             self.pos_embed.cropped(h, w).astype(dtype))
+        if masked:
+          x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
+                               temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
+                               self.pos_embed.cropped(h, w).astype(dtype))
         feats["reconstructed"] = x
       if i < len(residuals):
         x = x + residuals[i].astype(x.dtype)
@@ -226,17 +244,14 @@ class CTSDDiT(nnx.Module):
       x = xs.reshape(b, t, v, h, width, dim)
       if i in self.temporal_layers:
         j = self.temporal_layers.index(i)
-        step = self._remat(functools.partial(temporal_step, kind=cfg.temporal_attention_type))
-        x = step(self.temporal_transformer_blocks[j], self.time_mixers[j],
-                 self.time_pos_embeds[j], x, index_emb=frame_index, cond_emb=cam_emb,
-                 time_emb=t_only, disabled=disable_temporal)
+        x = temporal(self.temporal_transformer_blocks[j], self.time_mixers[j],
+                     self.time_pos_embeds[j], x, frame_index, cam_emb, t_only, disable_temporal)
       if i in self.crossview_layers:
         j = self.crossview_layers.index(i)
-        step = self._remat(crossview_step)
-        x = step(self.crossview_transformer_blocks[j], self.view_mixers[j],
-                 self.view_pos_embeds[j], x, index_emb=view_index, cond_emb=cam_emb,
-                 view_adjacency=view_adjacency, disabled=disable_crossview)
-      x = constrain(x, ("batch", None, None, None, "tokens", "embed"))
+        x = crossview(self.crossview_transformer_blocks[j], self.view_mixers[j],
+                      self.view_pos_embeds[j], x, view_index, cam_emb, view_adjacency,
+                      disable_crossview)
+      x = constrain(x, ("batch", None, None, None, None, "embed"))
     feats["final"] = x
     y = self.proj_out(self.norm_out(x.reshape(n, h * w, dim), temb))
     y = y.reshape(b, t, v, h, w, p, p, cfg.out_channels)

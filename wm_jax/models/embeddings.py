@@ -1,6 +1,6 @@
 """Patch, position, timestep, text, index and camera embeddings (SD3 / OpenDWM conventions).
 
-  sinusoidal(x, dim)          diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`:
+  sinusoidal(x, dim)          diffusers `Timesteps(dim, True, downscale_freq_shift=0)`:
                               [cos(x w_i), sin(x w_i)], w_i = 10000^(-i / (dim/2)).
   sincos_2d_table(...)        diffusers `get_2d_sincos_pos_embed`: first half of the channels
                               encodes the column (w) position, second half the row (h) position;
@@ -66,7 +66,8 @@ class PatchEmbed(nnx.Module):
     self.proj = layers.conv(in_channels, dim, patch_size, stride=patch_size, rngs=rngs, prec=prec,
                             axes=("conv_in", "embed"))
     table = sincos_2d_table(dim, max_size, base_size)[None]
-    self.pos_embed = Buffer(jnp.asarray(table, prec.param_dtype), out_sharding=(None, None, "embed"))
+    self.pos_embed = Buffer(jnp.asarray(table, prec.param_dtype),
+                            out_sharding=(None, None, "embed"))
 
   def cropped(self, h: int, w: int):
     """The centred [h, w, D] crop of the table for an h x w token grid (diffusers' rule)."""

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wm_jax.models.buffers import Buffer
+
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
@@ -29,21 +31,26 @@ class Precision:
 
 
 class KeyStream:
-  """Stands in for nnx.Rngs when building layers: `params()` folds a Python counter into one key.
+  """Stands in for nnx.Rngs when building layers: `params()` returns a fresh key per call.
 
-  nnx.Rngs updates an RngCount variable on every draw; under tracing (nnx.eval_shape / jit) each
-  update inspects the tracer's sharding, whose error path walks the whole jaxpr, so building a
-  1500-parameter model that way is quadratic (minutes). This stream draws one key from the given
-  nnx.Rngs and derives the rest without variable updates. Only for layers that draw `params`.
+  Two costs of drawing every initial value from nnx.Rngs are avoided:
+  - nnx.Rngs updates an RngCount variable per draw; under tracing (nnx.eval_shape / jit) each
+    update inspects the tracer's sharding, whose error path walks the whole jaxpr, so building a
+    1500-parameter model is quadratic (minutes for nnx.eval_shape of the full size);
+  - threefry random bits expand into a large graph per parameter (slow CPU compiles of `init`).
+  One key is drawn from the given nnx.Rngs; each parameter then gets an 'rbg' key (XLA's
+  RngBitGenerator) holding that key's data and a Python counter. Initial values are deterministic
+  for a seed on one platform (RngBitGenerator's algorithm is the backend's choice).
   """
 
   def __init__(self, rngs: nnx.Rngs):
-    self._key = rngs.params()
+    self._data = jax.random.key_data(rngs.params()).astype(jnp.uint32).reshape(-1)[:2]
     self._count = 0
 
   def params(self):
     self._count += 1
-    return jax.random.fold_in(self._key, self._count)
+    data = jnp.concatenate([self._data, jnp.array([self._count, 0x5EED], jnp.uint32)])
+    return jax.random.wrap_key_data(data, impl="rbg")
 
 
 def _part(init, axes):
@@ -87,3 +94,24 @@ def rms_norm(dim: int, *, rngs: nnx.Rngs, prec: Precision, eps: float = 1e-6,
 
 def zeros_param(shape, axes, prec: Precision, value: float = 0.0) -> nnx.Param:
   return nnx.Param(jnp.full(shape, value, prec.param_dtype), out_sharding=tuple(axes))
+
+
+class UnusedLinear(nnx.Module):
+  """A checkpoint Linear the forward never reads (kept so conversion stays name for name).
+
+  Its `kernel` / `bias` are Buffers: saved and converted, never trained (a Param here would get
+  a structurally zero gradient and optimizer state for nothing).
+  """
+
+  def __init__(self, din: int, dout: int, axes: Sequence[str | None], *, rngs, prec: Precision):
+    init = nnx.initializers.lecun_normal()
+    self.kernel = Buffer(init(rngs.params(), (din, dout), prec.param_dtype),
+                         out_sharding=tuple(axes))
+    self.bias = Buffer(jnp.zeros((dout,), prec.param_dtype), out_sharding=tuple(axes[1:]))
+
+
+class UnusedScale(nnx.Module):
+  """A checkpoint norm scale the forward never reads (see UnusedLinear)."""
+
+  def __init__(self, dim: int, axes: Sequence[str | None], *, prec: Precision):
+    self.scale = Buffer(jnp.ones((dim,), prec.param_dtype), out_sharding=tuple(axes))

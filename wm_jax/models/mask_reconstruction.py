@@ -36,9 +36,10 @@ Where this differs from OpenDWM on purpose:
   - kept tokens in column order (OpenDWM: random order).
 
 The diffusers attention modules OpenDWM uses carry `add_k_proj`, `add_v_proj`, `norm_added_q`,
-`norm_added_k` that its processor never applies. They exist here as `UnusedWeight` variables so
-checkpoints convert name for name, but they are not `nnx.Param`, so optimizers (wrt=nnx.Param)
-leave them alone, as PyTorch does with weights that never get a gradient.
+`norm_added_k` that its processor never applies. They exist here as `UnusedWeight` buffers
+(wm_jax.models.buffers.Buffer) so checkpoints convert name for name, but they are not `nnx.Param`,
+so optimizers (wrt=nnx.Param) leave them alone, as PyTorch does with weights that never get a
+gradient.
 
 Flax layouts: Linear kernel (in, out), Conv kernel (kD, kH, kW, in, out), norm weight `scale`.
 """
@@ -55,15 +56,16 @@ from flax import nnx
 
 from wm_jax.kernels.attention import attention
 from wm_jax.models import masking
+from wm_jax.models.buffers import Buffer
 
 MLP_RATIO = 4.0
 QK_NORM_EPS = 1e-5  # diffusers Attention default eps for its RMSNorm
 LAYER_NORM_EPS = 1e-6
 
 
-def defaults() -> ml_collections.ConfigDict:
-  """config.mask: row-wise mask reconstruction (training only)."""
-  return ml_collections.ConfigDict(dict(
+def defaults(**overrides) -> ml_collections.ConfigDict:
+  """config.mask: row-wise mask reconstruction (training only); overrides e.g. decode_layers=1."""
+  config = ml_collections.ConfigDict(dict(
       enabled=True,
       ratio=0.25,        # r: each token row keeps K = (1 - r) * W tokens
       p_time=0.5,        # probability a sample gets M_time (else M_spatial)
@@ -74,13 +76,19 @@ def defaults() -> ml_collections.ConfigDict:
       # [T,h,W,D] table the caller passes as pos_embed
       pos_table="3d_sincos",
   ))
+  unknown = sorted(set(overrides) - set(config))
+  if unknown:
+    raise ValueError(f"unknown config.mask keys {unknown}; known: {sorted(config)}")
+  config.update(overrides)
+  return config
 
 
 POS_TABLES = ("3d_sincos", "backbone")
 
 
-class UnusedWeight(nnx.Variable):
-  """A checkpoint weight that the forward never reads (kept for name-for-name conversion)."""
+class UnusedWeight(Buffer):
+  """A checkpoint weight that the forward never reads: a Buffer (saved and converted, never
+  trained), kept so that OpenDWM checkpoints convert name for name."""
 
 
 def _linear_init(axes):

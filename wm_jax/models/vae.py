@@ -25,6 +25,12 @@ batch of images, run the encoder/decoder over `batch_slice` images at a time (la
 memory for long multi-view videos) and, with `tile_size`, over overlapping spatial tiles blended
 with linear ramps (all tiles have one static shape; the last tile of a row/column is aligned to
 the image edge).
+
+Weights: `from_pretrained(path)` (a diffusers AutoencoderKL folder with config.json, or a
+.safetensors file with the architecture from config.vae), `load_state_dict(vae, sd)` (a diffusers
+state_dict; old attention names query/key/value/proj_attn are renamed), `from_config(config.vae)`
+(config.vae.checkpoint or random). Every missing, unexpected or mis-shaped key is refused by name.
+tools/cache_latents.py writes a data set's scaled latents into the TFDS ArrayRecord cache.
 """
 
 from __future__ import annotations

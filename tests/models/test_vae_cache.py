@@ -1,0 +1,39 @@
+"""tools/cache_latents.py: a data set encoded into the ArrayRecord cache with scale and shift."""
+import imageio.v2 as imageio
+import numpy as np
+
+from tools import cache_latents
+from wm_jax.data import grain_pipeline, tfds_builders
+from wm_jax.models import vae as vae_lib
+
+
+def test_cache_holds_scaled_latents_of_each_clip(tmp_path):
+  root = tmp_path / "videos"
+  root.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(2):
+    w = imageio.get_writer(f"{root}/clip{i}.mp4", fps=10, codec="libx264", quality=8,
+                           macro_block_size=16)
+    for _ in range(4):
+      w.append_data(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8))
+    w.close()
+  data = grain_pipeline.defaults()
+  data.update(source="video", path=str(root), num_frames=2, fps=5, image_height=16,
+              image_width=32, val_fraction=0.0)
+  vae_cfg = vae_lib.defaults()
+  vae_cfg.update(dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, scaling_factor=0.5,
+                      shift_factor=0.25))
+  _, encoder = cache_latents.build("video", data, vae_cfg, name="lat", data_dir=str(tmp_path),
+                                   splits=("train",), keep_frames=True)
+  cached = tfds_builders.data_source("wm_video/lat", split="train", data_dir=str(tmp_path))
+  assert len(cached) == 2 and encoder.calls == 2
+  record = cached[1]
+  assert record["latents"].shape == (2, 1, 2, 4, 4)  # [T, V, 16/8, 32/8, 4]
+  want = vae_lib.encode_frames(encoder.vae, record["frames"])
+  np.testing.assert_allclose(record["latents"], want, atol=1e-5)
+  # The scale and shift were applied: undoing them gives the posterior mean of the moments.
+  mean, _ = vae_lib.posterior_mean_logvar(encoder.vae.moments(
+      np.asarray(record["frames"], np.float32).reshape(-1, 16, 32, 3) / 127.5 - 1.0))
+  np.testing.assert_allclose(record["latents"].reshape(mean.shape) / 0.5 + 0.25, mean, atol=1e-5)
+  assert "vae_tiny:random:scale=0.5:shift=0.25:mean" in encoder.__name__
+  assert np.isfinite(encoder.stats()).all()

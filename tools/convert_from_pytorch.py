@@ -1,0 +1,71 @@
+"""OpenDWM (or diffusers SD3/SD3.5 transformer) PyTorch checkpoint -> wm_jax Orbax params checkpoint.
+
+  python tools/convert_from_pytorch.py --checkpoint=model.safetensors --out=DIR
+      [--opendwm_config=model.json] [--config=configs/maskgwm_long.py] [--source=opendwm|sd3]
+      [--ignore=key1,key2] [--prefix=transformer.] [--time_modulation]
+
+--checkpoint: .safetensors, a directory of .safetensors shards (diffusers folder), or
+.pth/.pt/.bin read with torch.load(weights_only=True).
+The model config: --config (a wm_jax config file) gives the run-time fields and, without
+--opendwm_config, the architecture; --opendwm_config (OpenDWM's model config JSON, e.g. the one
+tools/convert_to_pytorch.py writes) replaces the architecture fields. Default base config:
+configs/maskgwm_long.py.
+--source=opendwm is strict: a missing key, an unexpected key or a wrong shape is refused with
+the list of them (name keys to skip with --ignore). --source=sd3 reads a diffusers
+SD3Transformer2DModel: the backbone loads, the video/camera/layout/mask parts keep their init
+(only then; by default everything must be present).
+--time_modulation adds the paper-only Eq. 5 layers at their zero init (OpenDWM has none).
+Writes DIR/params, DIR/rest (Orbax StandardCheckpointer) and DIR/config.json; training starts
+from it with wm_jax.convert.checkpoints.load_into(model, DIR), and
+tools/convert_to_pytorch.py reads it back.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wm_jax.convert import checkpoints, from_torch, opendwm_config, param_map  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.safetensors or .pth)")
+flags.DEFINE_string("out", None, "output directory")
+flags.DEFINE_string("opendwm_config", None, "OpenDWM model config JSON (architecture)")
+flags.DEFINE_string("config", "configs/maskgwm_long.py", "wm_jax config file (configs/NAME.py[:arg])")
+flags.DEFINE_enum("source", "opendwm", ["opendwm", "sd3"], "checkpoint kind")
+flags.DEFINE_list("ignore", [], "PyTorch keys to skip on either side (they keep their init)")
+flags.DEFINE_string("prefix", "", "strip this key prefix first (e.g. 'transformer.')")
+flags.DEFINE_bool("time_modulation", False, "add the paper-only Eq. 5 layers (zero init)")
+flags.DEFINE_integer("seed", 0, "init seed for parts the checkpoint does not carry")
+
+
+def main(argv):
+  del argv
+  if not FLAGS.checkpoint or not FLAGS.out:
+    raise app.UsageError("--checkpoint and --out are required")
+  from flax import nnx
+  from wm_jax.models.ctsd_dit import CTSDDiT
+  model_cfg, mask_cfg = checkpoints.configs_from_file(FLAGS.config)
+  if FLAGS.opendwm_config:
+    with open(FLAGS.opendwm_config) as f:
+      model_cfg, mask_cfg = opendwm_config.from_opendwm(json.load(f), model_cfg, mask_cfg)
+  model_cfg.time_modulation = bool(FLAGS.time_modulation)
+  print(f"[convert] reading {FLAGS.checkpoint}", flush=True)
+  sd = from_torch.strip_prefix(from_torch.read_torch_checkpoint(FLAGS.checkpoint), FLAGS.prefix)
+  print(f"[convert] {len(sd)} tensors; checking them against the model of the config", flush=True)
+  build = lambda: CTSDDiT(model_cfg, mask_cfg, rngs=nnx.Rngs(FLAGS.seed))
+  try:
+    state = from_torch.convert_state_dict(sd, nnx.eval_shape(build), source=FLAGS.source,
+                                          ignore=FLAGS.ignore, init=build)
+  except param_map.ConversionError as e:
+    print(f"[convert] refused: {e}", file=sys.stderr)
+    sys.exit(2)
+  checkpoints.write_params(FLAGS.out, state, checkpoints.config_dicts(model_cfg, mask_cfg))
+  print(f"[convert] wrote {FLAGS.out}/params, rest and config.json", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,68 @@
+"""wm_jax Orbax checkpoint -> OpenDWM DiTCrossviewTemporalConditionModel safetensors + config JSON.
+
+  python tools/convert_to_pytorch.py --checkpoint=WORKDIR --out=model.safetensors [--dtype=bf16]
+      [--ema] [--config=configs/maskgwm_tiny.py] [--drop_zero_paper_params]
+
+--checkpoint: a train workdir (newest step), its checkpoints/ or one step directory, or a params
+checkpoint written by tools/convert_from_pytorch.py. The model config comes from the checkpoint
+(train config / config.json) unless --config is given. Writes OUT (safetensors, PyTorch layouts,
+keys = OpenDWM state_dict keys incl. mask_module.*) and OUT with .json for the model config in
+OpenDWM's names. Every key and shape is checked against the model the config builds; paper-only
+parameters (MaskGWM Eq. 5) are refused unless --drop_zero_paper_params and they are all zero.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wm_jax.convert import checkpoints, param_map, to_torch  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "wm_jax Orbax checkpoint (train workdir/step or params dir)")
+flags.DEFINE_string("out", None, "output .safetensors path (config JSON next to it)")
+flags.DEFINE_string("dtype", "float32", "float32 | bf16 | fp16 for floating arrays")
+flags.DEFINE_bool("ema", False, "export the EMA params of a train checkpoint")
+flags.DEFINE_string("config", None, "config file (configs/NAME.py[:arg]) overriding the stored one")
+flags.DEFINE_bool("drop_zero_paper_params", False,
+                  "leave out paper-only parameters when they are all still zero")
+
+
+def main(argv):
+  del argv
+  if not FLAGS.checkpoint or not FLAGS.out:
+    raise app.UsageError("--checkpoint and --out are required")
+  if not FLAGS.out.endswith(".safetensors"):
+    raise app.UsageError(f"--out={FLAGS.out} must end in .safetensors")
+  print(f"[convert] reading {FLAGS.checkpoint}{' (EMA)' if FLAGS.ema else ''}", flush=True)
+  flat, stored = checkpoints.read_params(FLAGS.checkpoint, use_ema=FLAGS.ema)
+  if FLAGS.config:
+    model_cfg, mask_cfg = checkpoints.configs_from_file(FLAGS.config)
+  elif stored is not None:
+    model_cfg, mask_cfg = checkpoints.configs_from_dict(stored)
+  else:
+    raise app.UsageError(f"{FLAGS.checkpoint} stores no config: pass --config")
+  print(f"[convert] {len(flat)} arrays; checking them against the model of the config", flush=True)
+  try:
+    sd = to_torch.export_state_dict(flat, model_cfg, mask_cfg,
+                                    drop_zero_paper_params=FLAGS.drop_zero_paper_params)
+    opendwm = to_torch.opendwm_model_config(
+        model_cfg, mask_cfg, dropped_paper_params=FLAGS.drop_zero_paper_params)
+  except (param_map.ConversionError, ValueError) as e:
+    print(f"[convert] refused: {e}", file=sys.stderr)
+    sys.exit(2)
+  to_torch.write_safetensors(sd, FLAGS.out, dtype=FLAGS.dtype,
+                             metadata={"format": "pt", "source": "wm_jax"})
+  config_path = os.path.splitext(FLAGS.out)[0] + ".json"
+  with open(config_path, "w") as f:
+    json.dump(opendwm, f, indent=1)
+  n = sum(v.size for v in sd.values())
+  print(f"[convert] wrote {len(sd)} tensors ({n / 1e6:.2f}M values, {FLAGS.dtype}) to {FLAGS.out} "
+        f"and the OpenDWM config to {config_path}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
