@@ -12,8 +12,12 @@ reconstruction with r = 0.25 keeps 24 of 32 tokens per row.
 
 import ml_collections
 
+from wm_jax.data import grain_pipeline
 from wm_jax.diffusion import config as diffusion_config
+from wm_jax.evaluation import config as eval_config
 from wm_jax.models import mask_reconstruction
+from wm_jax.models import vae
+from wm_jax.train import config as train_config
 
 from configs import maskgwm_tiny
 
@@ -58,4 +62,15 @@ def get_config(arg=None):
   config.mask = mask_config()
   config.diffusion = diffusion_config.defaults()
   config.diffusion.shift = 3.0  # SD3/SD3.5 sizes
+  config.data = grain_pipeline.defaults()  # OpenDV-YouTube-style folder of mp4s
+  config.data.update(source="video", num_frames=25, image_height=288, image_width=512, fps=10.0)
+  config.vae = vae.defaults()
+  config.vae.preset = "sd3"  # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)
+  config.train = train_config.defaults()
+  config.train.update(learning_rate=5e-5, warmup_steps=1000, schedule="constant")  # paper 7.2
+  config.mesh = train_config.mesh_defaults()
+  config.mesh.update(data=1, fsdp=-1)  # 3.4B parameters: shard them (FSDP) over all devices
+  config.checkpoint = train_config.checkpoint_defaults()
+  config.eval = eval_config.defaults()
+  config.eval.protocol = "long_horizon"
   return config

@@ -14,8 +14,12 @@ rectified-flow loss falls more than 10x in about 55 Adam steps (lr 1e-3)
 
 import ml_collections
 
+from wm_jax.data import grain_pipeline
 from wm_jax.diffusion import config as diffusion_config
+from wm_jax.evaluation import config as eval_config
 from wm_jax.models import mask_reconstruction
+from wm_jax.models import vae
+from wm_jax.train import config as train_config
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -66,4 +70,11 @@ def get_config(arg=None):
   config.model = model_config()
   config.mask = mask_config()
   config.diffusion = diffusion_config.defaults()
+  config.data = grain_pipeline.defaults()  # the synthetic world, rendered on the fly
+  config.data.update(rig="front2", num_frames=4, image_height=64, image_width=128)
+  config.vae = vae.defaults()  # 'tiny'; frames -> latents needs config.vae.checkpoint
+  config.train = train_config.defaults()
+  config.mesh = train_config.mesh_defaults()
+  config.checkpoint = train_config.checkpoint_defaults()
+  config.eval = eval_config.defaults()  # protocol 'synthetic'
   return config
