@@ -141,6 +141,12 @@ def test_boxes_round_trip(exported):
     np.testing.assert_allclose(boxes[j, 3:6], [l, w, h], atol=1e-4)
     assert abs(np.angle(np.exp(1j * (boxes[j, 6] - yaw)))) < 1e-4
     assert boxes[j, 7] == cls
+    # The shared converter (used by readers of real nuScenes) gives the same row.
+    row = layout_render.nuscenes_boxes_to_ego(ann["translation"], ann["size"], ann["rotation"],
+                                              [cls], [boxes[j, 8]],
+                                              _matrix(pose["rotation"], pose["translation"]))[0]
+    np.testing.assert_allclose(row[:6], boxes[j, :6], atol=1e-4)
+    assert abs(np.angle(np.exp(1j * (row[6] - boxes[j, 6])))) < 1e-4 and row[7] == boxes[j, 7]
     matched += 1
   assert matched >= 5
   # Annotation chains per instance are consistent.

@@ -43,7 +43,9 @@ def test_deterministic_from_seed(front_clip):
     np.testing.assert_array_equal(np.asarray(value), np.asarray(again[key]), err_msg=key)
   other = render.render_clip(world.make_scene(4, "boston", length=250.0), "front", num_frames=6,
                              fps=12.0, image_size=SIZE)
-  assert np.abs(other["frames"].astype(int) - front_clip["frames"].astype(int)).mean() > 5
+  diff = np.abs(other["frames"].astype(int) - front_clip["frames"].astype(int)).max(-1)
+  assert (diff > 8).mean() > 0.05  # another layout of buildings and traffic, not noise
+  assert not np.array_equal(other["boxes"], front_clip["boxes"])
   assert not np.allclose(other["ego_pose"], front_clip["ego_pose"])
 
 
@@ -131,20 +133,20 @@ def test_ego_trajectory_integrates_actions(boston, front_clip, given_actions):
 
 
 def _stats(domain, seed):
-  """(saturation, contrast, blue minus red in the top quarter) of a short clip."""
+  """(mean saturation, blue minus red in the top quarter) of a short clip."""
   scene = world.make_scene(seed, domain, length=200.0)
   f = render.render_clip(scene, "front", num_frames=2, image_size=SIZE,
                          layout=False)["frames"].astype(np.float64) / 255.0
   top = f[:, :, : SIZE[0] // 4].mean(axis=(0, 1, 2, 3))
-  return np.array([(f.max(-1) - f.min(-1)).mean(), f.std(), top[2] - top[0]])
+  return np.array([(f.max(-1) - f.min(-1)).mean(), top[2] - top[0]])
 
 
 def test_domains_differ_in_image_statistics():
-  """Every statistic separates the domains for every pair of seeds, with a margin."""
+  """Each statistic separates the domains for every pair of seeds, with a margin."""
   b = np.stack([_stats("boston", s) for s in (0, 1, 2)])
   s = np.stack([_stats("singapore", s) for s in (0, 1, 2)])
-  margin = s.min(0) - b.max(0)  # singapore: more saturated, more contrast, bluer sky
-  assert np.all(margin > [0.015, 0.01, 0.04]), (b, s)
+  margin = s.min(0) - b.max(0)  # singapore: more saturated colours, a bluer sky
+  assert np.all(margin > [0.01, 0.04]), (b, s)
 
 
 def test_domains_differ_in_layout_statistics():
@@ -211,3 +213,13 @@ def test_bad_inputs_raise():
     render.render_clip(scene, "front", num_frames=3, image_size=SIZE, actions=np.zeros((2, 2)))
   with pytest.raises(ValueError, match="steering"):
     ego.make_actions([1.0, 1.0], [0.0, 2.0], 0.1)
+
+
+def test_record_for_index_is_a_deterministic_source():
+  a = render.record_for_index(3, seed=1, num_frames=2, image_size=SIZE, layout=False)
+  b = render.record_for_index(3, seed=1, num_frames=2, image_size=SIZE, layout=False)
+  c = render.record_for_index(4, seed=1, num_frames=2, image_size=SIZE, layout=False)
+  np.testing.assert_array_equal(a["frames"], b["frames"])
+  assert not np.array_equal(a["frames"], c["frames"])  # other index: other domain and scene
+  with pytest.raises(ValueError, match="index"):
+    render.record_for_index(-1)

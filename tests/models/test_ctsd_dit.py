@@ -113,7 +113,7 @@ def test_inference_equals_model_without_mask_module(tiny):
   plain = nnx.eval_shape(lambda: CTSDDiT(cfg.model, None, rngs=nnx.Rngs(1)))
   assert plain.mask_module is None
   state = nnx.state(model)
-  nnx.update(plain, state.filter(lambda path, _: path[0] != "mask_module"))
+  nnx.update(plain, nnx.filter_state(state, lambda path, _: path[0] != "mask_module"))
   inputs = _inputs(cfg, batch=1)
   forward = nnx.jit(_forward)
   out = forward(model, inputs)
@@ -174,7 +174,7 @@ def test_masked_training_step_jits_and_every_param_gets_gradient(tiny):
 
 def test_tiny_overfits_one_batch(tiny):
   """loss_fn (rectified flow + mask path) on one fixed batch with one fixed rng (same tau, noise,
-  mask every step): the loss falls more than 10x."""
+  mask every step): the loss falls more than 10x within 100 Adam steps (about 55 are needed)."""
   _, model = tiny
   cfg = maskgwm_tiny.get_config()
   model = nnx.clone(model)
@@ -182,7 +182,7 @@ def test_tiny_overfits_one_batch(tiny):
   batch = {"latents": inputs["latents"], "layout": (inputs["layout"] * 255).astype(np.uint8),
            "view_adjacency": inputs["view_adjacency"]}
   cfg.diffusion.uncond_prob = 0.0
-  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
   rng = jax.random.key(11)
 
   @nnx.jit
@@ -193,9 +193,10 @@ def test_tiny_overfits_one_batch(tiny):
     return loss
 
   first = float(train_step(model, optimizer, batch))
-  for _ in range(60):
-    last = float(train_step(model, optimizer, batch))
-  assert last < first / 10, (first, last)
+  history = [first]
+  while len(history) < 100 and history[-1] >= first / 10:
+    history.append(float(train_step(model, optimizer, batch)))
+  assert history[-1] < first / 10, history[::10]
 
 
 # ------------------------------------------------------------------------------------------------

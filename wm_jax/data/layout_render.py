@@ -72,6 +72,33 @@ def class_index(category: str) -> int:
   return -1
 
 
+def quaternion_yaw(q) -> np.ndarray:
+  """Yaw about z (rad) of quaternions [...,4] (w, x, y, z), the nuScenes order."""
+  w, x, y, z = np.moveaxis(np.asarray(q, np.float64), -1, 0)
+  return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def nuscenes_boxes_to_ego(translation, size_wlh, rotation, classes, track_ids, world_from_ego):
+  """Rows [N,10] of the batch contract from nuScenes sample_annotation fields.
+
+  translation [N,3] and rotation [N,4] (w, x, y, z) are global; size_wlh [N,3] is nuScenes'
+  (width, length, height); classes [N] are class indices (class_index of the category name);
+  world_from_ego [4,4] is the ego pose of the image the boxes go with. Rows are valid (= 1).
+  """
+  translation = np.asarray(translation, np.float64).reshape(-1, 3)
+  n = len(translation)
+  size = np.asarray(size_wlh, np.float64).reshape(n, 3)
+  ego_from_world = np.linalg.inv(np.asarray(world_from_ego, np.float64))
+  xyz = translation @ ego_from_world[:3, :3].T + ego_from_world[:3, 3]
+  ego_yaw = np.arctan2(world_from_ego[1][0], world_from_ego[0][0])
+  yaw = quaternion_yaw(np.asarray(rotation, np.float64).reshape(n, 4)) - ego_yaw
+  yaw = np.mod(yaw + np.pi, 2 * np.pi) - np.pi
+  return np.concatenate([xyz, size[:, [1, 0, 2]], yaw[:, None],
+                         np.asarray(classes, np.float64).reshape(n, 1),
+                         np.asarray(track_ids, np.float64).reshape(n, 1), np.ones((n, 1))],
+                        1).astype(np.float32)
+
+
 def box_corners(boxes: np.ndarray) -> np.ndarray:
   """Corners [N,8,3] of boxes [N,>=7] (x, y, z, l, w, h, yaw) in the boxes' frame."""
   boxes = np.asarray(boxes, np.float64)
@@ -105,14 +132,19 @@ def project_segments(a: np.ndarray, b: np.ndarray, intrinsics: np.ndarray,
   return proj(ca)[:, :2], proj(cb)[:, :2], ok
 
 
-def _draw(draw, pa, pb, ok, colors, width, limit):
-  for (x0, y0), (x1, y1), good, col in zip(pa, pb, ok, colors):
-    if not good:
-      continue
-    # Very long projected segments (points near the near plane) are clamped for PIL.
-    x0, y0, x1, y1 = np.clip([x0, y0, x1, y1], -limit, limit)
-    draw.line([(float(x0), float(y0)), (float(x1), float(y1))], fill=tuple(int(c) for c in col),
-              width=width)
+def _draw(draw, pa, pb, ok, colors, width, size):
+  """Draws the ok segments that may touch the image (h, w) = size; others are skipped."""
+  h, w = size
+  xs = np.stack([pa[:, 0], pb[:, 0]], 1)
+  ys = np.stack([pa[:, 1], pb[:, 1]], 1)
+  ok = ok & ~(xs.max(1) < -width) & ~(xs.min(1) > w + width) & ~(ys.max(1) < -width) & \
+      ~(ys.min(1) > h + width)
+  # Very long projected segments (end points near the near plane) are clamped for PIL.
+  limit = 4.0 * max(h, w)
+  seg = np.clip(np.concatenate([pa, pb], 1)[ok], -limit, limit).tolist()
+  cols = [tuple(c) for c in np.asarray(colors)[ok].astype(int).tolist()]
+  for xy, col in zip(seg, cols):
+    draw.line(xy, fill=col, width=width)
 
 
 def render_layout(boxes, map_lines, intrinsics, extrinsics, image_size, *, line_width: int = 1,
@@ -174,7 +206,6 @@ def render_layout(boxes, map_lines, intrinsics, extrinsics, image_size, *, line_
                   np.concatenate(map_b) if map_b else np.zeros((0, 3)),
                   np.concatenate(map_col) if map_col else np.zeros((0, 3)))
   out = np.zeros((len(intrinsics), h, w, 6), np.uint8)
-  limit = 4.0 * max(h, w)
   for v in range(len(intrinsics)):
     cam_from_ego = np.linalg.inv(extrinsics[v])
     for channels, (a, b, col) in ((slice(0, 3), box_segments), (slice(3, 6), map_segments)):
@@ -182,6 +213,6 @@ def render_layout(boxes, map_lines, intrinsics, extrinsics, image_size, *, line_
         continue
       image = Image.new("RGB", (w, h))
       pa, pb, ok = project_segments(a, b, intrinsics[v], cam_from_ego)
-      _draw(ImageDraw.Draw(image), pa, pb, ok, col, line_width, limit)
+      _draw(ImageDraw.Draw(image), pa, pb, ok, col, line_width, (h, w))
       out[v, :, :, channels] = np.asarray(image)
   return out

@@ -17,6 +17,14 @@ temporal attention over kept tokens is the paper's shifted temporal attention, c
 V*K tokens); the MaskModule rebuilds full width W; the decoder blocks run at width W. Without a
 row_mask the mask module is skipped and the model equals one built without it.
 
+return_features=True also returns a dict: 'encoder' (hidden state entering the first decoder block,
+before reconstruction: width K on the masked path, W otherwise), 'reconstructed' (the same point
+after the mask module, full width [B,T,V,h,W,D]; equal to 'encoder' without a row_mask) -- both
+only when the model has a mask module -- and 'final' (before norm_out).
+
+remat_policy (per joint / temporal / cross-view block, nnx.remat): 'none', 'full' (save nothing),
+'dots_saveable', 'dots_with_no_batch_dims_saveable' (jax.checkpoint_policies of the same names).
+
 Parameter paths joined with '.' are OpenDWM's state_dict keys (wm_jax.convert.param_map);
 PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5).
 """
@@ -237,7 +245,7 @@ class CTSDDiT(nnx.Module):
         x = step(self.crossview_transformer_blocks[j], self.view_mixers[j],
                  self.view_pos_embeds[j], x, index_emb=view_index, cond_emb=cam_emb,
                  view_adjacency=view_adjacency, disabled=disable_crossview)
-      x = constrain(x, ("batch", None, None, None, "tokens", "embed"))
+      x = constrain(x, ("batch", None, None, None, None, "embed"))
     feats["final"] = x
     y = self.proj_out(self.norm_out(x.reshape(n, h * w, dim), temb))
     y = y.reshape(b, t, v, h, w, p, p, cfg.out_channels)

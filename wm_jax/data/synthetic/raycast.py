@@ -4,7 +4,8 @@ Every pixel casts one ray from its camera's optical centre through the pixel cen
 p(t) = o + t d with d = R_world_cam K^-1 (u + 0.5, v + 0.5, 1), so the hit parameter t IS the
 depth along the optical axis (camera z). The nearest hit among
 
-  * K oriented boxes (slab test in each box's frame; boxes chosen per view by the caller),
+  * K oriented boxes per image tile (slab test in each box's frame; the caller lists for each
+    tile the boxes whose projection covers it, see render.select_boxes),
   * the ground plane z = 0, painted from the KR nearest road segments (asphalt, lane markings,
     kerbs, sidewalks, zebra crossings) and procedural noise (verge / grass),
   * the sky (no hit: gradient by elevation + sun glow, depth = FAR)
@@ -82,37 +83,30 @@ def _mix(a, b, w):
 def _ground_color(px, py, segs, crossings, st):
   """Colour [P,3] of ground points (px, py) [P] from road segments [KR,SEG_COLS].
 
-  A scan over the segments keeps two running nearest segments per pixel: the nearest of the main
-  road (road 0) and the nearest of all side roads, each with its lateral offset u and arc length
-  s (side roads cross only the main road, so "the other road" is the other of the two).
+  A scan over the segments keeps the nearest asphalt edge (with its segment, lateral offset u and
+  arc length s) and the nearest edge distance of the main road and of the side roads.
   """
   inf = jnp.full_like(px, jnp.inf)
   zero = jnp.zeros_like(px)
-  kzero = jnp.zeros(px.shape, jnp.int32)
 
   def body(carry, seg):
-    (k, main, side) = carry
+    k, e_main, e_side, e1, u1, s1, k1 = carry
     ax, ay, dx, dy, ln, s0, road, hw, _, _, _, active = (seg[i] for i in range(SEG_COLS))
     rx, ry = px - ax, py - ay
     along = jnp.clip(rx * dx + ry * dy, 0.0, ln)
     ex, ey = rx - along * dx, ry - along * dy
-    edge = jnp.where(active > 0, jnp.sqrt(ex * ex + ey * ey) - hw, jnp.inf)
-    u = dx * ry - dy * rx
+    edge = jnp.sqrt(ex * ex + ey * ey) - hw + jnp.where(active > 0, 0.0, jnp.inf)
+    better = edge < e1
+    e_main = jnp.minimum(e_main, edge + jnp.where(road == 0, 0.0, jnp.inf))
+    e_side = jnp.minimum(e_side, edge + jnp.where(road == 0, jnp.inf, 0.0))
+    return (k + 1, e_main, e_side, jnp.where(better, edge, e1),
+            jnp.where(better, dx * ry - dy * rx, u1), jnp.where(better, s0 + along, s1),
+            jnp.where(better, k, k1)), None
 
-    def update(b, mine):
-      better = (edge < b[0]) & mine
-      return (jnp.where(better, edge, b[0]), jnp.where(better, u, b[1]),
-              jnp.where(better, s0 + along, b[2]), jnp.where(better, k, b[3]))
-    return (k + 1, update(main, road == 0), update(side, road != 0)), None
-
-  init = (inf, zero, zero, kzero)
-  (_, main, side), _ = jax.lax.scan(body, (jnp.int32(0), init, init), segs)
-  best = {"main": main, "side": side}
-  main_first = best["main"][0] <= best["side"][0]
-  pick = lambda i: jnp.where(main_first, best["main"][i], best["side"][i])
-  e1, u1, s1 = pick(0), pick(1), pick(2)
-  k1 = pick(3)
-  other = jnp.where(main_first, best["side"][0], best["main"][0])
+  init = (jnp.int32(0), inf, inf, inf, zero, zero, jnp.zeros(px.shape, jnp.int32))
+  (_, e_main, e_side, e1, u1, s1, k1), _ = jax.lax.scan(body, init, segs)
+  # Side roads cross only the main road, so "another road" is the other of the two classes.
+  other = jnp.where(segs[k1, 6] == 0, e_side, e_main)
   road1, hw1, lw1, lanes1, park1 = (segs[:, i][k1] for i in (6, 7, 8, 9, 10))
   kerb, walk = st["kerb_width"], st["sidewalk_width"]
 
@@ -240,13 +234,8 @@ def _shade(col, n, st):
   return col * (st["ambient"] + (1 - st["ambient"]) * lambert[:, None] * st["sun_color"][None])
 
 
-def _render_view(o, r_wc, k_inv, boxes, segs, crossings, style, *, height, width):
-  st = _unpack_style(style)
-  v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
-                      jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
-  pix = jnp.stack([u.ravel(), v.ravel(), jnp.ones(height * width, jnp.float32)], -1)
-  d_cam = pix @ k_inv.T  # z = 1: t is the depth along the optical axis
-  d = d_cam @ r_wc.T
+def _shade_rays(o, d, boxes, segs, crossings, st):
+  """Colour uint8 [C,3], depth [C] and hit id [C] of rays o + t d (d [C,3] with camera z = 1)."""
   norm = jnp.linalg.norm(d, axis=-1)
   dir_unit = d / norm[:, None]
 
@@ -264,7 +253,10 @@ def _render_view(o, r_wc, k_inv, boxes, segs, crossings, style, *, height, width
   t_ground = jnp.where(d[:, 2] < -1e-6, -o[2] / jnp.minimum(d[:, 2], -1e-6), jnp.inf)
   gx = o[0] + jnp.minimum(t_ground, FAR) * d[:, 0]
   gy = o[1] + jnp.minimum(t_ground, FAR) * d[:, 1]
-  ground = _ground_color(gx, gy, segs, crossings, st)
+  # Tiles entirely above the horizon skip the road-segment pass.
+  ground = jax.lax.cond(jnp.any(d[:, 2] < -1e-6),
+                        lambda: _ground_color(gx, gy, segs, crossings, st),
+                        lambda: jnp.zeros(d.shape, jnp.float32))
   ground = _shade(ground, jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0]), d.shape), st)
 
   # Boxes.
@@ -280,10 +272,23 @@ def _render_view(o, r_wc, k_inv, boxes, segs, crossings, style, *, height, width
   col = col * fog[:, None] + st["sky_horizon"][None] * (1 - fog)[:, None]
   any_hit = t < FAR
   col = jnp.where(any_hit[:, None], col, sky)
-  rgb = jnp.clip(col * 255.0 + 0.5, 0, 255).astype(jnp.uint8).reshape(height, width, 3)
-  depth = t.reshape(height, width)
+  rgb = jnp.clip(col * 255.0 + 0.5, 0, 255).astype(jnp.uint8)
   hit_id = jnp.where(hit_box & any_hit, box_rows[:, 11], 0.0).astype(jnp.int32)
-  return rgb, depth, hit_id.reshape(height, width)
+  return rgb, t, hit_id
+
+
+TILE_SHAPE = (32, 128)  # largest tile, rows x columns (temporaries stay in cache)
+
+
+def tile_grid(height, width):
+  """(tile_h, tile_w, tiles_y, tiles_x): the image, padded up, splits into tiles_y x tiles_x tiles.
+
+  Tiles are at most TILE_SHAPE and at most a quarter of the height and half the width, so even
+  small images get 4 x 2 tiles for box culling.
+  """
+  th = max(1, min(TILE_SHAPE[0], -(-height // 4)))
+  tw = max(1, min(TILE_SHAPE[1], -(-width // 2)))
+  return th, tw, -(-height // th), -(-width // tw)
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
@@ -292,12 +297,38 @@ def render_views(origins, r_wc, k_inv, boxes, segs, crossings, style, *, height,
 
   Args:
     origins [V,3] camera centres (world); r_wc [V,3,3] world-from-camera rotations (OpenCV camera
-    axes); k_inv [V,3,3] inverse intrinsics; boxes [V,K,BOX_COLS] per-view box lists; segs
-    [KR,SEG_COLS] road segments; crossings [J,3]; style [S] (style_vector).
+    axes); k_inv [V,3,3] inverse intrinsics; boxes [V,Ty*Tx,K,BOX_COLS] box lists per view and
+    tile (tile_grid; row-major tiles; a tile's list must hold every box that covers any of its
+    pixels, nearest first); segs [KR,SEG_COLS] road segments; crossings [J,3]; style [S].
   Returns:
     rgb uint8 [V,H,W,3], depth float32 [V,H,W] (metres along the optical axis, FAR for sky),
     hit_id int32 [V,H,W] (the `id` column of the box seen at each pixel, 0 for ground / sky).
+
+  Rays are shaded tile by tile with lax.map: one pass over a whole image would stream dozens of
+  image-sized temporaries through memory, a tile's stay in cache, and each tile tests only the
+  boxes that can cover it.
   """
-  fn = functools.partial(_render_view, segs=segs, crossings=crossings, style=style, height=height,
-                         width=width)
-  return jax.vmap(lambda o, r, ki, b: fn(o, r, ki, b))(origins, r_wc, k_inv, boxes)
+  st = _unpack_style(style)
+  num_views = origins.shape[0]
+  th, tw, ty, tx = tile_grid(height, width)
+  hp, wp = th * ty, tw * tx
+  v, u = jnp.meshgrid(jnp.arange(hp, dtype=jnp.float32) + 0.5,
+                      jnp.arange(wp, dtype=jnp.float32) + 0.5, indexing="ij")
+  pix = jnp.stack([u, v, jnp.ones_like(u)], -1)  # [Hp,Wp,3]
+  pix = pix.reshape(ty, th, tx, tw, 3).transpose(0, 2, 1, 3, 4).reshape(ty * tx, th * tw, 3)
+  d = jnp.einsum("tpi,vji,vkj->vtpk", pix, k_inv, r_wc)  # z_cam = 1: t is the optical depth
+  d = d.reshape(num_views * ty * tx, th * tw, 3)
+  boxes = boxes.reshape(num_views * ty * tx, *boxes.shape[2:])
+  view_of_tile = jnp.repeat(jnp.arange(num_views), ty * tx)
+
+  def one_tile(args):
+    d_tile, view, tile_boxes = args
+    return _shade_rays(origins[view], d_tile, tile_boxes, segs, crossings, st)
+
+  rgb, depth, hit_id = jax.lax.map(one_tile, (d, view_of_tile, boxes))
+
+  def untile(a):
+    a = a.reshape(num_views, ty, tx, th, tw, *a.shape[2:])
+    a = jnp.moveaxis(a, 3, 2).reshape(num_views, hp, wp, *a.shape[5:])
+    return a[:, :height, :width]
+  return untile(rgb), untile(depth), untile(hit_id)

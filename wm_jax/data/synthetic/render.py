@@ -17,9 +17,10 @@ Frames of the record (all float32 unless noted):
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from wm_jax.data import layout_render
+from wm_jax.data import layout_render, schema
 from wm_jax.data.synthetic import ego as ego_lib
 from wm_jax.data.synthetic import raycast
 from wm_jax.data.synthetic import rig as rig_lib
@@ -62,20 +63,56 @@ def static_boxes(scene: world.SceneSpec) -> np.ndarray:
   return np.concatenate([st, np.zeros((n, 1), np.float32), np.ones((n, 1), np.float32)], 1)
 
 
-def select_boxes(boxes, origin, r_wc, half_fov, k):
-  """The k nearest boxes [k,BOX_COLS] that may be seen by a camera (padded with inactive rows)."""
-  rel = boxes[:, :3] - origin[None]
-  cam = rel @ r_wc  # camera-frame centres
+def select_boxes(boxes, origin, r_wc, k, image_size, per_tile, candidates=256):
+  """Per-tile box lists [Ty*Tx, per_tile, BOX_COLS] for one camera (raycast.tile_grid tiles).
+
+  Boxes whose bounding sphere lies outside the horizontal field of view are dropped; the nearest
+  `candidates` others are projected (8 corners; a box reaching behind the camera covers every
+  tile) and each tile keeps up to `per_tile` boxes whose projected rectangle overlaps it, the
+  largest-looking first (actor parts weighted 16x).
+  Unused rows are inactive.
+  """
+  h, w = image_size
+  th, tw, ty, tx = raycast.tile_grid(h, w)
+  rel = boxes[:, :3].astype(np.float64) - origin[None]
+  cam = rel @ r_wc
   radius = np.linalg.norm(boxes[:, 3:6], axis=1)
+  half_fov = np.arctan(w / 2.0 / k[0, 0])
   tan = np.tan(half_fov)
   slack = radius * np.sqrt(1 + tan * tan)
   visible = (boxes[:, 12] > 0) & (cam[:, 2] > -radius) & (np.abs(cam[:, 0]) < cam[:, 2] * tan + slack)
   dist = np.where(visible, np.linalg.norm(rel, axis=1) - radius, np.inf)
-  order = np.argsort(dist, kind="stable")[:k]
+  order = np.argsort(dist, kind="stable")[:candidates]
   order = order[np.isfinite(dist[order])]
-  out = np.zeros((k, raycast.BOX_COLS), np.float32)
-  out[:, 3:6] = 1.0
-  out[:len(order)] = boxes[order]
+  out = np.zeros((ty * tx, per_tile, raycast.BOX_COLS), np.float32)
+  out[..., 3:6] = 1.0
+  if not len(order):
+    return out
+  sel = boxes[order]
+  corners = layout_render.box_corners(sel[:, [0, 1, 2, 3, 4, 5, 6]] * [1, 1, 1, 2, 2, 2, 1])
+  cc = (corners - origin) @ r_wc  # [N,8,3] camera frame
+  behind = (cc[..., 2] < 0.05).any(1)
+  z = np.maximum(cc[..., 2], 0.05)
+  uu = k[0, 0] * cc[..., 0] / z + k[0, 2]
+  vv = k[1, 1] * cc[..., 1] / z + k[1, 2]
+  u0 = np.where(behind, -np.inf, uu.min(1))
+  u1 = np.where(behind, np.inf, uu.max(1))
+  v0 = np.where(behind, -np.inf, vv.min(1))
+  v1 = np.where(behind, np.inf, vv.max(1))
+  ys, xs = np.arange(ty) * th, np.arange(tx) * tw
+  over_y = (v1[:, None] >= ys[None]) & (v0[:, None] <= ys[None] + th)  # [N,Ty]
+  over_x = (u1[:, None] >= xs[None]) & (u0[:, None] <= xs[None] + tw)  # [N,Tx]
+  over = (over_y[:, :, None] & over_x[:, None, :]).reshape(len(sel), ty * tx)
+  # Where a tile has more candidates than rows, the boxes that look largest (projected rectangle
+  # clipped to the image) win: near boxes look large, and only small far ones drop out.
+  # Actors (annotated, id > 0) count 16x their area, so small far vehicles stay drawn.
+  area = (np.clip(u1, 0, w) - np.clip(u0, 0, w)) * (np.clip(v1, 0, h) - np.clip(v0, 0, h))
+  area = area * np.where(sel[:, 11] > 0, 16.0, 1.0)
+  rank = np.argsort(-area, kind="stable")
+  over = over[rank]
+  for t in range(ty * tx):
+    idx = rank[np.flatnonzero(over[:, t])[:per_tile]]
+    out[t, :len(idx)] = sel[idx]
   return out
 
 
@@ -136,8 +173,8 @@ def _map_lines_ego(scene, pose, radius):
 
 def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: float = 12.0,
                 image_size=(128, 256), *, actions=None, max_boxes: int = 32,
-                boxes_per_view: int = 40, road_segments: int = 32, layout: bool = True,
-                start_time: float = 0.0, return_hit_id: bool = False) -> dict:
+                boxes_per_tile: int = 32, road_segments: int = 20, layout: bool = True,
+                start_time: float = 0.0, return_hit_id: bool = False, devices=None) -> dict:
   """A record (schema dict of numpy arrays) of `num_frames` frames of `scene`.
 
   Args:
@@ -147,11 +184,15 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
     actions: None (the autopilot drives) or [T,2] / [T,4] speed (m/s) and steering (rad) for
       action-conditioned rendering; accel and yaw rate are always re-derived from them.
     max_boxes: N, rows of `boxes`.
-    boxes_per_view, road_segments: K and KR of the ray caster (nearest ones are kept).
+    boxes_per_tile, road_segments: K and KR of the ray caster: each image tile tests the nearest
+      K boxes that project onto it, each pixel the KR road segments nearest to the ego.
     layout: also render the layout image (else it is all zeros).
     start_time: time of frame 0 for the traffic (the ego always starts at the scene's start).
     return_hit_id: add 'hit_id' [T,V,H,W] int32 (track id seen per pixel, 0 = none); not a
       schema key, pop it before validation.
+    devices: None renders on the default device; a list of devices (e.g.
+      jax.local_devices(backend="cpu") in a process started with one XLA CPU device per core)
+      gets the frames round-robin, so they render in parallel. Each device compiles once.
   """
   if num_frames < 1:
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -174,10 +215,10 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
   poses = ego_poses(scene, speed, steering, fps)
 
   k_inv = np.linalg.inv(rig.intrinsics.astype(np.float64)).astype(np.float32)
-  half_fov = np.array([rig_lib.horizontal_fov(c) / 2 for c in rig.cameras])
   statics = static_boxes(scene)
   crossings = padded_crossings(scene)
   style = raycast.style_vector(scene.domain)
+  devices = list(devices) if devices else [None]
   outs, world_boxes = [], []
   for t in range(num_frames):
     bw = actor_boxes(scene, start_time + t * dt)
@@ -186,11 +227,15 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
     cam_world = poses[t][None] @ rig.extrinsics.astype(np.float64)  # [V,4,4] world-from-camera
     origins = cam_world[:, :3, 3]
     r_wc = cam_world[:, :3, :3]
-    sel = np.stack([select_boxes(prims, origins[v], r_wc[v], half_fov[v], boxes_per_view)
-                    for v in range(rig.num_views)])
+    sel = np.stack([select_boxes(prims, origins[v], r_wc[v], rig.intrinsics[v], (h, w),
+                                 boxes_per_tile) for v in range(rig.num_views)])
     segs = select_segments(scene, poses[t][:2, 3], road_segments)
-    outs.append(raycast.render_views(origins.astype(np.float32), r_wc.astype(np.float32), k_inv,
-                                     sel, segs, crossings, style, height=h, width=w))
+    inputs = (origins.astype(np.float32), r_wc.astype(np.float32), k_inv, sel, segs, crossings,
+              style)
+    device = devices[t % len(devices)]
+    if device is not None:
+      inputs = jax.device_put(inputs, device)
+    outs.append(raycast.render_views(*inputs, height=h, width=w))
   frames = np.stack([np.asarray(o[0]) for o in outs])
   depth = np.stack([np.asarray(o[1]) for o in outs])
 
@@ -228,6 +273,26 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
       "fps": np.float32(fps),
       "view_adjacency": rig.view_adjacency.copy(),
   }
+  schema.validate(record, source=f"synthetic:{scene.domain.name}:seed={scene.seed}")
   if return_hit_id:
     record["hit_id"] = np.stack([np.asarray(o[2]) for o in outs])
   return record
+
+
+def record_for_index(index: int, *, seed: int = 0, domains=("boston", "singapore"),
+                     rig="front", num_frames: int = 8, fps: float = 12.0, image_size=(128, 256),
+                     **kwargs) -> dict:
+  """Record number `index` of a synthetic data set: a random-access source for data pipelines.
+
+  Scene `index` uses domain domains[index % len(domains)] and scene seed (seed, index) hashed to
+  one integer, with a main road long enough for the clip. Deterministic: the same arguments give
+  the same record. Extra keyword arguments go to render_clip.
+  """
+  if index < 0:
+    raise ValueError(f"index must be >= 0, got {index}")
+  domain = domains[index % len(domains)]
+  scene_seed = int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+  duration = num_frames / fps
+  length = max(200.0, 80.0 + 1.5 * 15.0 * duration)
+  scene = world.make_scene(scene_seed, domain, length=length)
+  return render_clip(scene, rig, num_frames=num_frames, fps=fps, image_size=image_size, **kwargs)

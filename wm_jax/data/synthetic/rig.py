@@ -41,6 +41,8 @@ NUSCENES6 = (
 
 RIGS: dict[str, tuple[CameraSpec, ...]] = {
     "front": NUSCENES6[:1],
+    "front2": NUSCENES6[:2],                              # CAM_FRONT, CAM_FRONT_RIGHT
+    "front3": (NUSCENES6[5], NUSCENES6[0], NUSCENES6[1]),  # FRONT_LEFT, FRONT, FRONT_RIGHT
     "nuscenes6": NUSCENES6,
 }
 
@@ -91,7 +93,7 @@ def _adjacency(cameras) -> np.ndarray:
 
 
 def make_rig(name: str, image_size: tuple[int, int]) -> Rig:
-  """Builds rig `name` ('front' or 'nuscenes6') for images of `image_size` = (H, W)."""
+  """Builds rig `name` (a key of RIGS, e.g. 'front' or 'nuscenes6') for images of `image_size` = (H, W)."""
   if name not in RIGS:
     raise ValueError(f"unknown rig {name!r}; known rigs: {sorted(RIGS)}")
   h, w = (int(s) for s in image_size)

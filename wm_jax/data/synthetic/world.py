@@ -149,7 +149,7 @@ def _point_polyline_distance(points, poly):
   return d.min(axis=1)
 
 
-def _road_segments(roads, max_turn_deg=3.0, max_len=40.0):
+def _road_segments(roads, max_turn_deg=6.0, max_len=60.0):
   """Splits each road into straight renderer segments (a new one every few degrees of turn)."""
   a, b, s0, rid = [], [], [], []
   for r, road in enumerate(roads):

@@ -1,0 +1,96 @@
+"""Mesh from config, validate() before compiling, and the replicated-large-param check."""
+
+import jax
+import pytest
+from flax import nnx
+
+from tests.train import toy
+from wm_jax.parallel import mesh as mesh_lib
+from wm_jax.train import config as train_config
+
+
+def _mesh_cfg(**sizes):
+  c = train_config.mesh_defaults()
+  c.update(sizes)
+  return c
+
+
+def test_axis_sizes_fill_and_errors():
+  assert mesh_lib.axis_sizes(_mesh_cfg(data=-1, fsdp=2, tensor=2), 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert mesh_lib.axis_sizes(_mesh_cfg(data=1, fsdp=-1, tensor=1, context=2), 8) == {
+      "data": 1, "fsdp": 4, "tensor": 1, "context": 2}
+  assert mesh_lib.axis_sizes(_mesh_cfg(data=-1, dcn_data=2), 8)["data"] == 8
+  with pytest.raises(ValueError, match=r"needs 16 devices but only 8 are present"):
+    mesh_lib.axis_sizes(_mesh_cfg(data=4, fsdp=4), 8)
+  with pytest.raises(ValueError, match=r"multiple of 3 devices"):
+    mesh_lib.axis_sizes(_mesh_cfg(data=-1, tensor=3), 8)
+  with pytest.raises(ValueError, match=r"at most one mesh axis may be -1"):
+    mesh_lib.axis_sizes(_mesh_cfg(data=-1, fsdp=-1), 8)
+  with pytest.raises(ValueError, match=r"uses 4 devices but 8 are present"):
+    mesh_lib.axis_sizes(_mesh_cfg(data=2, fsdp=2), 8)
+
+
+def test_make_mesh_has_axis_types(cpu_devices):
+  m = mesh_lib.make_mesh(_mesh_cfg(data=2, fsdp=2, tensor=1, context=2), cpu_devices)
+  assert m.axis_names == ("data", "fsdp", "tensor", "context") and m.devices.shape == (2, 2, 1, 2)
+  assert all(t == jax.sharding.AxisType.Auto for t in m.axis_types)
+  m = mesh_lib.make_mesh(_mesh_cfg(data=-1, axis_type="explicit"), cpu_devices)
+  assert all(t == jax.sharding.AxisType.Explicit for t in m.axis_types)
+  with pytest.raises(ValueError, match="axis_type='manual'"):
+    mesh_lib.make_mesh(_mesh_cfg(axis_type="manual"), cpu_devices)
+
+
+def _cfg(**model):
+  c = toy.config(batch_size=8)
+  c.model.update(model)
+  return c
+
+
+@pytest.mark.parametrize("change, mesh, message", [
+    (dict(mesh=dict(data=4, fsdp=4)), None, r"mesh \{'data': 4, 'fsdp': 4, 'tensor': 1\} needs 16 devices but only 8"),
+    (dict(model=dict(num_heads=6)), dict(data=2, fsdp=1, tensor=4), r"num_heads=6 is not divisible by the tensor axis size 4"),
+    (dict(train=dict(batch_size=6)), dict(data=2, fsdp=2, tensor=2), r"batch_size=6 is not divisible by data\*fsdp=2\*2=4"),
+    (dict(model=dict(latent_width=6, patch_size=4)), dict(data=8), r"latent size 4x6 is not divisible by patch_size=4"),
+    (dict(mask=dict(enabled=True, ratio=0.3)), dict(data=8), r"mask.ratio=0.3 times token row width 4 = 1.2 is not an integer"),
+    (dict(mask=dict(enabled=True, ratio=1.0)), dict(data=8), r"keeps K=0 tokens"),
+    (dict(model=dict(latent_height=3, latent_width=3)), dict(data=1, fsdp=4, context=2), r"tokens per view 3x3=9 are not divisible by the context axis size 2"),
+    (dict(model=dict(attention_block_size=32)), dict(data=8), r"tokens per view 4x4=16 are not divisible by attention_block_size=32"),
+])
+def test_validate_names_the_numbers(change, mesh, message):
+  c = _cfg()
+  for section, values in change.items():
+    c[section].update(values)
+  if mesh:
+    c.mesh.update(dict(data=1, fsdp=1, tensor=1, context=0) | mesh)
+  with pytest.raises(ValueError, match=message):
+    mesh_lib.validate(c, num_devices=8)
+
+
+def test_validate_passes_and_returns_sizes(cpu_devices):
+  c = _cfg()
+  c.mask.update(enabled=True, ratio=0.25)
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  assert mesh_lib.validate(c, mesh_lib.make_mesh(c.mesh, cpu_devices)) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_replicated_large_params_lists_only_unsharded(cpu_devices):
+  mesh = mesh_lib.make_mesh(_mesh_cfg(data=2, fsdp=2, tensor=2), cpu_devices)
+  abstract = nnx.state(nnx.eval_shape(lambda: toy.Toy(c=4, d=32, hidden=64, rngs=nnx.Rngs(0))), nnx.Param)
+  sh = mesh_lib.state_shardings(abstract, mesh)
+  found = mesh_lib.replicated_large_params(abstract, sh, min_size=100)
+  # 'up' (embed, mlp) and 'down' (mlp, embed) are sharded; 'inp' (None, embed) is sharded on fsdp;
+  # nothing of >= 100 elements is replicated. With min_size=30 the LayerNorm/bias vectors show up.
+  assert found == []
+  small = {p for p, _, _ in mesh_lib.replicated_large_params(abstract, sh, min_size=32)}
+  assert "['norm']['scale'].value" in small and "['up']['kernel'].value" not in small
+
+
+def test_train_validates_before_compiling(tmp_path, cpu_devices):
+  from wm_jax.train import loop
+  c = _cfg(num_heads=3)
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  called = []
+  with pytest.raises(ValueError, match=r"num_heads=3 is not divisible by the tensor axis size 2"):
+    loop.train(c, str(tmp_path), model_factory=lambda: called.append("model"), loss_fn=toy.loss_fn,
+               make_iterator=lambda cfg: called.append("data"))
+  assert called == []  # failed before building the model or the data pipeline

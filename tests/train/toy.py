@@ -1,0 +1,83 @@
+"""A tiny nnx model with logical axis names and a loss of the loss_fn contract, for tests only."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from wm_jax.train import config as train_config
+
+
+def _init(names):
+  return nnx.with_partitioning(nnx.initializers.lecun_normal(), names)
+
+
+class Toy(nnx.Module):
+  """latents [B,T,V,h,w,C] -> per-token MLP with a mixing attention-free block."""
+
+  def __init__(self, c=4, d=32, hidden=64, *, rngs):
+    self.inp = nnx.Linear(c, d, kernel_init=_init((None, "embed")), rngs=rngs)
+    self.up = nnx.Linear(d, hidden, kernel_init=_init(("embed", "mlp")), rngs=rngs)
+    self.down = nnx.Linear(hidden, d, kernel_init=_init(("mlp", "embed")), rngs=rngs)
+    self.norm = nnx.LayerNorm(d, rngs=rngs)
+    self.out = nnx.Linear(d, c, kernel_init=_init(("embed", None)), rngs=rngs)
+
+  def __call__(self, x):
+    h = self.inp(x)
+    h = h + self.down(jax.nn.gelu(self.up(self.norm(h))))
+    return self.out(h)
+
+
+def loss_fn(model, batch, rng, config, train=True):
+  x = batch["latents"]
+  noise = jax.random.normal(rng, x.shape, x.dtype)
+  pred = model(x + 0.1 * noise)
+  loss = jnp.mean((pred - x) ** 2)
+  return loss, {"mse": loss}
+
+
+def config(batch_size=8, **train):
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(num_heads=4, patch_size=1, latent_height=4,
+                                           latent_width=4, num_frames=2, num_views=1))
+  c.mask = ml_collections.ConfigDict(dict(enabled=False, ratio=0.25))
+  c.train = train_config.defaults()
+  c.train.batch_size = batch_size
+  c.train.update(train)
+  c.mesh = train_config.mesh_defaults()
+  c.checkpoint = train_config.checkpoint_defaults()
+  return c
+
+
+def batch(seed, batch_size=8, c=4):
+  import numpy as np
+  r = np.random.default_rng(seed)
+  return {"latents": r.normal(size=(batch_size, 2, 1, 4, 4, c)).astype("float32"),
+          "fps": np.full((batch_size,), 10.0, np.float32)}
+
+
+# --- components for wm_jax.main (config.components), used by the subprocess tests ---------------
+
+def make_model(config):
+  return lambda: Toy(rngs=nnx.Rngs(int(config.train.seed)))
+
+
+def make_loss(config):
+  def loss(model, batch, rng, config, train=True):
+    value, metrics = loss_fn(model, batch, rng, config, train)
+    metrics["first_index"] = batch["index"][0].astype(jnp.float32)  # shows the data order
+    return value, metrics
+  return loss
+
+
+def make_iterator(config):
+  """A real Grain iterator (checkpointable) of toy batches with an 'index' per example."""
+  import grain
+  import numpy as np
+
+  def example(i):
+    r = np.random.default_rng(i)
+    return {"latents": r.normal(size=(2, 1, 4, 4, 4)).astype("float32"), "index": np.int32(i)}
+
+  ds = grain.MapDataset.range(1000).shuffle(seed=int(config.train.seed)).map(example)
+  return iter(ds.batch(int(config.train.batch_size)))

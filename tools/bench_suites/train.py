@@ -1,0 +1,90 @@
+"""Train-step throughput of a config on the present device(s): steps/s, tokens/s, model FLOP/s
+and MFU, with and without mask reconstruction.
+
+  python tools/bench.py train                                   # configs/bench.py, mask on and off
+  python tools/bench.py train --config=configs/maskgwm_long.py --batch=1 --mask=both
+
+One JSON line per mask setting. tokens/s counts the latent tokens of the full video (B*T*V*h*w/p^2)
+whether or not some are masked out, so the masked and unmasked lines compare throughput on the same
+data; flops_per_step is the analytic count (3x forward matmuls; masked-out tokens not counted) and
+MFU = flops_per_step / step time / (peak per device * devices), shown where the peak is known
+(wm_jax/train/flops.py PEAK_FLOPS; --peak_flops to set it, e.g. for a CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+
+def add_arguments(parser):
+  parser.add_argument("--config", default="configs/bench.py", help="config file (get_config)")
+  parser.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
+  parser.add_argument("--mask", choices=["both", "on", "off"], default="both")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  parser.add_argument("--dtype", default="", help="override config.model.dtype (e.g. bfloat16)")
+  parser.add_argument("--remat", default="", help="override config.model.remat_policy")
+  parser.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak FLOP/s for MFU")
+
+
+def load_config(path: str):
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  from wm_jax.train import config as train_config
+  return train_config.fill(module.get_config())
+
+
+def run(args):
+  import jax
+  import numpy as np
+  import wm_jax  # noqa: F401
+  from wm_jax.parallel import mesh as mesh_lib
+  from wm_jax.train import example_batch, flops, loop, state as state_lib, step as step_lib
+
+  base = load_config(args.config)
+  if args.batch:
+    base.train.batch_size = args.batch
+  if args.dtype:
+    base.model.dtype = args.dtype
+  if args.remat:
+    base.model.remat_policy = args.remat
+  settings = {"both": [True, False], "on": [True], "off": [False]}[args.mask]
+  for masked in settings:
+    config = copy.deepcopy(base)
+    config.mask.enabled = masked
+    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh_lib.validate(config, mesh)
+    s = loop.setup(config, mesh)
+    _, state = state_lib.create(s.factory, s.tx, s.ema, s.shardings)
+    batch = step_lib.device_batch(example_batch.random(config), mesh)
+    step_flops = flops.train_flops(flops.loss_forward_flops(s.graphdef, state.params, state.rest,
+                                                            s.loss_fn, batch, config))
+    t0 = time.perf_counter()
+    compiled = s.step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+      state, metrics = s.step_fn(state, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = s.step_fn(state, batch)
+    jax.block_until_ready(metrics)
+    dt = (time.perf_counter() - t0) / args.steps
+    m = config.model
+    tokens = (config.train.batch_size * m.num_frames * m.num_views *
+              (m.latent_height // m.patch_size) * (m.latent_width // m.patch_size))
+    peak = flops.peak_flops(override=args.peak_flops)
+    mem = compiled.memory_analysis()
+    yield {"config": args.config, "mask": masked, "mask_ratio": float(config.mask.ratio) if masked else 0.0,
+           "batch": int(config.train.batch_size), "dtype": str(m.dtype),
+           "remat": str(m.get("remat_policy", "none")), "mesh": dict(mesh.shape),
+           "step_ms": round(dt * 1e3, 3), "steps_per_s": round(1 / dt, 4),
+           "tokens_per_s": round(tokens / dt, 1), "flops_per_step": step_flops,
+           "model_tflops_per_s": round(step_flops / dt / 1e12, 4),
+           "mfu": None if peak is None else round(flops.mfu(step_flops, dt, jax.device_count(), peak), 4),
+           "compile_s": round(compile_s, 2), "loss": float(np.asarray(metrics["loss"])),
+           "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None)}

@@ -1,0 +1,41 @@
+"""AdamW with linear warmup then cosine decay or a constant rate, and global-norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+SCHEDULES = ("cosine", "constant")
+
+
+def make_schedule(train_config) -> optax.Schedule:
+  """Linear warmup from 0 to learning_rate over warmup_steps, then cosine (to lr*end_lr_factor at
+  num_steps) or constant."""
+  c = train_config
+  peak, warm, total = float(c.learning_rate), int(c.warmup_steps), int(c.num_steps)
+  if c.schedule not in SCHEDULES:
+    raise ValueError(f"config.train.schedule={c.schedule!r}; expected one of {SCHEDULES}")
+  if warm < 0 or total < 1:
+    raise ValueError(f"config.train.warmup_steps={warm} must be >= 0 and num_steps={total} >= 1")
+  if c.schedule == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    after = optax.cosine_decay_schedule(peak, max(total - warm, 1), alpha=float(c.end_lr_factor))
+  if warm == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
+
+
+def _decay_mask(params):
+  # No weight decay on vectors (norm scales, biases) and scalars.
+  return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  c = train_config
+  parts = []
+  if float(c.grad_clip_norm) > 0:
+    parts.append(optax.clip_by_global_norm(float(c.grad_clip_norm)))
+  parts.append(optax.adamw(make_schedule(c), b1=float(c.b1), b2=float(c.b2), eps=float(c.eps),
+                           weight_decay=float(c.weight_decay), mask=_decay_mask))
+  return optax.chain(*parts)
