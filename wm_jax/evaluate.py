@@ -120,13 +120,29 @@ def restore_model(config, checkpoint: str, *, params: str = "auto"):
               flush=True)
   if flat is None:
     flat, saved = checkpoints.read_params(directory, use_ema=which == "ema")
-  model = loop.default_model_factory(train_config.fill(_copy(config)))()
-  nnx.update(model, checkpoints.state_from_flat(flat, model))
+  model = _restore(loop.default_model_factory(train_config.fill(_copy(config))),
+                   lambda target: checkpoints.state_from_flat(flat, target))
   name = os.path.basename(directory)
   info = {"path": directory, "layout": layout, "step": int(name) if name.isdigit() else None,
           "params": which, "saved_config": saved}
   print(f"[eval] restored {which} of {layout} checkpoint {directory}", flush=True)
   return model, info
+
+
+def _restore(factory: Callable, read: Callable):
+  """The module of `factory` holding the checkpointed variables `read(abstract module)` returns.
+
+  Built abstractly (nnx.eval_shape: no random init, no second copy of the weights) when the
+  checkpoint covers every variable; otherwise initialised and then updated."""
+  from flax import nnx
+  from wm_jax.convert import param_map
+  abstract = nnx.eval_shape(factory)
+  graphdef, _, other = nnx.split(abstract, param_map.CHECKPOINT_FILTER, ...)
+  if jax.tree.leaves(other):
+    module = factory()
+    nnx.update(module, read(module))
+    return module
+  return nnx.merge(graphdef, read(abstract))
 
 
 def _copy(config):
@@ -189,8 +205,15 @@ def _load_vae(config):
     raise ValueError("evaluation decodes samples with the VAE the model was trained with: set "
                      "--vae_checkpoint (or config.vae.checkpoint) to its weights (diffusers "
                      "safetensors, or an Orbax params dir such as the demo's WORKDIR/vae)")
-  print(f"[eval] loading the VAE from {config.vae.checkpoint}", flush=True)
-  return loop.load_vae(config)
+  path = config.vae.checkpoint
+  print(f"[eval] loading the VAE from {path}", flush=True)
+  if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):   # Orbax params (save_module)
+    from flax import nnx
+    from wm_jax.models import vae as vae_lib
+    factory = lambda: vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0))
+    return _restore(factory, lambda target: nnx.state(
+        loop.restore_module(target, os.path.abspath(path)), nnx.Param))
+  return loop.load_vae(config)   # diffusers weights (read without a random init)
 
 
 def reference_batches(config, batch_size: int, limit=None):

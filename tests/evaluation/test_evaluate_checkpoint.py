@@ -38,18 +38,25 @@ def _img_feats(im):   # [N,H,W,3] -> [N,3]
 
 
 def _model_config():
-  """maskgwm_tiny at the synthetic protocol's shapes (2 views x 4 frames, 8x16 latents), thinner."""
+  """maskgwm_tiny at the synthetic protocol's shapes (2 views x 4 frames, 8x16 latents), thinner:
+  one temporal and one cross-view block, no layout adapter (compile time)."""
   c = maskgwm_tiny.get_config()
   m = c.model
-  m.num_layers, m.dual_attention_layers = 2, [0]
+  m.num_layers, m.dual_attention_layers = 2, []
   m.temporal_block_layers, m.crossview_block_layers = [0], [1]
   m.head_dim = 16
-  m.layout_adapter.channels = [32, 32]
+  m.layout_adapter = None
   return c
 
 
 def _flat_params(tree):
   return {k: np.asarray(v) for k, v in nnx.to_flat_state(tree)}
+
+
+def _random_like(abstract, seed):
+  """Random numpy values for a tree of ShapeDtypeStructs (no initialisers run: CPU time)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: (rng.normal(size=a.shape) * 0.05).astype(a.dtype), abstract)
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +65,20 @@ def workdir(tmp_path_factory):
   carries the data and vae sections, the evaluation config only the model."""
   root = tmp_path_factory.mktemp("evalwire")
   vae_dir = str(root / "vae")
-  loop.save_module(vae_lib.AutoencoderKL(vae_lib.defaults(), rngs=nnx.Rngs(1)), vae_dir)
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: vae_lib.AutoencoderKL(vae_lib.defaults(), rngs=nnx.Rngs(1))))
+  loop.save_module(nnx.merge(graphdef, _random_like(abstract, 1)), vae_dir)
   run = train_config.fill(_model_config())
   run.train.ema_decay = 0.9
   run.checkpoint.async_save = False
   run.data = grain_pipeline.defaults()
-  run.data.update(rig="front2", num_val=2, read_threads=1, layout=True)
+  run.data.update(rig="front2", num_val=2, read_threads=1, layout=False)
   run.vae = vae_lib.defaults()
   run.vae.checkpoint = vae_dir
-  factory = loop.default_model_factory(run)
-  _, state = state_lib.create(factory, optim.make_optimizer(run.train), ema=True)
-  state = state.replace(ema=jax.tree.map(lambda x: x * 0.5 + 0.01, state.params))
+  _, abstract = state_lib.abstract(loop.default_model_factory(run),
+                                   optim.make_optimizer(run.train), ema=True)
+  state = _random_like(abstract, 2)
+  assert state.ema is not None
   manager = ckpt_lib.make_manager(str(root / "run"), run.checkpoint)
   assert ckpt_lib.save(manager, 3, state, {"pos": 0}, run, force=True)
   manager.wait_until_finished()
@@ -79,11 +89,12 @@ def workdir(tmp_path_factory):
 def test_restores_ema_or_params_exactly_and_names_bad_paths(workdir):
   root, state = workdir
   cfg = _model_config()
-  model, info = evaluate.restore_model(cfg, str(root / "run"))
+  ema_model, info = evaluate.restore_model(cfg, str(root / "run"))   # the workdir: newest step
   assert info["params"] == "ema" and info["step"] == 3 and info["layout"] == "train"
   assert info["saved_config"]["vae"]["checkpoint"] == str(root / "vae")
-  for params, want in (("auto", state.ema), ("params", state.params)):
-    model, _ = evaluate.restore_model(cfg, str(root / "run" / "checkpoints"), params=params)
+  model, info = evaluate.restore_model(cfg, str(root / "run" / "checkpoints"), params="params")
+  assert info["params"] == "params"
+  for model, want in ((ema_model, state.ema), (model, state.params)):
     got, saved = _flat_params(nnx.state(model, nnx.Param)), _flat_params(want)
     assert sorted(got) == sorted(saved)
     for path, value in saved.items():
