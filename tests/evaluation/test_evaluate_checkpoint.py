@@ -83,6 +83,10 @@ def workdir(tmp_path_factory):
   assert ckpt_lib.save(manager, 3, state, {"pos": 0}, run, force=True)
   manager.wait_until_finished()
   manager.close()
+  manager = ckpt_lib.make_manager(str(root / "run_no_ema"), run.checkpoint)   # EMA off
+  assert ckpt_lib.save(manager, 1, state.replace(ema=None), {"pos": 0}, run, force=True)
+  manager.wait_until_finished()
+  manager.close()
   return root, state
 
 
@@ -99,6 +103,11 @@ def test_restores_ema_or_params_exactly_and_names_bad_paths(workdir):
     assert sorted(got) == sorted(saved)
     for path, value in saved.items():
       np.testing.assert_array_equal(got[path], value, err_msg=str(path))
+  model, info = evaluate.restore_model(cfg, str(root / "run_no_ema" / "checkpoints" / "1"))
+  assert info["params"] == "params" and info["step"] == 1   # auto falls back to the params
+  np.testing.assert_array_equal(model.proj_out.kernel[...], state.params["proj_out"]["kernel"][...])
+  with pytest.raises(ValueError, match="no 'ema'|no \\['ema'\\]"):
+    evaluate.restore_model(cfg, str(root / "run_no_ema"), params="ema")
   with pytest.raises(FileNotFoundError, match="no-such-run"):
     evaluate.restore_model(cfg, str(root / "no-such-run"))
   os.makedirs(root / "empty", exist_ok=True)
@@ -132,3 +141,21 @@ def test_evaluate_checkpoint_end_to_end(workdir, tmp_path):
   assert samples == ["sample_00000.gif"]
   frames = np.stack(imageio.mimread(tmp_path / "samples" / p.name / samples[0]))
   assert frames.shape[0] == 10 and frames.shape[2] >= 2 * 128 and frames.shape[1] >= 2 * 64
+
+
+@pytest.mark.slow
+def test_cli_samples_a_checkpoint_with_real_i3d(workdir, tmp_path):
+  import subprocess
+  import sys
+  root, _ = workdir
+  cfg = tmp_path / "cfg.py"
+  cfg.write_text("from tests.evaluation.test_evaluate_checkpoint import _model_config\n"
+                 "def get_config(arg=None):\n  return _model_config()\n")
+  cmd = [sys.executable, "-m", "wm_jax.evaluate", f"--config={cfg}",
+         f"--checkpoint={root / 'run'}", "--protocol=synthetic", "--num_clips=2",
+         f"--workdir={tmp_path / 'out'}", "--save_videos=1", "--batch_size=2"]
+  subprocess.run(cmd, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                       "PYTHONPATH": os.getcwd()})
+  summary = json.loads((tmp_path / "out" / "eval_synthetic+num_clips=2.json").read_text())
+  assert math.isfinite(summary["fvd"]) and summary["num_videos"] == 4
+  assert summary["checkpoint"]["step"] == 3 and summary["checkpoint"]["params"] == "ema"
