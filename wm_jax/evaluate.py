@@ -11,8 +11,9 @@ number beside the protocol's settings); the first --save_videos clips are writte
 ground truth under WORKDIR/samples/<protocol>/.
 
 --checkpoint (a training workdir, one checkpoints/<step> dir, or a converted params checkpoint):
-CTSDDiT is built from --config and its weights read by wm_jax.convert.checkpoints (the EMA copy
-when the run kept one; --params=params for the raw ones); the VAE from config.vae.checkpoint
+CTSDDiT is built from --config (default: the config saved in the checkpoint) and its weights read
+by wm_jax.convert.checkpoints (the EMA copy when the run kept one; --params=params for the raw
+ones); the VAE from config.vae.checkpoint
 (--vae_checkpoint; an Orbax params dir as train.loop.save_module writes, or diffusers weights).
 Config sections --config lacks (data, vae) come from the config saved in the checkpoint. The
 held-out ('val') split of config.data is read at the protocol's horizon, fps and image size; each
@@ -109,10 +110,10 @@ def restore_model(config, checkpoint: str, *, params: str = "auto"):
   checkpoint: a training workdir, its checkpoints/ dir or one <step> dir (newest step), or a params
   checkpoint (tools/convert_from_pytorch.py), read by wm_jax.convert.checkpoints. params: 'ema'
   (the EMA copy; an error when the run kept none), 'params', or 'auto' (EMA when present).
-  info: {'path', 'layout', 'step', 'params', 'saved_config'} (saved_config: the run's config dict
-  or None)."""
-  from flax import nnx
-  from wm_jax.convert import checkpoints
+  config None: the config saved with the checkpoint. info: {'path', 'layout', 'step', 'params',
+  'saved_config', 'config'} (saved_config: the run's config dict or None; config: the one used)."""
+  import ml_collections
+  from wm_jax.convert import checkpoints, param_map
   from wm_jax.train import config as train_config
   from wm_jax.train import loop
   if params not in PARAMS_CHOICES:
@@ -130,11 +131,20 @@ def restore_model(config, checkpoint: str, *, params: str = "auto"):
               flush=True)
   if flat is None:
     flat, saved = checkpoints.read_params(directory, use_ema=which == "ema")
-  model = _restore(loop.default_model_factory(train_config.fill(_copy(config))),
-                   lambda target: checkpoints.state_from_flat(flat, target))
+  if config is None:
+    if not saved or not saved.get("model"):
+      raise ValueError(f"no --config given and checkpoint {directory} has no saved config")
+    print(f"[eval] config from checkpoint {directory}", flush=True)
+    config = ml_collections.ConfigDict(saved)
+  try:
+    model = _restore(loop.default_model_factory(train_config.fill(_copy(config))),
+                     lambda target: checkpoints.state_from_flat(flat, target))
+  except param_map.ConversionError as e:
+    raise param_map.ConversionError(f"checkpoint {directory} does not fit the model of the config "
+                                    f"given: {e}") from e
   name = os.path.basename(directory)
   info = {"path": directory, "layout": layout, "step": int(name) if name.isdigit() else None,
-          "params": which, "saved_config": saved}
+          "params": which, "saved_config": saved, "config": config}
   print(f"[eval] restored {which} of {layout} checkpoint {directory}", flush=True)
   return model, info
 
@@ -252,8 +262,8 @@ def sampled_batches(config, checkpoint, protocol, batch_size, limit=None, *, par
   from wm_jax.models import vae as vae_lib
   model, ckpt = restore_model(config, checkpoint, params=params)
   if info is not None:
-    info.update({k: v for k, v in ckpt.items() if k != "saved_config"})
-  config = eval_config(config, protocol, ckpt["saved_config"], vae_checkpoint)
+    info.update({k: v for k, v in ckpt.items() if k not in ("saved_config", "config")})
+  config = eval_config(ckpt["config"], protocol, ckpt["saved_config"], vae_checkpoint)
   vae = _load_vae(config)
   n_ref = protocol.reference_frames
   decode = lambda z: vae_lib.decode_latents(vae, z)
@@ -328,8 +338,8 @@ def main(argv):
     evaluate_videos(protocol, batches, workdir=f.workdir, fvd_features=fvd, fid_features=fid,
                     step=f.step or 0, save_videos=f.save_videos, video_format=f.video_format)
     return
-  if f.config is None or not f.checkpoint:
-    raise ValueError("give --generated/--reference .npz files, or --config and --checkpoint")
+  if not f.checkpoint:
+    raise ValueError("give --generated/--reference .npz files, or --checkpoint (and --config)")
   evaluate_checkpoint(f.config, f.checkpoint, protocol, workdir=f.workdir, fvd_features=fvd,
                       fid_features=fid, batch_size=f.batch_size, params=f.params,
                       vae_checkpoint=f.vae_checkpoint, step=f.step, save_videos=f.save_videos,
@@ -339,7 +349,8 @@ def main(argv):
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "model config file (get_config)")
+  config_flags.DEFINE_config_file("config", None, "model config file (get_config); default with "
+                                  "--checkpoint: the config saved in the checkpoint")
   flags.DEFINE_string("checkpoint", None, "training workdir (newest step), a checkpoints/<step> "
                       "dir or a params checkpoint to sample from")
   flags.DEFINE_enum("params", "auto", list(PARAMS_CHOICES),

@@ -103,11 +103,17 @@ def test_restores_ema_or_params_exactly_and_names_bad_paths(workdir):
     assert sorted(got) == sorted(saved)
     for path, value in saved.items():
       np.testing.assert_array_equal(got[path], value, err_msg=str(path))
-  model, info = evaluate.restore_model(cfg, str(root / "run_no_ema" / "checkpoints" / "1"))
-  assert info["params"] == "params" and info["step"] == 1   # auto falls back to the params
+  # No --config: the run's saved config builds the model; auto falls back to the params.
+  model, info = evaluate.restore_model(None, str(root / "run_no_ema" / "checkpoints" / "1"))
+  assert info["params"] == "params" and info["step"] == 1
+  assert info["config"].model.num_layers == 2 and info["config"].data.rig == "front2"
   np.testing.assert_array_equal(model.proj_out.kernel[...], state.params["proj_out"]["kernel"][...])
   with pytest.raises(ValueError, match="no 'ema'|no \\['ema'\\]"):
     evaluate.restore_model(cfg, str(root / "run_no_ema"), params="ema")
+  other = _model_config()
+  other.model.head_dim = 8
+  with pytest.raises(ValueError, match="checkpoint .*run/checkpoints/3 does not fit the model"):
+    evaluate.restore_model(other, str(root / "run"))
   with pytest.raises(FileNotFoundError, match="no-such-run"):
     evaluate.restore_model(cfg, str(root / "no-such-run"))
   os.makedirs(root / "empty", exist_ok=True)
