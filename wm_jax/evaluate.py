@@ -323,13 +323,45 @@ def evaluate_checkpoint(config, checkpoint: str, protocol: protocols.Protocol, *
                          fid_dim=fid_dim, log_every=1, extra={"checkpoint": info})
 
 
+def protocol_overrides(protocol: protocols.Protocol, settings) -> dict:
+  """['field=value', ...] -> {field: value} typed like the protocol's current values
+  (image_size as HxW); unknown fields and unparsable values raise ValueError naming them."""
+  import dataclasses
+  fields = {f.name for f in dataclasses.fields(protocol)} - {"name"}
+  out = {}
+  for item in settings:
+    key, sep, text = item.partition("=")
+    if not sep or key not in fields:
+      raise ValueError(f"--protocol_set {item!r}: expected FIELD=VALUE with FIELD one of "
+                       f"{sorted(fields)}")
+    old = getattr(protocol, key)
+    try:
+      if key == "image_size":
+        value = tuple(int(x) for x in text.lower().split("x"))
+      elif isinstance(old, bool):
+        value = {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+      elif text.lower() == "none":
+        value = None
+      elif isinstance(old, (int, float)):
+        value = type(old)(text)
+      else:
+        value = int(text) if key in ("fvd_frames", "fid_frames", "num_clips") else text
+    except (KeyError, ValueError):
+      raise ValueError(f"--protocol_set {item!r}: cannot read {text!r} as the type of "
+                       f"{key}={old!r}") from None
+    out[key] = value
+  return out
+
+
 def main(argv):
   del argv
   from absl import flags
   f = flags.FLAGS
   protocol = protocols.get(f.protocol)
+  changes = protocol_overrides(protocol, f.protocol_set)
   if f.num_clips is not None:
-    protocol = protocols.replace(protocol, num_clips=f.num_clips)
+    changes["num_clips"] = f.num_clips
+  protocol = protocols.replace(protocol, **changes)
   fvd, fid = make_feature_fns(f.fid_weights)
   if f.generated or f.reference:
     if not (f.generated and f.reference):
@@ -363,6 +395,8 @@ def _define_flags():
   flags.DEFINE_string("reference", None, ".npz with ground-truth `frames` of the same shape")
   flags.DEFINE_string("fid_weights", None, "pytorch-fid pt_inception-2015-12-05 .pth (FID/KID)")
   flags.DEFINE_integer("num_clips", None, "override the protocol's clip count (reported)")
+  flags.DEFINE_multi_string("protocol_set", [], "FIELD=VALUE: change a protocol setting, e.g. "
+                            "num_views=1 (repeatable; the report's protocol name shows it)")
   flags.DEFINE_integer("batch_size", 8, "clips per sampling / feature batch")
   flags.DEFINE_integer("save_videos", 4, "clips to save side by side with ground truth")
   flags.DEFINE_enum("video_format", "mp4", ["mp4", "gif"], "sample video format")

@@ -165,3 +165,16 @@ def test_cli_samples_a_checkpoint_with_real_i3d(workdir, tmp_path):
   summary = json.loads((tmp_path / "out" / "eval_synthetic+num_clips=2.json").read_text())
   assert math.isfinite(summary["fvd"]) and summary["num_videos"] == 4
   assert summary["checkpoint"]["step"] == 3 and summary["checkpoint"]["params"] == "ema"
+
+
+def test_protocol_overrides_are_typed_and_checked():
+  p = protocols.get("synthetic")
+  got = evaluate.protocol_overrides(p, ["num_views=1", "fps=12", "image_size=32x64",
+                                        "use_actions=false", "fvd_frames=9"])
+  assert got == {"num_views": 1, "fps": 12.0, "image_size": (32, 64), "use_actions": False,
+                 "fvd_frames": 9}
+  assert isinstance(got["fps"], float)
+  with pytest.raises(ValueError, match="num_view=1.*FIELD=VALUE"):
+    evaluate.protocol_overrides(p, ["num_view=1"])
+  with pytest.raises(ValueError, match="cannot read 'two'"):
+    evaluate.protocol_overrides(p, ["num_views=two"])
