@@ -222,6 +222,7 @@ def main(argv=None):
   vae, vae_curve = train_vae(config, frames, args.vae_steps, args.vae_batch, args.vae_crop)
   vae = calibrate(config, vae, frames)
   loop.save_module(vae, os.path.join(workdir, "vae"))
+  config.vae.checkpoint = os.path.join(workdir, "vae")  # saved with the DiT's config: evaluate finds it
   rec = np.asarray(vae_lib.decode_latents(vae, vae_lib.encode_frames(vae, val_clips[0]["frames"])))
   vae_psnr = psnr(rec, val_clips[0]["frames"])
   timings["vae_s"] = time.time() - t
