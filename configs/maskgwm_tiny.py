@@ -1,7 +1,9 @@
 """MaskGWM, tiny: the whole model (all block kinds, layout adapter, camera embedding, mask
 reconstruction) at toy sizes that run on one CPU core in about a second per training step.
 
-  python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/wm_tiny
+  bash tools/demo.sh            # trains a tiny VAE into workdir_demo/vae (and this model)
+  python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/wm_tiny \
+      --config.vae.checkpoint=workdir_demo/vae
   python tools/param_count.py --config=configs/maskgwm_tiny.py
 
 Expect: 1.72M trainable parameters (tools/param_count.py); 4 joint blocks (2 dual-attention),

@@ -173,8 +173,8 @@ def _copy(config):
 def eval_config(config, protocol: protocols.Protocol, saved_config=None, vae_checkpoint=None):
   """A copy of `config` set up to sample `protocol`.
 
-  Sections `config` lacks (data, vae) come from the checkpoint's saved config when it has them
-  (data: else the synthetic world with the protocol's number of views); config.data is then set to
+  Sections `config` lacks (data, vae) come from the checkpoint's saved config when it has them,
+  and so does a vae section naming no weights when the saved one names them (data: else the synthetic world with the protocol's number of views); config.data is then set to
   the protocol's held-out clips: whole horizons of `sampling.horizon_frames(protocol)` frames at the
   protocol's fps and image size, in order, one pass. Model shapes that cannot produce the protocol's
   clips are refused with both sets of numbers."""
@@ -185,8 +185,13 @@ def eval_config(config, protocol: protocols.Protocol, saved_config=None, vae_che
   c = train_config.fill(_copy(config))
   saved = saved_config or {}
   with c.unlocked():
+    # A vae section that names no weights is a default, not the VAE the model was trained with:
+    # the run's own (weights, and the latent shift/scale it trained on) wins over it.
+    saved_vae = (saved.get("vae") or {}).get("checkpoint")
     for section in ("data", "vae"):
-      if c.get(section) is None and saved.get(section):
+      unset = c.get(section) is None or (
+          section == "vae" and not c.vae.get("checkpoint") and saved_vae)
+      if unset and saved.get(section):
         print(f"[eval] config.{section} from the checkpoint's saved config", flush=True)
         c[section] = ml_collections.ConfigDict(saved[section])
     if c.get("data") is None:
