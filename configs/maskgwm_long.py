@@ -55,22 +55,27 @@ def mask_config() -> ml_collections.ConfigDict:
   return mask_reconstruction.defaults()  # r = 0.25: 24 of 32 tokens per row, 5 decoder blocks
 
 
-def get_config(arg=None):
-  del arg
-  config = ml_collections.ConfigDict()
-  config.model = model_config()
-  config.mask = mask_config()
+def sd35_run_sections(config) -> None:
+  """The sections every SD3.5-size MaskGWM run shares (also used by maskgwm_mview)."""
   config.diffusion = diffusion_config.defaults()
   config.diffusion.shift = 3.0  # SD3/SD3.5 sizes
-  config.data = grain_pipeline.defaults()  # OpenDV-YouTube-style folder of mp4s
-  config.data.update(source="video", num_frames=25, image_height=288, image_width=512, fps=10.0)
   config.vae = vae.defaults()
   config.vae.preset = "sd3"  # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)
   config.train = train_config.defaults()
   config.train.update(learning_rate=5e-5, warmup_steps=1000, schedule="constant")  # paper 7.2
   config.mesh = train_config.mesh_defaults()
-  config.mesh.update(data=1, fsdp=-1)  # 3.4B parameters: shard them (FSDP) over all devices
+  config.mesh.update(data=1, fsdp=-1)  # billions of parameters: shard them (FSDP) over all devices
   config.checkpoint = train_config.checkpoint_defaults()
   config.eval = eval_config.defaults()
+
+
+def get_config(arg=None):
+  del arg
+  config = ml_collections.ConfigDict()
+  config.model = model_config()
+  config.mask = mask_config()
+  sd35_run_sections(config)
+  config.data = grain_pipeline.defaults()  # OpenDV-YouTube-style folder of mp4s
+  config.data.update(source="video", num_frames=25, image_height=288, image_width=512, fps=10.0)
   config.eval.protocol = "long_horizon"
   return config

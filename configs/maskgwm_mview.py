@@ -13,11 +13,7 @@ Expect: 4.224e9 trainable parameters (tools/param_count.py prints the split); ac
 import ml_collections
 
 from wm_jax.data import grain_pipeline
-from wm_jax.diffusion import config as diffusion_config
-from wm_jax.evaluation import config as eval_config
 from wm_jax.models import mask_reconstruction
-from wm_jax.models import vae
-from wm_jax.train import config as train_config
 
 from configs import maskgwm_long
 
@@ -45,19 +41,10 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.model = model_config()
   config.mask = mask_config()
-  config.diffusion = diffusion_config.defaults()
-  config.diffusion.shift = 3.0  # SD3/SD3.5 sizes
+  maskgwm_long.sd35_run_sections(config)
   config.data = grain_pipeline.defaults()  # real nuScenes v1.0 tables (set config.data.path)
   config.data.update(source="nuscenes", num_frames=8, image_height=256, image_width=448, fps=12.0,
                      views=("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT",
                             "CAM_BACK", "CAM_BACK_LEFT"))
-  config.vae = vae.defaults()
-  config.vae.preset = "sd3"  # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)
-  config.train = train_config.defaults()
-  config.train.update(learning_rate=5e-5, warmup_steps=1000, schedule="constant")  # paper 7.2
-  config.mesh = train_config.mesh_defaults()
-  config.mesh.update(data=1, fsdp=-1)
-  config.checkpoint = train_config.checkpoint_defaults()
-  config.eval = eval_config.defaults()
   config.eval.protocol = "drivewm_mview"
   return config
