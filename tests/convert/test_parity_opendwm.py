@@ -13,7 +13,7 @@ from flax import nnx  # noqa: E402
 from diffusers.models import embeddings as d_embeddings  # noqa: E402
 
 from tests.convert import torch_reference as ref_lib  # noqa: E402
-from tests.convert.conftest import random_model  # noqa: E402
+from tests.convert.conftest import load_torch_strict as _load, random_model  # noqa: E402
 from wm_jax.convert import param_map  # noqa: E402
 from wm_jax.models import embeddings, layers, layout_adapter, mask_reconstruction, masking  # noqa: E402
 from wm_jax.models import video_blocks  # noqa: E402
@@ -23,12 +23,6 @@ TOL = 1e-4
 D, HEADS, HEAD_DIM, CAMERA = 32, 2, 16, 3
 B, T, V, H, W = 2, 3, 3, 2, 4
 PREC = layers.Precision(None, jnp.float32)
-
-
-def _load(torch_module, flax_module):
-  sd = {k: torch.from_numpy(np.array(v)) for k, v in param_map.to_torch_state_dict(flax_module).items()}
-  torch_module.load_state_dict(sd, strict=True)
-  return torch_module.eval()
 
 
 def _t(x):

@@ -13,7 +13,7 @@ import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import maskgwm_tiny  # noqa: E402
-from tests.convert.conftest import random_model  # noqa: E402
+from tests.convert.conftest import load_torch_strict as _load, random_model  # noqa: E402
 from wm_jax.convert import from_torch, param_map  # noqa: E402
 from wm_jax.models import embeddings, layers, mmdit  # noqa: E402
 from wm_jax.models.ctsd_dit import CTSDDiT  # noqa: E402
@@ -22,13 +22,6 @@ pytestmark = pytest.mark.torch
 TOL = 1e-4
 DIM, HEADS, HEAD_DIM = 32, 2, 16
 PREC = layers.Precision(None, jnp.float32)
-
-
-def _load(torch_module, flax_module):
-  """Flax weights -> the torch module, strict: every key on both sides, same shapes."""
-  sd = {k: torch.from_numpy(np.array(v)) for k, v in param_map.to_torch_state_dict(flax_module).items()}
-  torch_module.load_state_dict(sd, strict=True)
-  return torch_module.eval()
 
 
 def _t(x):
