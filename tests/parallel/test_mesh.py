@@ -1,6 +1,9 @@
 """Mesh from config, validate() before compiling, and the replicated-large-param check."""
 
+import dataclasses
+
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -38,6 +41,67 @@ def test_make_mesh_has_axis_types(cpu_devices):
   assert all(t == jax.sharding.AxisType.Explicit for t in m.axis_types)
   with pytest.raises(ValueError, match="axis_type='manual'"):
     mesh_lib.make_mesh(_mesh_cfg(axis_type="manual"), cpu_devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeTpu:
+  """Stands in for a TPU v4 chip of a multi-slice run: the attributes mesh_utils reads to group
+  devices into slices (slice_index) and to lay out each slice's torus (coords, core_on_chip)."""
+  id: int
+  slice_index: int
+  coords: tuple[int, int, int]
+  process_index: int
+  core_on_chip: int = 0
+  platform: str = "tpu"
+  device_kind: str = "TPU v4"
+
+
+def _fake_slices(num_slices, chips):
+  """`num_slices` slices of `chips` chips on a 2 x chips/2 torus each, one host per slice, listed
+  with the slices interleaved so that only slice_index (not list order) can group them."""
+  devices = [FakeTpu(id=s * chips + i, slice_index=s, coords=(i % 2, i // 2, 0), process_index=s)
+             for i in range(chips) for s in range(num_slices)]
+  assert [d.slice_index for d in devices[:2]] == [0, 1]
+  return devices
+
+
+def _slice_grid(mesh):
+  return np.vectorize(lambda d: d.slice_index)(mesh.devices)
+
+
+@pytest.mark.parametrize("sizes, num_slices, expected", [
+    # dcn_data=2: each of the 2 'data' rows is one whole slice of 4 chips (fsdp stays on ICI).
+    (dict(data=1, fsdp=4, tensor=1, dcn_data=2), 2, [[[0], [0], [0], [0]], [[1], [1], [1], [1]]]),
+    # dcn_fsdp=2: 'fsdp' spans the slices in contiguous blocks of 2; 'tensor' never leaves a slice.
+    (dict(data=1, fsdp=2, tensor=2, dcn_fsdp=2), 2, [[[0, 0], [0, 0], [1, 1], [1, 1]]]),
+    # data=-1 is filled per slice (8 devices / dcn 2 / fsdp 2 = 2), total data = 2 * dcn_data = 4.
+    (dict(data=-1, fsdp=2, tensor=1, dcn_data=2), 2, [[[0], [0]], [[0], [0]], [[1], [1]], [[1], [1]]]),
+    # 4 slices of 2 chips, DCN on both axes: slice = 2 * data + fsdp.
+    (dict(data=1, fsdp=1, tensor=2, dcn_data=2, dcn_fsdp=2), 4, [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]),
+])
+def test_make_mesh_multi_slice_puts_dcn_axes_across_slices(sizes, num_slices, expected):
+  devices = _fake_slices(num_slices, 8 // num_slices)
+  mesh = mesh_lib.make_mesh(_mesh_cfg(axis_type="explicit", **sizes), devices)
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
+  assert all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+  assert mesh.devices.shape == np.shape(expected)
+  assert sorted(d.id for d in mesh.devices.flat) == list(range(8))  # every device exactly once
+  np.testing.assert_array_equal(_slice_grid(mesh), expected)
+
+
+def test_make_mesh_multi_slice_errors_name_the_numbers(cpu_devices):
+  two_slices = _fake_slices(2, 4)
+  with pytest.raises(ValueError, match=r"dcn_data\*dcn_fsdp=2\*2=4 slices requested but the devices "
+                                       r"span 2 slices \(slice_index \[0, 1\]\)"):
+    mesh_lib.make_mesh(_mesh_cfg(data=1, fsdp=2, tensor=1, dcn_data=2, dcn_fsdp=2), two_slices)
+  # 8 devices and 2 slices, but 5 + 3 of them instead of 4 + 4.
+  uneven = [dataclasses.replace(d, slice_index=0) if d.id == 4 else d for d in two_slices]
+  with pytest.raises(ValueError, match=r"dcn_data\*dcn_fsdp=2\*1=2 slices requested, each of 4 devices "
+                                       r"\(per-slice mesh \{'data': 1, 'fsdp': 4, 'tensor': 1\}\), but "
+                                       r"the devices per slice_index are \{0: 5, 1: 3\}"):
+    mesh_lib.make_mesh(_mesh_cfg(data=1, fsdp=4, tensor=1, dcn_data=2), uneven)
+  with pytest.raises(ValueError, match=r"slices requested but device .* \(platform 'cpu'\) has no slice_index"):
+    mesh_lib.make_mesh(_mesh_cfg(data=1, fsdp=4, tensor=1, dcn_data=2), cpu_devices)
 
 
 def _cfg(**model):

@@ -69,6 +69,28 @@ def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
   return total
 
 
+def _check_slices(mesh_config, devices, ici: dict[str, int]) -> None:
+  """Raises ValueError naming the numbers unless `devices` form dcn_data*dcn_fsdp slices of
+  prod(ici) devices each: what `create_hybrid_device_mesh` needs, whose own errors name neither
+  the config values nor the slices at fault."""
+  per_slice = math.prod(ici.values())
+  dd, df = int(_get(mesh_config, "dcn_data", 1)), int(_get(mesh_config, "dcn_fsdp", 1))
+  want = f"dcn_data*dcn_fsdp={dd}*{df}={dd * df} slices requested"
+  missing = [d for d in devices if not hasattr(d, "slice_index")]
+  if missing:
+    raise ValueError(f"{want} but device {missing[0]} (platform {missing[0].platform!r}) has no "
+                     f"slice_index; DCN sizes > 1 need multi-slice TPU devices")
+  counts: dict[int, int] = {}
+  for d in devices:
+    counts[d.slice_index] = counts.get(d.slice_index, 0) + 1
+  if len(counts) != dd * df:
+    raise ValueError(f"{want} but the devices span {len(counts)} slices "
+                     f"(slice_index {sorted(counts)})")
+  if any(c != per_slice for c in counts.values()):
+    raise ValueError(f"{want}, each of {per_slice} devices (per-slice mesh {ici}), but the "
+                     f"devices per slice_index are {dict(sorted(counts.items()))}")
+
+
 def make_mesh(mesh_config, devices=None) -> Mesh:
   """The mesh for `mesh_config` over `devices` (default: all), always with explicit axis_types."""
   devices = list(jax.devices() if devices is None else devices)
@@ -82,6 +104,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   if math.prod(dcn) > 1:
     from jax.experimental import mesh_utils
     ici = [total[n] // d for n, d in zip(names, dcn)]
+    _check_slices(mesh_config, devices, dict(zip(names, ici)))
     grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
                                                 allow_split_physical_axes=True)
     return Mesh(grid, names, axis_types=axis_types)
