@@ -57,6 +57,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"
   m.attention_impl = "auto"
   m.remat_policy = "none"
+  m.scan_layers = False  # True: runs of identical layers stacked + nnx.scan (wm_jax.models.scan)
   return m
 
 

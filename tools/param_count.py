@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx  # noqa: E402
 
+from wm_jax.models import scan  # noqa: E402
 from wm_jax.models.buffers import Buffer  # noqa: E402
 from wm_jax.models.ctsd_dit import CTSDDiT  # noqa: E402
 
@@ -39,9 +40,14 @@ def count(config, with_mask: bool = True) -> dict[str, dict[str, int]]:
   abstract = nnx.eval_shape(
       lambda: CTSDDiT(config.model, config.mask if with_mask else None, rngs=nnx.Rngs(0)))
   out: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"params": 0, "buffers": 0})
-  for kind, filt in (("params", nnx.Param), ("buffers", Buffer)):
-    for path, var in nnx.to_flat_state(nnx.state(abstract, filt)):
-      out[str(path[0])][kind] += math.prod(var.get_value().shape)
+  flat = [(tuple(path), var) for path, var in
+          nnx.to_flat_state(nnx.state(abstract, nnx.Any(nnx.Param, Buffer)))]
+  # a scanned run counts under the canonical groups of its layers (transformer_blocks, ...)
+  stacked = scan.canonical_paths({path: var.get_value() for path, var in flat})
+  for path, var in flat:
+    kind = "params" if isinstance(var, nnx.Param) else "buffers"
+    group = str(stacked[path][0][0]) if path in stacked else str(path[0])
+    out[group][kind] += math.prod(var.get_value().shape)
   return dict(out)
 
 

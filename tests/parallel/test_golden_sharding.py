@@ -7,6 +7,8 @@ import pytest
 from flax import nnx
 
 from configs import maskgwm_mview
+from wm_jax.convert import param_map
+from wm_jax.models import scan
 from wm_jax.models.ctsd_dit import CTSDDiT
 from wm_jax.parallel import mesh as mesh_lib
 from wm_jax.train import config as train_config
@@ -39,17 +41,30 @@ def _path(keypath):
                   if getattr(k, "name", None) != "value" and str(k) != ".value")
 
 
-def test_mview_params_sharded_as_rules_say(cpu_devices):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_mview_params_sharded_as_rules_say(cpu_devices, scan_layers):
+  """Scanned layers (mview's default) shard like unscanned ones, with the stacked axis whole."""
   c = maskgwm_mview.get_config()
+  c.model.scan_layers = scan_layers
   params = nnx.state(nnx.eval_shape(lambda: CTSDDiT(c.model, c.mask, rngs=nnx.Rngs(0))), nnx.Param)
   m = train_config.mesh_defaults()
   m.update(data=1, fsdp=4, tensor=2)
   mesh = mesh_lib.make_mesh(m, cpu_devices)
   sh = mesh_lib.state_shardings(params, mesh)
+  flat = {tuple(str(p) for p in path): v for path, v in param_map.flat_state(params).items()}
+  canonical = scan.canonical_paths(flat)
+  assert bool(canonical) == scan_layers
   got = {}
   per_device = total = 0
   for (kp, leaf), s in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(sh)):
-    got[_path(kp)] = (tuple(leaf.shape), tuple(s.spec) + (None,) * (leaf.ndim - len(s.spec)))
+    spec = tuple(s.spec) + (None,) * (leaf.ndim - len(s.spec))
+    path = tuple(_path(kp).split("/"))
+    if path in canonical:  # stacked [repeats, ...]: the layer axis is never sharded
+      assert spec[0] is None, (path, spec)
+      for part in canonical[path]:
+        got["/".join(map(str, part))] = (tuple(leaf.shape[1:]), spec[1:])
+    else:
+      got["/".join(path)] = (tuple(leaf.shape), spec)
     total += leaf.size
     per_device += int(np.prod(s.shard_shape(leaf.shape)))
   for path, want in GOLDEN.items():

@@ -14,12 +14,14 @@ def _analytic_vs_xla(config, devices):
 
   The cost analysis is of the lowered step (no XLA compile: minutes on a CPU for these models);
   on the tiny config it agrees with the compiled step's to 1%. remat is off so that XLA does not
-  count the recomputed forward (analytic model FLOPs never do)."""
+  count the recomputed forward (analytic model FLOPs never do), and layers are unscanned (the
+  analytic count multiplies through scans: tests/models/test_scan.py)."""
   from wm_jax.diffusion import config as diffusion_config
   from wm_jax.train import config as train_config, example_batch, loop
   config = train_config.fill(config)
   config.diffusion = diffusion_config.defaults()
   config.model.remat_policy = "none"
+  config.model.scan_layers = False  # XLA's cost analysis counts a scan (while) body once
   config.train.batch_size = 1
   config.mesh.data = 1
   mesh = mesh_lib.make_mesh(config.mesh, devices)

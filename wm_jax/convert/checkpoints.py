@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from wm_jax.convert import param_map
+from wm_jax.models import scan
 
 
 def _is_orbax_dir(path: str) -> bool:
@@ -161,19 +162,19 @@ def load_into(model: nnx.Module, path: str, *, use_ema: bool = False) -> nnx.Mod
 
 def state_from_flat(flat: dict[tuple, np.ndarray], target) -> nnx.State:
   """A checkpoint state for `target` (model or abstract state) from a flat path map; any
-  missing/unexpected/mis-shaped path raises ConversionError."""
+  missing/unexpected/mis-shaped path raises ConversionError. Either side may be scanned
+  (wm_jax.models.scan): they are compared and matched by their canonical names."""
   target_state = param_map.checkpoint_state(target)
-  want = param_map.flat_state(target_state)
-  have_t = {param_map.torch_key(p): param_map.torch_shape(str(p[-1]), v.shape) for p, v in flat.items()}
+  want = scan.unstack_flat(param_map.flat_state(target_state))
+  have = scan.unstack_flat(flat)
+  have_t = {param_map.torch_key(p): param_map.torch_shape(str(p[-1]), v.shape) for p, v in have.items()}
   want_t = {param_map.torch_key(p): param_map.torch_shape(str(p[-1]), v.shape) for p, v in want.items()}
   problems = param_map.compare_shapes(have_t, want_t)
   if problems:
     raise param_map.ConversionError("checkpoint does not match the model:\n" + problems)
-  by_key = {param_map.torch_key(p): v for p, v in flat.items()}
-  flat_vars = [(path, var.replace(np.asarray(by_key[param_map.torch_key(path)])
-                                  .astype(want[tuple(path)].dtype)))
-               for path, var in nnx.to_flat_state(target_state)]
-  return nnx.from_flat_state(flat_vars)
+  by_key = {param_map.torch_key(p): v for p, v in have.items()}
+  values = {p: np.asarray(by_key[param_map.torch_key(p)]).astype(v.dtype) for p, v in want.items()}
+  return param_map.replace_values(target_state, values)
 
 
 def config_dicts(model_cfg, mask_cfg) -> dict:

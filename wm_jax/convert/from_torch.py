@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from wm_jax.convert import param_map
+from wm_jax.models import scan
 
 # Parts of the CTSD model a diffusers SD3 transformer does not have (regex over PyTorch keys).
 NOT_IN_SD3 = (
@@ -119,12 +120,15 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], target, *, source: str = "o
   pending = [path for path, var in flat if isinstance(var.get_value(), jax.ShapeDtypeStruct)]
   if not pending:
     return state
+  # PyTorch keys of each pending path (several for a stacked path of a scanned model)
+  stacked = scan.canonical_paths(param_map.flat_state(state))
+  keys = {p: [param_map.torch_key(c) for c in stacked.get(tuple(p), [p])] for p in pending}
   fill = {}
-  need_init = [p for p in pending if param_map.torch_key(p) not in paper]
+  need_init = [p for p in pending if not all(k in paper for k in keys[p])]
   if need_init:
     if init is None:
       raise ValueError(f"{len(need_init)} key(s) are not read from the checkpoint and the target "
-                       f"is abstract: pass init= to build them ({param_map.torch_key(need_init[0])}, ...)")
+                       f"is abstract: pass init= to build them ({keys[need_init[0]][0]}, ...)")
     real = param_map.flat_state(param_map.checkpoint_state(init()))
     fill.update({p: np.asarray(real[p]) for p in need_init})
   for p in pending:

@@ -6,7 +6,7 @@ constructor arguments, as in its JSON configs, plus a `mask_module` entry for Ma
                                                          # fields OpenDWM does not store
 
 Run-time fields (num_frames, num_views, latent size, text_tokens, dtype, attention_impl, remat,
-p_time's uses) are not part of OpenDWM's model config and come from `base`.
+scan_layers, p_time's uses) are not part of OpenDWM's model config and come from `base`.
 """
 
 from __future__ import annotations

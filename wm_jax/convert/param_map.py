@@ -9,6 +9,10 @@ One rule, no renaming table: the module path joined with '.' IS the PyTorch key,
   embedding   weight         nn.Embedding: same layout
   other       same name      same layout (bias, mix_factor, mask_token, scale_shift_table, ...)
 
+A model built with scan_layers=True stores runs of layers stacked (wm_jax.models.scan); every
+function here unstacks such a tree to the canonical names first, and stacks values back when it
+builds a state for it, so PyTorch keys never depend on scanning.
+
 Converting into wm_jax needs the target structure (an abstract state from nnx.eval_shape) to know
 whether a PyTorch `weight` is a kernel, a scale or an embedding; every missing, unexpected or
 mis-shaped key is reported together in one ConversionError.
@@ -22,6 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from wm_jax.models import scan
 from wm_jax.models.buffers import Buffer
 
 LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
@@ -88,7 +93,7 @@ def checkpoint_state(model_or_state) -> nnx.State:
 def torch_shapes(model_or_state) -> dict[str, tuple[int, ...]]:
   """PyTorch key -> PyTorch shape, from a model or (abstract) state; no array is materialised."""
   out = {}
-  for path, value in flat_state(checkpoint_state(model_or_state)).items():
+  for path, value in scan.unstack_flat(flat_state(checkpoint_state(model_or_state))).items():
     out[torch_key(path)] = torch_shape(str(path[-1]), value.shape)
   return out
 
@@ -102,9 +107,9 @@ def flat_to_torch(flat: Mapping[tuple, Any]) -> dict[str, Any]:
   """{wm_jax path tuple: array} -> PyTorch state_dict (names and layouts by the one rule).
 
   Abstract values (jax.ShapeDtypeStruct) map to ShapeDtypeStructs of the PyTorch shape, so a
-  full-size conversion can be checked without memory."""
+  full-size conversion can be checked without memory. A scanned tree is unstacked first."""
   out = {}
-  for path, value in flat.items():
+  for path, value in scan.unstack_flat(flat).items():
     key = torch_key(path)
     if key in out:
       raise ConversionError(f"two wm_jax parameters map to the PyTorch key {key!r}")
@@ -154,7 +159,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
   """
   ignore = set(ignore)
   target_state = checkpoint_state(target)
-  flat = flat_state(target_state)
+  target_flat = flat_state(target_state)
+  flat = scan.unstack_flat(target_flat)
   by_key = {torch_key(path): path for path in flat}
   missing = sorted(k for k in by_key if k not in state_dict and k not in ignore)
   unexpected = sorted(k for k in state_dict if k not in by_key and k not in ignore)
@@ -172,10 +178,15 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
   if missing or unexpected or mismatched:
     raise ConversionError("checkpoint does not match the model:\n" +
                           format_problems(missing, unexpected, mismatched))
-  flat_vars = []
-  for path, var in nnx.to_flat_state(target_state):
-    if path in values:
-      flat_vars.append((path, var.replace(values[path])))
-    else:  # ignored key: keep the target's value
-      flat_vars.append((path, var))
-  return nnx.from_flat_state(flat_vars)
+  return replace_values(target_state, values)
+
+
+def replace_values(target_state: nnx.State, canonical: Mapping[tuple, Any]) -> nnx.State:
+  """`target_state` with the values of `canonical` (canonical paths; stacked where the target is
+  scanned). Paths `canonical` does not give keep the target's value."""
+  try:
+    values = scan.stack_flat(canonical, flat_state(target_state))
+  except ValueError as e:
+    raise ConversionError(str(e)) from None
+  return nnx.from_flat_state([(path, var.replace(values[tuple(path)]) if tuple(path) in values
+                               else var) for path, var in nnx.to_flat_state(target_state)])

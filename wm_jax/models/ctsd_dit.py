@@ -25,13 +25,16 @@ only when the model has a mask module -- and 'final' (before norm_out).
 remat_policy (per joint / temporal / cross-view block, nnx.remat): 'none', 'full' (save nothing),
 'dots_saveable', 'dots_with_no_batch_dims_saveable' (jax.checkpoint_policies of the same names).
 
+scan_layers=True stores runs of identical layers stacked under `layer_runs` and applies each run
+with nnx.scan (wm_jax.models.scan: which runs, and how their paths map to the canonical names);
+the function computed is the same. Conversion and OpenDWM keys always use the canonical names.
+
 Parameter paths joined with '.' are OpenDWM's state_dict keys (wm_jax.convert.param_map);
 PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -39,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wm_jax.models import layers
+from wm_jax.models import layers, scan
 from wm_jax.models.embeddings import (MLPEmbedding, PatchEmbed, TimestepTextEmbedding,
                                       TIMESTEP_CHANNELS, sinusoidal)
 from wm_jax.models.layout_adapter import ImageAdapter
@@ -106,17 +109,34 @@ class CTSDDiT(nnx.Module):
                                                  prec=prec)
     self.context_embedder = layers.linear(cfg.joint_attention_dim, dim, (None, "embed"),
                                           rngs=rngs, prec=prec)
-    self.transformer_blocks = nnx.List([
-        JointTransformerBlock(dim, cfg.num_heads, cfg.head_dim, rngs=rngs, prec=prec,
-                              context_pre_only=i == cfg.num_layers - 1,
-                              dual_attention=i in tuple(cfg.dual_attention_layers),
-                              qk_norm=cfg.qk_norm, impl=impl)
-        for i in range(cfg.num_layers)])
+    self.decode_layers, self.kept_width = 0, None
+    if _mask_enabled(mask_config):
+      from wm_jax.models import masking
+      self.kept_width = masking.kept_width(cfg.latent_width // cfg.patch_size,
+                                           float(mask_config.ratio))
+      self.decode_layers = int(mask_config.decode_layers)
+      if not 0 < self.decode_layers < cfg.num_layers:
+        raise ValueError(f"mask decode_layers={self.decode_layers} must be in "
+                         f"1..{cfg.num_layers - 1} for {cfg.num_layers} joint blocks")
+    adapter = cfg.get("layout_adapter", None)
+    self.runs = None
+    if cfg.get("scan_layers", False):
+      # layout residuals are not part of a signature: a run that has some gets zeros elsewhere
+      signatures = [(i in tuple(cfg.dual_attention_layers), i == cfg.num_layers - 1,
+                     i in self.temporal_layers, i in self.crossview_layers)
+                    for i in range(cfg.num_layers)]
+      first_decoder = cfg.num_layers - self.decode_layers
+      self.runs = scan.layer_runs(signatures, boundaries=(first_decoder,) * bool(self.decode_layers))
+    joint_block = lambda i, keys: JointTransformerBlock(
+        dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=prec,
+        context_pre_only=i == cfg.num_layers - 1, dual_attention=i in tuple(cfg.dual_attention_layers),
+        qk_norm=cfg.qk_norm, impl=impl)
+    if self.runs is None:
+      self.transformer_blocks = nnx.List([joint_block(i, rngs) for i in range(cfg.num_layers)])
     self.norm_out = AdaLayerNormContinuous(dim, dim, rngs=rngs, prec=prec)
     self.proj_out = layers.linear(dim, cfg.patch_size ** 2 * cfg.out_channels, ("embed", None),
                                   rngs=rngs, prec=prec)
 
-    adapter = cfg.get("layout_adapter", None)
     image_adapter = None
     if adapter is not None:
       downs = sum(bool(d) for d in adapter.is_downblocks)
@@ -139,32 +159,44 @@ class CTSDDiT(nnx.Module):
     self.view_embedding = (MLPEmbedding(cfg.camera_scalars * TIMESTEP_CHANNELS, dim, dim,
                                         rngs=rngs, prec=prec) if cfg.camera_scalars else None)
 
-    video_block = functools.partial(VTSelfAttentionBlock, dim, cfg.num_heads, cfg.head_dim,
-                                    rngs=rngs, prec=prec, qk_norm=cfg.qk_norm, impl=impl)
-    index_mlp = lambda: MLPEmbedding(dim, 4 * dim, dim, rngs=rngs, prec=prec,
-                                     axes=("embed", "mlp", "embed"))
-    if self.crossview_layers:
-      self.view_pos_embeds = nnx.List([index_mlp() for _ in self.crossview_layers])
-      self.crossview_transformer_blocks = nnx.List([video_block() for _ in self.crossview_layers])
-      self.view_mixers = nnx.List([AlphaBlender(cfg.merge_factor, prec=prec)
-                                   for _ in self.crossview_layers])
-    if self.temporal_layers:
-      self.time_pos_embeds = nnx.List([index_mlp() for _ in self.temporal_layers])
-      self.temporal_transformer_blocks = nnx.List([
-          video_block(time_modulation=cfg.get("time_modulation", True))
-          for _ in self.temporal_layers])
-      self.time_mixers = nnx.List([AlphaBlender(cfg.merge_factor, prec=prec)
-                                   for _ in self.temporal_layers])
+    video_block = lambda keys, **kw: VTSelfAttentionBlock(
+        dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=prec, qk_norm=cfg.qk_norm, impl=impl, **kw)
+    index_mlp = lambda keys: MLPEmbedding(dim, 4 * dim, dim, rngs=keys, prec=prec,
+                                          axes=("embed", "mlp", "embed"))
+    mixer = lambda: AlphaBlender(cfg.merge_factor, prec=prec)
+    time_modulation = cfg.get("time_modulation", True)
+    if self.runs is not None:
+      def layer(i, keys):
+        temporal = crossview = None
+        if i in self.crossview_layers:
+          crossview = (index_mlp(keys), video_block(keys), mixer())
+        if i in self.temporal_layers:
+          temporal = (index_mlp(keys), video_block(keys, time_modulation=time_modulation), mixer())
+        return ScannedLayer(joint_block(i, keys), temporal, crossview)
 
-    mask_module, self.decode_layers, self.kept_width = None, 0, None
+      def stacked(i, repeats):
+        make = nnx.vmap(lambda key: layer(i, layers.KeyStream.from_key(key)), in_axes=0,
+                        out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+        return make(jax.random.split(rngs.params(), repeats))
+
+      self.layer_runs = nnx.List([
+          nnx.List([stacked(run.start + k, run.repeats) for k in range(run.period)])
+          for run in self.runs])
+    else:
+      if self.crossview_layers:
+        self.view_pos_embeds = nnx.List([index_mlp(rngs) for _ in self.crossview_layers])
+        self.crossview_transformer_blocks = nnx.List([video_block(rngs)
+                                                      for _ in self.crossview_layers])
+        self.view_mixers = nnx.List([mixer() for _ in self.crossview_layers])
+      if self.temporal_layers:
+        self.time_pos_embeds = nnx.List([index_mlp(rngs) for _ in self.temporal_layers])
+        self.temporal_transformer_blocks = nnx.List([
+            video_block(rngs, time_modulation=time_modulation) for _ in self.temporal_layers])
+        self.time_mixers = nnx.List([mixer() for _ in self.temporal_layers])
+
+    mask_module = None
     if _mask_enabled(mask_config):
-      from wm_jax.models import masking, mask_reconstruction  # the mask helper's modules
-      width = cfg.latent_width // cfg.patch_size
-      self.kept_width = masking.kept_width(width, float(mask_config.ratio))
-      self.decode_layers = int(mask_config.decode_layers)
-      if not 0 < self.decode_layers < cfg.num_layers:
-        raise ValueError(f"mask decode_layers={self.decode_layers} must be in "
-                         f"1..{cfg.num_layers - 1} for {cfg.num_layers} joint blocks")
+      from wm_jax.models import mask_reconstruction  # the mask helper's module
       mask_module = mask_reconstruction.MaskModule(
           dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
           rngs=rngs, attention_impl=impl, dtype=prec.dtype, param_dtype=prec.param_dtype)
@@ -227,37 +259,80 @@ class CTSDDiT(nnx.Module):
     crossview = self._remat(
         lambda blk, mix, pos, xs, idx, cam, adj, dis: crossview_step(
             blk, mix, pos, xs, index_emb=idx, cond_emb=cam, view_adjacency=adj, disabled=dis))
-    feats = {}
-    ctx = ctx0
-    for i, block in enumerate(self.transformer_blocks):
-      if i == first_decoder:
-        feats["encoder"] = x
-        if masked:
-          x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
-                               temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
-                               self.pos_embed.cropped(h, w).astype(dtype))
-        feats["reconstructed"] = x
-      if i < len(residuals):
-        x = x + residuals[i].astype(x.dtype)
+    def layer(joint_block, temporal_parts, crossview_parts, x, ctx, residual):
+      """Joint block (+ temporal, + cross-view) on x [B,T,V,h,w',D]; returns (x, context)."""
+      if residual is not None:
+        x = x + residual.astype(x.dtype)
       width = x.shape[4]
-      ctx, xs = joint(block, x.reshape(n, h * width, dim), ctx, temb)
+      new_ctx, xs = joint(joint_block, x.reshape(n, h * width, dim), ctx, temb)
       x = xs.reshape(b, t, v, h, width, dim)
-      if i in self.temporal_layers:
-        j = self.temporal_layers.index(i)
-        x = temporal(self.temporal_transformer_blocks[j], self.time_mixers[j],
-                     self.time_pos_embeds[j], x, frame_index, cam_emb, t_only, disable_temporal)
-      if i in self.crossview_layers:
-        j = self.crossview_layers.index(i)
-        x = crossview(self.crossview_transformer_blocks[j], self.view_mixers[j],
-                      self.view_pos_embeds[j], x, view_index, cam_emb, view_adjacency,
-                      disable_crossview)
+      if temporal_parts is not None:
+        pos, block, mix = temporal_parts
+        x = temporal(block, mix, pos, x, frame_index, cam_emb, t_only, disable_temporal)
+      if crossview_parts is not None:
+        pos, block, mix = crossview_parts
+        x = crossview(block, mix, pos, x, view_index, cam_emb, view_adjacency, disable_crossview)
       x = constrain(x, ("batch", None, None, None, None, "embed"))
+      # the last block (context_pre_only) returns no context: keep the carry's structure
+      return x, (ctx if new_ctx is None else new_ctx)
+
+    feats = {}
+
+    def enter_decoder(x):
+      feats["encoder"] = x
+      if masked:
+        x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
+                             temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
+                             self.pos_embed.cropped(h, w).astype(dtype))
+      feats["reconstructed"] = x
+      return x
+
+    ctx = ctx0
+    if self.runs is None:
+      for i, block in enumerate(self.transformer_blocks):
+        if i == first_decoder:
+          x = enter_decoder(x)
+        x, ctx = layer(block, self._video_parts(i, "temporal"), self._video_parts(i, "crossview"),
+                       x, ctx, residuals[i] if i < len(residuals) else None)
+    else:
+      for run, units in zip(self.runs, self.layer_runs):
+        if run.start == first_decoder:
+          x = enter_decoder(x)
+        res = None
+        if run.start < len(residuals):  # zeros (x + 0 == x) where a layer of the run has none
+          pad = lambda i: residuals[i] if i < len(residuals) else jnp.zeros(x.shape, x.dtype)
+          res = jnp.stack([jnp.stack([pad(run.layer(r, k)) for k in range(run.period)])
+                           for r in range(run.repeats)])
+
+        def step(carry, units, res_r):
+          x, ctx = carry
+          for k, unit in enumerate(units):
+            x, ctx = layer(unit.joint, unit.parts("temporal"), unit.parts("crossview"), x, ctx,
+                           None if res_r is None else res_r[k])
+          return x, ctx
+
+        x, ctx = nnx.scan(step, in_axes=(nnx.Carry, 0, 0 if res is not None else None),
+                          out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: None}
+                          )((x, ctx), units, res)
     feats["final"] = x
     y = self.proj_out(self.norm_out(x.reshape(n, h * w, dim), temb))
     y = y.reshape(b, t, v, h, w, p, p, cfg.out_channels)
     y = y.transpose(0, 1, 2, 3, 5, 4, 6, 7).reshape(b, t, v, hl, wl, cfg.out_channels)
     y = y.astype(out_dtype)
     return (y, feats) if return_features else y
+
+  def _video_parts(self, i: int, kind: str):
+    """(index MLP, block, mixer) of the temporal / cross-view block after joint block i, or None
+    (unscanned layout)."""
+    layer_list, pos, blocks, mixers = {
+        "temporal": (self.temporal_layers, "time_pos_embeds", "temporal_transformer_blocks",
+                     "time_mixers"),
+        "crossview": (self.crossview_layers, "view_pos_embeds", "crossview_transformer_blocks",
+                      "view_mixers")}[kind]
+    if i not in layer_list:
+      return None
+    j = layer_list.index(i)
+    return getattr(self, pos)[j], getattr(self, blocks)[j], getattr(self, mixers)[j]
 
   # ---------------------------------------------------------------------------------------------
   def _check_inputs(self, latents, timesteps, context, pooled, camera, layout, view_adjacency,
@@ -319,6 +394,25 @@ class CTSDDiT(nnx.Module):
       if tuple(row_mask.keep_idx.shape) != want_idx:
         raise ValueError(f"row_mask.keep_idx must have shape {want_idx}, got "
                          f"{tuple(row_mask.keep_idx.shape)}")
+
+
+class ScannedLayer(nnx.Module):
+  """One layer of a scanned run: joint block i and the temporal / cross-view parts after it.
+
+  Its attribute names are wm_jax.models.scan.FIELDS (the conversion to canonical names)."""
+
+  def __init__(self, joint, temporal=None, crossview=None):
+    self.joint = joint
+    self.time_pos_embed, self.temporal, self.time_mixer = temporal or (None, None, None)
+    self.view_pos_embed, self.crossview, self.view_mixer = crossview or (None, None, None)
+
+  def parts(self, kind: str):
+    """(index MLP, block, mixer) for kind 'temporal' or 'crossview', or None."""
+    if kind == "temporal":
+      return None if self.temporal is None else (self.time_pos_embed, self.temporal,
+                                                 self.time_mixer)
+    return None if self.crossview is None else (self.view_pos_embed, self.crossview,
+                                                self.view_mixer)
 
 
 class _Static:

@@ -47,6 +47,14 @@ class KeyStream:
     self._data = jax.random.key_data(rngs.params()).astype(jnp.uint32).reshape(-1)[:2]
     self._count = 0
 
+  @classmethod
+  def from_key(cls, key) -> "KeyStream":
+    """A stream seeded by a key array (e.g. one key per layer inside nnx.vmap)."""
+    stream = cls.__new__(cls)
+    stream._data = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)[:2]
+    stream._count = 0
+    return stream
+
   def params(self):
     self._count += 1
     data = jnp.concatenate([self._data, jnp.array([self._count, 0x5EED], jnp.uint32)])
