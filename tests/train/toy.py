@@ -28,6 +28,36 @@ class Toy(nnx.Module):
     return self.out(h)
 
 
+class _Layer(nnx.Module):
+  def __init__(self, d, hidden, *, rngs):
+    from wm_jax.models.buffers import Buffer
+    self.norm = nnx.LayerNorm(d, rngs=rngs)
+    self.up = nnx.Linear(d, hidden, kernel_init=_init(("embed", "mlp")), rngs=rngs)
+    self.down = nnx.Linear(hidden, d, kernel_init=_init(("mlp", "embed")), rngs=rngs)
+    self.gain = Buffer(jnp.full((d,), 0.5))  # non-trainable state inside the scanned layers
+
+  def __call__(self, h):
+    return h + self.gain.get_value() * self.down(jax.nn.gelu(self.up(self.norm(h))))
+
+
+class ScannedToy(nnx.Module):
+  """Toy with 3 stacked layers (each with a Buffer) applied by nnx.scan with nnx.remat inside:
+  the CTSDDiT scan_layers / remat_policy pattern, for the train step."""
+
+  def __init__(self, c=4, d=32, hidden=64, layers=3, *, rngs):
+    self.inp = nnx.Linear(c, d, kernel_init=_init((None, "embed")), rngs=rngs)
+    make = nnx.vmap(lambda key: _Layer(d, hidden, rngs=nnx.Rngs(key)), in_axes=0, out_axes=0,
+                    transform_metadata={nnx.PARTITION_NAME: None})
+    self.layers = make(jax.random.split(rngs.params(), layers))
+    self.out = nnx.Linear(d, c, kernel_init=_init(("embed", None)), rngs=rngs)
+
+  def __call__(self, x):
+    step = nnx.remat(lambda layer, h: layer(h), policy=jax.checkpoint_policies.nothing_saveable)
+    h = nnx.scan(lambda h, layer: step(layer, h), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+                 transform_metadata={nnx.PARTITION_NAME: None})(self.inp(x), self.layers)
+    return self.out(h)
+
+
 def loss_fn(model, batch, rng, config, train=True):
   x = batch["latents"]
   noise = jax.random.normal(rng, x.shape, x.dtype)

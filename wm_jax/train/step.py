@@ -43,7 +43,9 @@ def step_body(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, con
     rng = jax.random.fold_in(base_key, state.step)
 
     def loss_of(params):
-      model = nnx.merge(graphdef, params, state.rest)
+      # copy=True: fresh Variables at this (grad) trace level; NNX transforms inside the model
+      # (nnx.scan, nnx.remat) refuse Variables created at the outer jit level
+      model = nnx.merge(graphdef, params, state.rest, copy=True)
       loss, metrics = loss_fn(model, batch, rng, config, train=True)
       _, _, rest = nnx.split(model, nnx.Param, ...)
       return loss, (metrics, rest)

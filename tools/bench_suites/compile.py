@@ -1,0 +1,80 @@
+"""Compile cost of the train step with layers scanned and unscanned: trace + lower seconds, XLA
+compile seconds, and XLA's temporary memory per device, from abstract shapes (nothing is allocated
+or run, so the SD3.5-depth configs fit on a laptop).
+
+  python tools/bench.py compile --config=configs/maskgwm_long.py --shrink   # long's 24 layers, small width
+  python tools/bench.py compile --config=configs/maskgwm_mview.py --shrink --mask=off
+
+--shrink keeps the layer structure (depth, dual-attention, temporal/cross-view layers, mask
+decoder) and makes every width and size small (2 heads x 32, 4 frames, 8x16 latents, 8 text
+tokens), so the time measured is the cost of the structure, not of big matrices. One JSON line
+per (mask, scan) setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+SHRINK = dict(num_heads=2, head_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+              num_frames=4, latent_height=8, latent_width=16, text_tokens=8, dtype="float32")
+
+
+def add_arguments(parser):
+  parser.add_argument("--config", default="configs/maskgwm_long.py", help="config file")
+  parser.add_argument("--shrink", action="store_true", help="small widths, same layer structure")
+  parser.add_argument("--mask", choices=["both", "on", "off"], default="on")
+  parser.add_argument("--scan", choices=["both", "on", "off"], default="both")
+  parser.add_argument("--remat", default="", help="override config.model.remat_policy")
+
+
+def run(args):
+  import jax
+  import wm_jax  # noqa: F401
+  from flax import nnx
+  from tools.bench_suites.train import load_config
+  from wm_jax.models.ctsd_dit import CTSDDiT
+  from wm_jax.parallel import mesh as mesh_lib
+  from wm_jax.train import example_batch, loop, step as step_lib
+
+  base = load_config(args.config)
+  base.train.batch_size = 1
+  base.mesh.update(data=1, fsdp=1, tensor=1)
+  if args.shrink:
+    base.model.update(SHRINK)
+    if base.model.get("layout_adapter") is not None:
+      base.model.layout_adapter.channels = [SHRINK["num_heads"] * SHRINK["head_dim"]] * len(
+          base.model.layout_adapter.channels)
+    base.data.update(num_frames=SHRINK["num_frames"], image_height=8 * SHRINK["latent_height"],
+                     image_width=8 * SHRINK["latent_width"])
+  if args.remat:
+    base.model.remat_policy = args.remat
+  pick = {"both": [True, False], "on": [True], "off": [False]}
+  for masked in pick[args.mask]:
+    for scanned in pick[args.scan]:
+      config = copy.deepcopy(base)
+      config.mask.enabled = masked
+      config.model.scan_layers = scanned
+      mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+      t0 = time.perf_counter()
+      s = loop.setup(config, mesh)
+      state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                           s.abstract, s.shardings)
+      batch = example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+      setup_s = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      lowered = s.step_fn.lower(state, batch)
+      lower_s = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      compiled = lowered.compile()
+      compile_s = time.perf_counter() - t0
+      model = nnx.eval_shape(lambda: CTSDDiT(config.model, config.mask, rngs=nnx.Rngs(0)))
+      traced = (sum(run.period for run in model.runs) if model.runs is not None
+                else config.model.num_layers)
+      mem = compiled.memory_analysis()
+      yield {"config": args.config, "shrink": bool(args.shrink), "mask": masked,
+             "scan_layers": scanned, "layers": int(config.model.num_layers),
+             "traced_layers": int(traced), "remat": str(config.model.remat_policy),
+             "setup_s": round(setup_s, 2), "trace_lower_s": round(lower_s, 2),
+             "compile_s": round(compile_s, 2),
+             "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None)}
