@@ -29,10 +29,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.pooled_projection_dim = 64
   m.pos_embed_max_size = 32
   m.sample_size = 32
-  m.dual_attention_layers = [0, 1, 2, 3]
+  m.dual_attention_layers = (0, 1, 2, 3)
   m.qk_norm = "rms_norm"
-  m.temporal_block_layers = [2, 3, 6, 7]
-  m.crossview_block_layers = [1, 5]
+  m.temporal_block_layers = (2, 3, 6, 7)
+  m.crossview_block_layers = (1, 5)
   m.temporal_attention_type = "pointwise"
   m.crossview_attention_type = "rowwise"
   m.merge_factor = 2.0

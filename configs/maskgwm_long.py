@@ -34,9 +34,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.pooled_projection_dim = 2048
   m.pos_embed_max_size = 384
   m.sample_size = 128
-  m.dual_attention_layers = list(range(13))
-  m.temporal_block_layers = [2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23]
-  m.crossview_block_layers = []
+  m.dual_attention_layers = tuple(range(13))
+  m.temporal_block_layers = (2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23)
+  m.crossview_block_layers = ()
   m.temporal_attention_type = "pointwise"
   m.camera_scalars = 13
   m.layout_adapter = None

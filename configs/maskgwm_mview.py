@@ -20,7 +20,7 @@ from configs import maskgwm_long
 
 def model_config() -> ml_collections.ConfigDict:
   m = maskgwm_long.model_config()
-  m.crossview_block_layers = [1, 5, 9, 13, 17, 21]
+  m.crossview_block_layers = (1, 5, 9, 13, 17, 21)
   m.camera_scalars = 11
   m.layout_adapter = ml_collections.ConfigDict(dict(
       in_channels=6, channels=[1536] * 6, is_downblocks=[True] + [False] * 5, num_res_blocks=2,

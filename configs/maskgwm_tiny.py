@@ -36,10 +36,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.pooled_projection_dim = 32
   m.pos_embed_max_size = 16
   m.sample_size = 16
-  m.dual_attention_layers = [0, 1]
+  m.dual_attention_layers = (0, 1)
   m.qk_norm = "rms_norm"
-  m.temporal_block_layers = [0, 2]
-  m.crossview_block_layers = [1, 3]
+  m.temporal_block_layers = (0, 2)
+  m.crossview_block_layers = (1, 3)
   m.temporal_attention_type = "pointwise"
   m.crossview_attention_type = "rowwise"
   m.merge_factor = 2.0

@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from wm_jax.diffusion import guidance, rollout, samplers
+from wm_jax.models.buffers import Buffer
 
 B, T, V, H, W, C, L = 2, 4, 1, 2, 2, 3, 2
 
@@ -123,3 +126,30 @@ def test_rollout_shapes_continuity_one_compile(field_model, make_config):
   with pytest.raises(ValueError, match="needs 8"):
     rollout.rollout(model, dict(inputs, camera=inputs["camera"][:, :7]), start, make_config(),
                     num_clips=clips, clip_frames=T, rng=jax.random.key(0), verbose=False)
+
+
+class _Part(nnx.Module):
+  def __init__(self, value):
+    self.w = nnx.Param(value)
+    self.b = Buffer(2 * value)
+
+
+class _ScannedConstantField(nnx.Module):
+  """Velocity = sum over 3 stacked parts of (w + b), accumulated by nnx.scan (as CTSDDiT with
+  scan_layers): a constant field, whatever the inputs."""
+
+  def __init__(self):
+    values = jnp.asarray(np.random.default_rng(4).normal(size=(3, C)), jnp.float32)
+    self.parts = nnx.vmap(_Part, in_axes=0, out_axes=0)(values)
+
+  def __call__(self, latents, timesteps, **_):
+    add = lambda v, part: v + part.w.get_value() + part.b.get_value()
+    v = nnx.scan(add, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(jnp.zeros(C), self.parts)
+    return jnp.broadcast_to(v, latents.shape)
+
+
+def test_euler_runs_models_with_nnx_transforms_inside(make_config):
+  model = _ScannedConstantField()
+  k = 3 * jnp.sum(model.parts.w.get_value(), axis=0)
+  out = samplers.euler_sample(model, _noise(), _cond(), make_config(), steps=3, cfg_scale=1.0)
+  np.testing.assert_allclose(out, _noise() - k, atol=1e-5)

@@ -24,7 +24,6 @@ from wm_jax.diffusion import guidance, schedules
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_ref", "use_cfg"))
 def _euler(graphdef, state, x, cond, ref, sigmas, cfg_scale, *, n_ref, use_cfg):
-  model = nnx.merge(graphdef, state)
   b, t, v = x.shape[:3]
   is_ref = (jnp.arange(t) < n_ref)[None, :, None]  # [1,T,1]
   hold = is_ref[..., None, None, None]
@@ -33,6 +32,9 @@ def _euler(graphdef, state, x, cond, ref, sigmas, cfg_scale, *, n_ref, use_cfg):
   inputs = guidance.batch_with_uncond(cond) if use_cfg else cond
 
   def step(i, x):
+    # merged (fresh Variables) inside the loop body: NNX transforms in the model (nnx.scan of
+    # scan_layers, nnx.remat) refuse Variables created at an outer trace level
+    model = nnx.merge(graphdef, state, copy=True)
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
     tau = jnp.broadcast_to(jnp.where(is_ref, 0.0, sigma), (b, t, v)).astype(jnp.float32)
     if use_cfg:
