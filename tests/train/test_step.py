@@ -47,17 +47,23 @@ def test_step_matches_one_device(cpu_devices):
     assert leaf.addressable_shards[0].data.shape == (32 // shape[1], 64 // shape[2])
 
 
-def test_nan_guard_skips_update_and_counts(cpu_devices):
+def _no_ema_step(model_class, devices):
+  """(config, mesh, graphdef, state, step fn without donation) for a toy model, no EMA."""
   cfg = toy.config(warmup_steps=0)
-  mesh = mesh_lib.make_mesh(cfg.mesh, cpu_devices)
+  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   tx = optim.make_optimizer(cfg.train)
-  factory = lambda: toy.Toy(rngs=nnx.Rngs(0))
+  factory = lambda: model_class(rngs=nnx.Rngs(0))
   graphdef, abstract = state_lib.abstract(factory, tx, ema=False)
   sh = mesh_lib.matching_shardings(abstract, abstract.params,
                                    mesh_lib.state_shardings(abstract.params, mesh), mesh)
   graphdef, st = state_lib.create(factory, tx, ema=False, shardings=sh)
-  before = jax.tree.map(np.asarray, st.params)
   fn = step_lib.make_train_step(graphdef, toy.loss_fn, tx, cfg, mesh, sh, donate=False)
+  return cfg, mesh, graphdef, st, fn
+
+
+def test_nan_guard_skips_update_and_counts(cpu_devices):
+  cfg, mesh, graphdef, st, fn = _no_ema_step(toy.Toy, cpu_devices)
+  before = jax.tree.map(np.asarray, st.params)
   bad = toy.batch(0)
   bad["latents"][0, 0, 0, 0, 0, 0] = np.nan
   st2, m = fn(st, step_lib.device_batch(bad, mesh))
@@ -72,17 +78,9 @@ def test_nan_guard_skips_update_and_counts(cpu_devices):
 def test_step_runs_nnx_scan_and_remat_inside_the_model(cpu_devices):
   """A model applying nnx.scan + nnx.remat (as CTSDDiT with scan_layers / remat_policy) and
   holding a Buffer trains in the jitted step; its loss equals the eager loss of the same model."""
-  cfg = toy.config(warmup_steps=0)
-  mesh = mesh_lib.make_mesh(cfg.mesh, cpu_devices[:1])
-  tx = optim.make_optimizer(cfg.train)
-  factory = lambda: toy.ScannedToy(rngs=nnx.Rngs(0))
-  graphdef, abstract = state_lib.abstract(factory, tx, ema=False)
-  sh = mesh_lib.matching_shardings(abstract, abstract.params,
-                                   mesh_lib.state_shardings(abstract.params, mesh), mesh)
-  graphdef, st = state_lib.create(factory, tx, ema=False, shardings=sh)
+  cfg, mesh, graphdef, st, fn = _no_ema_step(toy.ScannedToy, cpu_devices[:1])
   model = nnx.merge(graphdef, st.params, st.rest, copy=True)
   assert model.layers.up.kernel.get_value().shape == (3, 32, 64)
-  fn = step_lib.make_train_step(graphdef, toy.loss_fn, tx, cfg, mesh, sh, donate=False)
   batch = toy.batch(0)
   st2, m = fn(st, step_lib.device_batch(batch, mesh))
   rng = jax.random.fold_in(jax.random.key(int(cfg.train.seed) + 1), 0)
