@@ -8,7 +8,11 @@ or run, so the SD3.5-depth configs fit on a laptop).
 --shrink keeps the layer structure (depth, dual-attention, temporal/cross-view layers, mask
 decoder) and makes every width and size small (2 heads x 32, 4 frames, 8x16 latents, 8 text
 tokens), so the time measured is the cost of the structure, not of big matrices. One JSON line
-per (mask, scan) setting.
+per (mask, scan) setting, with the analytic train FLOPs per step (3x forward matmuls) of that
+shape: at full size (no --shrink, --lower_only: skips the XLA compile, minutes at full size) the
+masked / unmasked ratio bounds what mask reconstruction can save.
+
+  python tools/bench.py compile --config=configs/maskgwm_long.py --mask=both --scan=on --lower_only
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def add_arguments(parser):
   parser.add_argument("--mask", choices=["both", "on", "off"], default="on")
   parser.add_argument("--scan", choices=["both", "on", "off"], default="both")
   parser.add_argument("--remat", default="", help="override config.model.remat_policy")
+  parser.add_argument("--lower_only", action="store_true", help="trace and lower, no XLA compile")
 
 
 def run(args):
@@ -35,7 +40,7 @@ def run(args):
   from tools.bench_suites.train import load_config
   from wm_jax.models.ctsd_dit import CTSDDiT
   from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import example_batch, loop, step as step_lib
+  from wm_jax.train import example_batch, flops, loop, step as step_lib
 
   base = load_config(args.config)
   base.train.batch_size = 1
@@ -65,16 +70,20 @@ def run(args):
       t0 = time.perf_counter()
       lowered = s.step_fn.lower(state, batch)
       lower_s = time.perf_counter() - t0
-      t0 = time.perf_counter()
-      compiled = lowered.compile()
-      compile_s = time.perf_counter() - t0
+      compile_s = temp = None
+      if not args.lower_only:
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        compile_s = round(time.perf_counter() - t0, 2)
+        temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
+      step_flops = flops.train_flops(flops.loss_forward_flops(
+          s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn, batch, config))
       model = nnx.eval_shape(lambda: CTSDDiT(config.model, config.mask, rngs=nnx.Rngs(0)))
       traced = (sum(run.period for run in model.runs) if model.runs is not None
                 else config.model.num_layers)
-      mem = compiled.memory_analysis()
       yield {"config": args.config, "shrink": bool(args.shrink), "mask": masked,
              "scan_layers": scanned, "layers": int(config.model.num_layers),
              "traced_layers": int(traced), "remat": str(config.model.remat_policy),
              "setup_s": round(setup_s, 2), "trace_lower_s": round(lower_s, 2),
-             "compile_s": round(compile_s, 2),
-             "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None)}
+             "compile_s": compile_s, "temp_bytes_per_device": temp,
+             "flops_per_step": step_flops}
