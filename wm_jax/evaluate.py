@@ -232,13 +232,7 @@ def _load_vae(config):
                      "safetensors, or an Orbax params dir such as the demo's WORKDIR/vae)")
   path = config.vae.checkpoint
   print(f"[eval] loading the VAE from {path}", flush=True)
-  if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):   # Orbax params (save_module)
-    from flax import nnx
-    from wm_jax.models import vae as vae_lib
-    factory = lambda: vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0))
-    return _restore(factory, lambda target: nnx.state(
-        loop.restore_module(target, os.path.abspath(path)), nnx.Param))
-  return loop.load_vae(config)   # diffusers weights (read without a random init)
+  return loop.load_vae(config)  # Orbax params or diffusers weights, read without a random init
 
 
 def reference_batches(config, batch_size: int, limit=None):

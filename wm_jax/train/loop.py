@@ -79,7 +79,11 @@ def load_vae(config):
                      "set it (diffusers safetensors, or an Orbax params dir from tools/demo.sh) or "
                      "cache latents first (tools/cache_latents.py)")
   if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):  # Orbax params (save_module)
-    return restore_module(vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0)), path)
+    # built abstractly (no random init) unless it holds state the checkpoint does not carry
+    factory = lambda: vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0))
+    abstract = nnx.eval_shape(factory)
+    _, _, rest = nnx.split(abstract, nnx.Param, ...)
+    return restore_module(factory() if jax.tree.leaves(rest) else abstract, path)
   return vae_lib.from_pretrained(path, config.vae)
 
 
