@@ -31,6 +31,26 @@ def add_arguments(parser):
   parser.add_argument("--scan", choices=["both", "on", "off"], default="both")
   parser.add_argument("--remat", default="", help="override config.model.remat_policy")
   parser.add_argument("--lower_only", action="store_true", help="trace and lower, no XLA compile")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set train.nan_guard=False (repeatable)")
+
+
+def _override(config, item: str):
+  import ast
+  key, sep, text = item.partition("=")
+  if not sep:
+    raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.nan_guard=False")
+  *parents, leaf = key.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  if leaf not in node:
+    raise ValueError(f"--set {item!r}: the config has no field {key!r}")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  node[leaf] = value
 
 
 def run(args):
@@ -54,6 +74,8 @@ def run(args):
                      image_width=8 * SHRINK["latent_width"])
   if args.remat:
     base.model.remat_policy = args.remat
+  for item in args.set:
+    _override(base, item)
   pick = {"both": [True, False], "on": [True], "off": [False]}
   for masked in pick[args.mask]:
     for scanned in pick[args.scan]:
