@@ -26,9 +26,23 @@ def test_auto_on_cpu_is_xla_without_warning(caplog, fresh_warnings):
   assert not caplog.records
 
 
-def test_auto_falls_back_once_per_reason(caplog, monkeypatch, fresh_warnings):
-  # Pretend this is a GPU host: 'auto' picks 'gpu' for long sequences ...
+def test_auto_on_gpu_takes_cudnn_where_it_can(monkeypatch, fresh_warnings):
   monkeypatch.setattr(attn, "_backend", lambda: "gpu")
+  long_bf16 = _x(s=300, d=64).astype(jnp.bfloat16)
+  assert attn.resolve_impl("auto", long_bf16, long_bf16) == "cudnn"
+  assert attn.resolve_impl("auto", long_bf16, long_bf16, attn.BlockCausal(1)) == "cudnn"
+  # camera-adjacency rows, float32, short sequences: XLA
+  mask = attn.BlockMask(100, np.ones((3, 3), bool))
+  assert attn.resolve_impl("auto", long_bf16, long_bf16, mask) == "xla"
+  assert attn.resolve_impl("auto", _x(s=300, d=64), _x(s=300, d=64)) == "xla"
+  short = _x(s=100, d=64).astype(jnp.bfloat16)
+  assert attn.resolve_impl("auto", short, short) == "xla"
+
+
+def test_auto_falls_back_once_per_reason(caplog, monkeypatch, fresh_warnings):
+  # Pretend this is a GPU host whose 'auto' picks 'gpu' for long sequences ...
+  monkeypatch.setattr(attn, "_backend", lambda: "gpu")
+  monkeypatch.setattr(attn, "AUTO", {"gpu": "gpu"})
   monkeypatch.setattr(attn, "AUTO_MIN_SEQ", 8)
   x = _x(d=8)  # ... but head_dim 8 is below what the Triton tiles take
   z = _x(d=12)

@@ -35,8 +35,10 @@ from wm_jax.kernels.masks import (  # noqa: F401
     BlockCausal, BlockMask, MaskSpec, SegmentIds, dense_mask)
 
 # Backend -> impl 'auto' picks for long sequences; shorter ones (and CPU) use XLA. The threshold is
-# a guess until tools/bench.py attention has been run on the hardware (see README).
-AUTO = {"tpu": "splash", "gpu": "gpu"}
+# a guess until tools/bench.py attention has been run on the hardware (see README). On GPU, auto
+# takes JAX's cuDNN flash attention (no mask, bf16/fp16; XLA otherwise): wm_jax's Triton kernel
+# ('gpu') is opt-in until tools/gpu_acceptance.sh has shown it correct and faster on hardware.
+AUTO = {"tpu": "splash", "gpu": "cudnn"}
 AUTO_MIN_SEQ = 256
 # Whole-sequence K/V (forward) and Q/dO (backward) of one head stay in VMEM on TPU.
 TPU_VMEM_BUDGET_BYTES = 24 * 2**20
