@@ -138,3 +138,38 @@ def test_reservoir_is_uniform():
     res.add(np.arange(20)[:, None])
     counts[res.array()[:, 0]] += 1
   assert counts.sum() == 1500 and counts.min() > 40 and counts.max() < 110   # ~75 each
+
+
+def test_merged_reservoirs_sample_the_union_uniformly():
+  # streams of 1000 zeros and 3000 ones, reservoirs of 400: a quarter of the merge is zeros
+  k = 400
+  parts = []
+  for value, n, seed in ((0.0, 1000, 1), (1.0, 3000, 2)):
+    res = metrics.Reservoir(k, seed)
+    res.add(np.full((n, 2), value))
+    parts.append((res.n, res.array()))
+  fractions = [metrics.merge_reservoirs(parts, k, seed).mean() for seed in range(20)]
+  assert all(len(metrics.merge_reservoirs(parts, k, s)) == k for s in range(3))
+  assert abs(np.mean(fractions) - 0.75) < 0.01, np.mean(fractions)  # std of the mean ~0.005
+  # fewer rows in all than k: every row is kept; an empty stream takes part
+  small = [(3, np.arange(6.).reshape(3, 2)), (0, np.zeros((0, 2))), (2, np.ones((2, 2)))]
+  merged = metrics.merge_reservoirs(small, k, 0)
+  assert sorted(merged[:, 0].tolist()) == [0.0, 1.0, 1.0, 2.0, 4.0]
+  with pytest.raises(ValueError, match="reservoir 0 holds 3 rows for a stream of 5"):
+    metrics.merge_reservoirs([(5, np.zeros((3, 2)))], k, 0)
+
+
+def test_reservoirs_merge_across_processes(monkeypatch):
+  """Two processes' reservoirs (process_allgather simulated) give one sample of both streams."""
+  import jax
+  from jax.experimental import multihost_utils
+  mine, theirs = metrics.Reservoir(50, 7), metrics.Reservoir(50, 7)
+  mine.add(np.zeros((30, 3)))
+  theirs.add(np.ones((90, 3)))
+  other = {2: np.array([theirs.n, len(theirs.rows)]), 50: np.asarray(theirs.array(), np.float32)}
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: np.stack([x, other[len(x)]]))
+  merged = mine.allgather_array(3)
+  assert merged.shape == (50, 3)
+  assert 0 < (merged[:, 0] == 0).sum() < 50 and set(np.unique(merged)) == {0.0, 1.0}

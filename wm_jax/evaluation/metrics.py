@@ -10,7 +10,8 @@ Feature functions map uint8 videos [N,T,H,W,3] -> [N,400] (FVD) and uint8 images
 and `inception.fid_features`. Either may be None (that metric is then not computed and the
 result says so). FVD/FID statistics stream through `frechet.RunningStats`; only the FID frames
 drawn at random (protocols with `fid_frames`) and the KID pools are kept as features, by reservoir
-sampling, so memory does not grow with the number of clips.
+sampling, so memory does not grow with the number of clips. With several JAX processes each scores
+its own clips; statistics and reservoirs are merged across processes in `result()`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Reservoir:
   """Uniform random sample of at most k rows of a stream (Algorithm R, seeded)."""
 
   def __init__(self, k: int, seed: int):
-    self.k, self.n, self.rows = k, 0, []
+    self.k, self.n, self.rows, self.seed = k, 0, [], seed
     self.rng = np.random.default_rng(seed)
 
   def add(self, rows):
@@ -44,6 +45,44 @@ class Reservoir:
 
   def array(self):
     return np.stack(self.rows) if self.rows else np.zeros((0, 0))
+
+  def allgather_array(self, dim: int) -> np.ndarray:
+    """A uniform sample of at most k rows of the union of every JAX process's stream (the same
+    on every process); this process's rows with one process. `dim`: the row width (so that an
+    empty reservoir still takes part in the gather)."""
+    import jax
+    if jax.process_count() == 1:
+      return self.array()
+    from jax.experimental import multihost_utils
+    rows = np.zeros((self.k, dim), np.float32)
+    if self.rows:
+      rows[:len(self.rows)] = self.array()
+    counts = np.asarray(multihost_utils.process_allgather(np.array([self.n, len(self.rows)])))
+    gathered = np.asarray(multihost_utils.process_allgather(rows))
+    parts = [(int(n), g[:int(kept)]) for (n, kept), g in zip(counts.reshape(-1, 2), gathered)]
+    return merge_reservoirs(parts, self.k, seed=self.seed)  # the same seed on every process
+
+
+def merge_reservoirs(parts, k: int, seed: int) -> np.ndarray:
+  """A uniform sample of at most k rows of the union of streams, from their reservoirs.
+
+  parts: [(rows seen in the stream n_p, its reservoir rows [min(k, n_p), D])]. How many rows
+  come from each stream is a multivariate hypergeometric draw of min(k, sum n_p) from the n_p;
+  each stream's share is then a uniform subset of its reservoir (itself a uniform sample)."""
+  parts = [(int(n), np.asarray(rows)) for n, rows in parts]
+  for i, (n, rows) in enumerate(parts):
+    if len(rows) != min(k, n):
+      raise ValueError(f"reservoir {i} holds {len(rows)} rows for a stream of {n} with k={k}; "
+                       f"expected {min(k, n)}")
+  total = sum(n for n, _ in parts)
+  kept = [rows for n, rows in parts if n]
+  if not kept:
+    return np.zeros((0, 0))
+  rng = np.random.default_rng(seed)
+  take = rng.multivariate_hypergeometric([n for n, _ in parts], min(k, total))
+  out = [rows[rng.choice(len(rows), size=c, replace=False)] for (n, rows), c in zip(parts, take)
+         if c]
+  return np.concatenate(out)
 
 
 def protocol_videos(protocol: Protocol, videos) -> np.ndarray:
@@ -149,10 +188,10 @@ class VideoMetrics:
           r["fid"] = frechet.frechet_from_stats(g, f)
           r["fid_frames"] = g.n
         else:
-          g, f = (self.fid_pool[s][i].array() for s in ("gen", "ref"))
+          g, f = (self.fid_pool[s][i].allgather_array(self.fid_dim) for s in ("gen", "ref"))
           r["fid"] = frechet.frechet_from_features(g, f)
           r["fid_frames"] = len(g)
-        kg, kr = (self.kid_rows[s][i].array() for s in ("gen", "ref"))
+        kg, kr = (self.kid_rows[s][i].allgather_array(self.fid_dim) for s in ("gen", "ref"))
         kid = frechet.kid(kg, kr, num_subsets=p.kid_subsets, subset_size=p.kid_subset_size,
                           seed=p.seed)
         r["kid"], r["kid_std"], r["kid_subset_size"] = kid["mean"], kid["std"], kid["subset_size"]
