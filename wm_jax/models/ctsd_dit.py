@@ -323,16 +323,12 @@ class CTSDDiT(nnx.Module):
 
   def _video_parts(self, i: int, kind: str):
     """(index MLP, block, mixer) of the temporal / cross-view block after joint block i, or None
-    (unscanned layout)."""
-    layer_list, pos, blocks, mixers = {
-        "temporal": (self.temporal_layers, "time_pos_embeds", "temporal_transformer_blocks",
-                     "time_mixers"),
-        "crossview": (self.crossview_layers, "view_pos_embeds", "crossview_transformer_blocks",
-                      "view_mixers")}[kind]
+    (unscanned layout: the canonical lists of scan.FIELDS)."""
+    layer_list = self.temporal_layers if kind == "temporal" else self.crossview_layers
     if i not in layer_list:
       return None
     j = layer_list.index(i)
-    return getattr(self, pos)[j], getattr(self, blocks)[j], getattr(self, mixers)[j]
+    return tuple(getattr(self, scan.FIELDS[field][0])[j] for field in scan.PARTS[kind])
 
   # ---------------------------------------------------------------------------------------------
   def _check_inputs(self, latents, timesteps, context, pooled, camera, layout, view_adjacency,
@@ -408,11 +404,8 @@ class ScannedLayer(nnx.Module):
 
   def parts(self, kind: str):
     """(index MLP, block, mixer) for kind 'temporal' or 'crossview', or None."""
-    if kind == "temporal":
-      return None if self.temporal is None else (self.time_pos_embed, self.temporal,
-                                                 self.time_mixer)
-    return None if self.crossview is None else (self.view_pos_embed, self.crossview,
-                                                self.view_mixer)
+    pos, block, mixer = (getattr(self, field) for field in scan.PARTS[kind])
+    return None if block is None else (pos, block, mixer)
 
 
 class _Static:

@@ -39,6 +39,9 @@ FIELDS = {
     "view_mixer": ("view_mixers", "crossview"),
     "view_pos_embed": ("view_pos_embeds", "crossview"),
 }
+# the (index MLP, block, mixer) fields of a layer's temporal / cross-view parts, in that order
+PARTS = {"temporal": ("time_pos_embed", "temporal", "time_mixer"),
+         "crossview": ("view_pos_embed", "crossview", "view_mixer")}
 
 
 class Run(NamedTuple):
