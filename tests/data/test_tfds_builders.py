@@ -4,23 +4,17 @@ import os
 import subprocess
 import sys
 
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from tests.data import mp4
 from wm_jax.data import grain_pipeline, tfds_builders
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("videos"))
-  rng = np.random.default_rng(0)
-  for i in range(3):
-    w = imageio.get_writer(f"{root}/clip{i}.mp4", fps=10, codec="libx264", quality=8,
-                           macro_block_size=16)
-    for _ in range(6):
-      w.append_data(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8))
-    w.close()
+  mp4.write_random_clips(root, clips=3, frames=6)
   return root
 
 

@@ -1,7 +1,7 @@
 """tools/cache_latents.py: a data set encoded into the ArrayRecord cache with scale and shift."""
-import imageio.v2 as imageio
 import numpy as np
 
+from tests.data import mp4
 from tools import cache_latents
 from wm_jax.data import grain_pipeline, tfds_builders
 from wm_jax.models import vae as vae_lib
@@ -10,13 +10,7 @@ from wm_jax.models import vae as vae_lib
 def test_cache_holds_scaled_latents_of_each_clip(tmp_path):
   root = tmp_path / "videos"
   root.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(2):
-    w = imageio.get_writer(f"{root}/clip{i}.mp4", fps=10, codec="libx264", quality=8,
-                           macro_block_size=16)
-    for _ in range(4):
-      w.append_data(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8))
-    w.close()
+  mp4.write_random_clips(root, clips=2, frames=4)
   data = grain_pipeline.defaults()
   data.update(source="video", path=str(root), num_frames=2, fps=5, image_height=16,
               image_width=32, val_fraction=0.0)
