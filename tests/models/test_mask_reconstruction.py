@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from wm_jax.convert import param_map
+from wm_jax.train import flops
 from wm_jax.models import mask_reconstruction as mr
 from wm_jax.models import masking
 
@@ -123,6 +124,49 @@ def test_branch_selection_and_masked_shortcut(setup):
   assert np.abs(out_t - out_s)[drop].min() > 0, "branches must differ at dropped tokens"
   # kept tokens pass through untouched, at their columns
   np.testing.assert_array_equal(np.asarray(masking.gather_rows(jnp.asarray(out), mask)), kept)
+
+
+def test_batch_of_one_runs_only_its_branch(setup):
+  """Batch 1 takes the `cond` path (one side chain); it must equal that sample's row of the
+  batched `where` path, in outputs and in parameter gradients."""
+  module, forward, mask, kept, x = setup
+  one = lambda a, i: a[i:i + 1]
+
+  def loss(m, kept, mask, x):
+    return jnp.sum(m(kept, mask, x["noise"], x["tau"], x["temb"], x["context"]) ** 2)
+
+  grad = nnx.jit(nnx.grad(loss))
+  for i, is_time in enumerate([True, False]):  # sample 0 uses M_time, sample 1 M_spatial
+    mask_i = jax.tree.map(lambda a: one(a, i), mask)
+    x_i = jax.tree.map(lambda a: one(a, i), x)
+    got = forward(module, one(kept, i), mask_i, x_i["noise"], x_i["tau"], x_i["temb"], x_i["context"])
+    want = forward(module, kept, mask, x["noise"], x["tau"], x["temb"], x["context"])[i:i + 1]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # the same gradients as the batched path with the other sample's inputs zeroed out of the loss
+    g_one = grad(module, one(kept, i), mask_i, x_i)
+    g_where = nnx.jit(nnx.grad(lambda m: jnp.sum(m(kept, mask, x["noise"], x["tau"], x["temb"],
+                                                   x["context"])[i] ** 2)))(module)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_one, g_where)
+    unused = g_one["sideblocks" if is_time else "temporal_sideblocks"]
+    assert all(float(jnp.abs(leaf).max()) == 0 for leaf in jax.tree.leaves(unused))
+    used = g_one["temporal_sideblocks" if is_time else "sideblocks"]
+    assert any(float(jnp.abs(leaf).max()) > 0 for leaf in jax.tree.leaves(used))
+  # and it costs one chain: per sample fewer matmul FLOPs than the batched path, which runs both
+  graphdef, params = nnx.split(module)
+
+  def count(kept, mask, x):  # the module is merged inside the trace, as the train step does
+    call = lambda p, k, mk, xx: nnx.merge(graphdef, p)(k, mk, xx["noise"], xx["tau"], xx["temb"],
+                                                        xx["context"])
+    return flops.forward_flops(call, params, kept, mask, x)
+
+  per_sample_batched = count(kept, mask, x) / 2
+  single = count(one(kept, 0), jax.tree.map(lambda a: one(a, 0), mask), jax.tree.map(lambda a: one(a, 0), x))
+  chain = lambda blocks: sum(flops.forward_flops(
+      lambda h: b(h, x["context"][:1], jnp.zeros((1, T, V, 6, D))), jnp.zeros((1, T, V, H, W, D)))
+      for b in blocks)
+  # the counter takes the larger branch of a cond, so one sample saves the smaller chain
+  saved = min(chain(module.sideblocks), chain(module.temporal_sideblocks))
+  np.testing.assert_allclose(per_sample_batched - single, saved, rtol=1e-6)
 
 
 def test_spatial_branch_is_per_frame_temporal_branch_mixes_frames(setup):

@@ -14,9 +14,10 @@ Training only. The encoder blocks run on the K kept tokens of every row; before 
   2. scatters kept tokens and mask tokens back to full width W;
   3. runs the side blocks: F_s (`sideblocks`, attention over a frame's h*W tokens) for M_spatial
      samples, F_t (`temporal_sideblocks`, attention over the T frames of one token position) for
-     M_time samples (Eq. 4). Both chains run on the whole batch and `jnp.where(is_time)` picks one
-     per sample: static shapes for one extra full-width block per side block (about 1/(number of
-     backbone blocks) of the forward's FLOPs);
+     M_time samples (Eq. 4). With batch > 1 both chains run on the whole batch and
+     `jnp.where(is_time)` picks one per sample: static shapes for one extra full-width block per
+     side block (about 1/(number of backbone blocks) of the forward's FLOPs). With batch 1 (one
+     GPU, batch 1) a `cond` runs only the sample's own chain;
   4. keeps the kept tokens as they came (OpenDWM's "masked shortcut"): only dropped positions take
      the side blocks' output.
 
@@ -324,10 +325,17 @@ class MaskModule(nnx.Module):
     tokens = self.mask_tokens(noise, mask, tau, pos_embed).astype(kept_hidden.dtype)
     full = masking.scatter_rows(kept_hidden, tokens, mask)
     modulation = self.t_block["1"](jax.nn.silu(temb)).reshape(b, t, v, 6, d)
-    spatial, temporal = full, full
-    for block_s, block_t in zip(self.sideblocks, self.temporal_sideblocks):
-      spatial = block_s(spatial, context, modulation)
-      temporal = block_t(temporal, context, modulation)
-    out = jnp.where(mask.is_time[:, None, None, None, None, None], temporal, spatial)
+
+    def chain(blocks, x):
+      for block in blocks:
+        x = block(x, context, modulation)
+      return x
+
+    if b == 1:  # one sample uses one branch: run only that one
+      out = nnx.cond(mask.is_time[0], lambda m, x: chain(m.temporal_sideblocks, x),
+                     lambda m, x: chain(m.sideblocks, x), self, full)
+    else:
+      out = jnp.where(mask.is_time[:, None, None, None, None, None],
+                      chain(self.temporal_sideblocks, full), chain(self.sideblocks, full))
     dropped = masking.dropped_positions(mask)[..., None]
     return jnp.where(dropped, out, full)
