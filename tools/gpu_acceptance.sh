@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The GPU acceptance checks of the kernels and the training system, in one command, on a machine
-# with one NVIDIA GPU and a Python that has jax[cuda] and wm_jax's dependencies (it makes no venv:
-# GPU machines bring their own CUDA-enabled jax).
+# The GPU acceptance checks of the kernels and the training system, on a machine with one NVIDIA
+# GPU and a Python that has jax[cuda] and wm_jax's dependencies (it makes no venv: GPU machines
+# bring their own CUDA-enabled jax).
 #
-#   bash tools/gpu_acceptance.sh [OUTDIR]        # default OUTDIR: gpu_acceptance
+#   bash tools/gpu_acceptance.sh [OUTDIR [STEP...]]   # default OUTDIR: gpu_acceptance; all steps
+#   bash tools/gpu_acceptance.sh out kernels attention  # only these (e.g. to fit a time limit)
 #
 # Steps (each one logged to OUTDIR/<step>.log; a failing step does not stop the others):
 #   kernels      pytest -m gpu tests/kernels: the Pallas/Triton and cuDNN paths against XLA, bf16
 #   attention    tools/bench.py attention: each impl vs XLA at the long / mview shapes (README:
 #                target >= 1.5x XLA on spatial attention at 288x512, forward+backward)
 #   train_bench  tools/bench.py train: the fixed `bench` config, mask on and off
-#   train_long   tools/bench.py train on maskgwm_long, batch 1, bf16, mask on and off (targets:
-#                MFU >= 0.40, masked step <= 0.85x the unmasked one); if it fails (e.g. out of
-#                memory with remat dots_saveable) it is run again with --remat=full
-# Every JSON line of every step is collected in OUTDIR/results.jsonl at the end.
+#   train_long   tools/bench.py train on maskgwm_long, batch 1, bf16, mask off and on (targets:
+#                MFU >= 0.40, masked step <= 0.85x the unmasked one). If the step does not fit
+#                the GPU it is tried again with Adam's first moment in bf16
+#                (train_long_mu_bf16), then also with remat 'full' (train_long_remat_full).
+# Every JSON line of every log in OUTDIR is collected in OUTDIR/results.jsonl at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu_acceptance}"
@@ -39,12 +41,24 @@ step() {  # step NAME COMMAND...: runs it, logs it, reports its exit status
   return $rc
 }
 
-step kernels python -m pytest -q -p no:cacheprovider -m gpu tests/kernels
-step attention python tools/bench.py attention
-step train_bench python tools/bench.py train
-step train_long python tools/bench.py train --config=configs/maskgwm_long.py --batch=1 \
-    --mask=both --dtype=bfloat16 ||
-  step train_long_remat_full python tools/bench.py train --config=configs/maskgwm_long.py \
-    --batch=1 --mask=both --dtype=bfloat16 --remat=full
+long() {  # long NAME [ARGS...]: maskgwm_long, batch 1, bf16, mask off and on
+  step "$1" python tools/bench.py train --config=configs/maskgwm_long.py --batch=1 --mask=both \
+      --dtype=bfloat16 "${@:2}"
+}
+run_step() {
+  case "$1" in
+    kernels) step kernels python -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;
+    attention) step attention python tools/bench.py attention ;;
+    train_bench) step train_bench python tools/bench.py train ;;
+    train_long) long train_long ||
+        long train_long_mu_bf16 --set train.mu_dtype=bfloat16 ||
+        long train_long_remat_full --set train.mu_dtype=bfloat16 --remat=full ;;
+    *) echo "[gpu_acceptance] unknown step '$1'; steps: kernels attention train_bench train_long" >&2
+       return 2 ;;
+  esac
+}
+steps=("${@:2}")
+[ ${#steps[@]} -gt 0 ] || steps=(kernels attention train_bench train_long)
+for name in "${steps[@]}"; do run_step "$name"; done
 cat "$out"/*.log | grep '^{' > "$out/results.jsonl"
 echo "[gpu_acceptance] $(wc -l < "$out/results.jsonl") result lines in $out/results.jsonl"

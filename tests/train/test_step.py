@@ -99,3 +99,22 @@ def test_schedule_warmup_then_cosine_or_constant():
   cfg.train.schedule = "linear"
   with pytest.raises(ValueError, match="'linear'"):
     optim.make_schedule(cfg.train)
+
+
+def test_bf16_first_moment_halves_mu_and_still_trains():
+  cfg = toy.config(mu_dtype="bfloat16")
+  tx = optim.make_optimizer(cfg.train)
+  graphdef, st = state_lib.create(lambda: toy.Toy(rngs=nnx.Rngs(0)), tx, ema=False)
+  adam = [s for s in jax.tree.leaves(st.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+          if hasattr(s, "mu")]
+  assert adam, "no Adam state found"
+  mu, nu = jax.tree.leaves(adam[0].mu), jax.tree.leaves(adam[0].nu)
+  assert all(a.dtype == np.dtype("bfloat16") for a in mu)
+  assert all(a.dtype == np.float32 for a in nu)
+  bf16_losses, _, _ = _run((1, 1, 1), jax.devices()[:1], steps=4, mu_dtype="bfloat16")
+  fp32_losses, _, _ = _run((1, 1, 1), jax.devices()[:1], steps=4)
+  assert bf16_losses != fp32_losses  # the bf16 moment rounds, so the updates differ a little
+  np.testing.assert_allclose(bf16_losses, fp32_losses, rtol=2e-2)
+  cfg.train.mu_dtype = "float16"
+  with pytest.raises(ValueError, match="'float16'"):
+    optim.make_optimizer(cfg.train)

@@ -35,29 +35,11 @@ def add_arguments(parser):
                       help="config override, e.g. --set train.nan_guard=False (repeatable)")
 
 
-def _override(config, item: str):
-  import ast
-  key, sep, text = item.partition("=")
-  if not sep:
-    raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.nan_guard=False")
-  *parents, leaf = key.split(".")
-  node = config
-  for name in parents:
-    node = node[name]
-  if leaf not in node:
-    raise ValueError(f"--set {item!r}: the config has no field {key!r}")
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  node[leaf] = value
-
-
 def run(args):
   import jax
   import wm_jax  # noqa: F401
   from flax import nnx
-  from tools.bench_suites.train import load_config
+  from tools.bench_suites.train import apply_overrides, load_config
   from wm_jax.models.ctsd_dit import CTSDDiT
   from wm_jax.parallel import mesh as mesh_lib
   from wm_jax.train import example_batch, flops, loop, step as step_lib
@@ -74,8 +56,7 @@ def run(args):
                      image_width=8 * SHRINK["latent_width"])
   if args.remat:
     base.model.remat_policy = args.remat
-  for item in args.set:
-    _override(base, item)
+  apply_overrides(base, args.set)
   pick = {"both": [True, False], "on": [True], "off": [False]}
   for masked in pick[args.mask]:
     for scanned in pick[args.scan]:

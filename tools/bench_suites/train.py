@@ -8,7 +8,10 @@ One JSON line per mask setting. tokens/s counts the latent tokens of the full vi
 whether or not some are masked out, so the masked and unmasked lines compare throughput on the same
 data; flops_per_step is the analytic count (3x forward matmuls; masked-out tokens not counted) and
 MFU = flops_per_step / step time / (peak per device * devices), shown where the peak is known
-(wm_jax/train/flops.py PEAK_FLOPS; --peak_flops to set it, e.g. for a CPU).
+(wm_jax/train/flops.py PEAK_FLOPS; --peak_flops to set it, e.g. for a CPU). Where the device
+reports its memory (GPU, TPU), a step that does not fit is refused after compiling, naming the
+sizes, and peak_bytes_in_use is the process's peak so far (with --mask=both the masked line's
+includes the unmasked run before it).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ def add_arguments(parser):
   parser.add_argument("--config", default="configs/bench.py", help="config file (get_config)")
   parser.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
   parser.add_argument("--mask", choices=["both", "on", "off"], default="both")
-  parser.add_argument("--steps", type=int, default=5, help="timed steps")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps (>= 1)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--dtype", default="", help="override config.model.dtype (e.g. bfloat16)")
   parser.add_argument("--remat", default="", help="override config.model.remat_policy")
   parser.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak FLOP/s for MFU")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set train.mu_dtype=bfloat16 (repeatable)")
 
 
 def load_config(path: str):
@@ -38,6 +43,30 @@ def load_config(path: str):
   return train_config.fill(module.get_config())
 
 
+def apply_overrides(config, items) -> None:
+  """--set KEY=VALUE items (Python literals, else strings) onto the config, in order."""
+  for item in items:
+    _override(config, item)
+
+
+def _override(config, item: str):
+  import ast
+  key, sep, text = item.partition("=")
+  if not sep:
+    raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.nan_guard=False")
+  *parents, leaf = key.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  if leaf not in node:
+    raise ValueError(f"--set {item!r}: the config has no field {key!r}")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  node[leaf] = value
+
+
 def run(args):
   import jax
   import numpy as np
@@ -45,6 +74,8 @@ def run(args):
   from wm_jax.parallel import mesh as mesh_lib
   from wm_jax.train import example_batch, flops, loop, state as state_lib, step as step_lib
 
+  if args.steps < 1 or args.warmup < 0:
+    raise ValueError(f"--steps={args.steps} must be >= 1 and --warmup={args.warmup} >= 0")
   base = load_config(args.config)
   if args.batch:
     base.train.batch_size = args.batch
@@ -52,7 +83,9 @@ def run(args):
     base.model.dtype = args.dtype
   if args.remat:
     base.model.remat_policy = args.remat
-  settings = {"both": [True, False], "on": [True], "off": [False]}[args.mask]
+  apply_overrides(base, args.set)
+  # unmasked first: it needs more memory, so a step that does not fit fails before the masked one
+  settings = {"both": [False, True], "on": [True], "off": [False]}[args.mask]
   for masked in settings:
     config = copy.deepcopy(base)
     config.mask.enabled = masked
@@ -66,19 +99,21 @@ def run(args):
     t0 = time.perf_counter()
     compiled = s.step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    _check_fits(mem, config, masked)
     for _ in range(args.warmup):
-      state, metrics = s.step_fn(state, batch)
-    jax.block_until_ready(metrics)
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-      state, metrics = s.step_fn(state, batch)
+      state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / args.steps
     m = config.model
     tokens = (config.train.batch_size * m.num_frames * m.num_views *
               (m.latent_height // m.patch_size) * (m.latent_width // m.patch_size))
     peak = flops.peak_flops(override=args.peak_flops)
-    mem = compiled.memory_analysis()
+    stats = jax.local_devices()[0].memory_stats() or {}
     yield {"config": args.config, "mask": masked, "mask_ratio": float(config.mask.ratio) if masked else 0.0,
            "batch": int(config.train.batch_size), "dtype": str(m.dtype),
            "remat": str(m.get("remat_policy", "none")), "mesh": dict(mesh.shape),
@@ -87,4 +122,25 @@ def run(args):
            "model_tflops_per_s": round(step_flops / dt / 1e12, 4),
            "mfu": None if peak is None else round(flops.mfu(step_flops, dt, jax.device_count(), peak), 4),
            "compile_s": round(compile_s, 2), "loss": float(np.asarray(metrics["loss"])),
-           "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None)}
+           "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None),
+           "peak_bytes_in_use": stats.get("peak_bytes_in_use"), "overrides": list(args.set)}
+    del state, metrics, compiled, batch  # free the device before the next setting's state
+
+
+def _check_fits(mem, config, masked) -> None:
+  """Refuses to run a compiled step whose arguments + temporaries exceed one device's memory
+  (where the device reports its limit, e.g. a GPU), naming the sizes, instead of failing later
+  with an allocator error."""
+  import jax
+  limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+  if mem is None or not limit:
+    return
+  need = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+  if need > limit:
+    gib = lambda n: f"{n / 2**30:.1f} GiB"
+    raise MemoryError(
+        f"the train step of {config.model.get('remat_policy')!r} remat, mask={masked}, needs "
+        f"{gib(need)} per device (arguments {gib(mem.argument_size_in_bytes)}, temporaries "
+        f"{gib(mem.temp_size_in_bytes)}) but the device has {gib(limit)}; try --remat=full, "
+        f"--set train.mu_dtype=bfloat16 or more devices (config.mesh.fsdp)")

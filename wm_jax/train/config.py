@@ -26,6 +26,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.b1 = 0.9
   c.b2 = 0.999
   c.eps = 1e-8
+  c.mu_dtype = ""                 # Adam first-moment dtype: '' = params' (fp32) | 'bfloat16'
   c.grad_clip_norm = 1.0          # global-norm clipping; 0 disables
   c.ema_decay = 0.0               # 0 disables the EMA copy of the params
   c.nan_guard = True              # skip updates whose loss or grads are not finite (counted)

@@ -1,0 +1,38 @@
+"""The train bench's config overrides and its check that a compiled step fits the device."""
+
+import types
+
+import jax
+import pytest
+
+from tests.train import toy
+from tools.bench_suites import train as bench_train
+
+
+def test_overrides_parse_literals_and_name_unknown_keys():
+  cfg = toy.config()
+  bench_train.apply_overrides(cfg, ["train.mu_dtype=bfloat16", "train.nan_guard=False",
+                                    "train.learning_rate=3e-4"])
+  assert cfg.train.mu_dtype == "bfloat16" and cfg.train.nan_guard is False
+  assert cfg.train.learning_rate == 3e-4
+  with pytest.raises(ValueError, match="'train.mu_dtyp'"):
+    bench_train.apply_overrides(cfg, ["train.mu_dtyp=bfloat16"])
+  with pytest.raises(ValueError, match="KEY=VALUE"):
+    bench_train.apply_overrides(cfg, ["train.mu_dtype"])
+
+
+def test_a_step_larger_than_the_device_is_refused_with_its_sizes(monkeypatch):
+  gib = 2**30
+  mem = types.SimpleNamespace(argument_size_in_bytes=60 * gib, output_size_in_bytes=60 * gib,
+                              alias_size_in_bytes=60 * gib, temp_size_in_bytes=30 * gib)
+  device = types.SimpleNamespace(memory_stats=lambda: {"bytes_limit": 80 * gib})
+  monkeypatch.setattr(jax, "local_devices", lambda: [device])
+  cfg = toy.config()
+  cfg.model.remat_policy = "dots_saveable"
+  with pytest.raises(MemoryError, match=r"needs 90.0 GiB .* has 80.0 GiB"):
+    bench_train._check_fits(mem, cfg, masked=True)
+  mem.temp_size_in_bytes = 10 * gib  # 70 GiB: fits
+  bench_train._check_fits(mem, cfg, masked=True)
+  device.memory_stats = lambda: None  # a CPU reports no limit: nothing to check
+  mem.temp_size_in_bytes = 1000 * gib
+  bench_train._check_fits(mem, cfg, masked=True)
