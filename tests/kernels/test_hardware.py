@@ -73,7 +73,11 @@ def test_splash_kernel_matches_reference_bf16(kind):
 def test_bench_case_shapes_follow_the_configs():
   long, mview = bench.CONFIGS["long"], bench.CONFIGS["mview"]
   assert bench.case_shapes(long, "spatial_joint", 1)[:3] == (25, 576 + 154, 730)
-  assert bench.case_shapes(long, "spatial_masked", 2)[:3] == (50, 18 * 16 + 154, 442)
+  assert bench.case_shapes(long, "spatial_masked", 2)[:3] == (50, 18 * 24 + 154, 586)
+  # the suite's mask ratio is the configs' (r = 0.25)
+  from configs import maskgwm_long, maskgwm_mview
+  assert long["mask_ratio"] == maskgwm_long.get_config().mask.ratio
+  assert mview["mask_ratio"] == maskgwm_mview.get_config().mask.ratio
   assert bench.case_shapes(long, "temporal", 1)[:3] == (576, 25, 25)
   assert bench.case_shapes(long, "crossview", 1) is None
   n, sq, sk, mask, _ = bench.case_shapes(mview, "crossview", 1)

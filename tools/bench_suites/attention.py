@@ -32,12 +32,13 @@ import numpy as np
 from wm_jax.kernels import attention as attn
 from wm_jax.kernels import masks
 
-# Video shapes of the configs (image 288x512 -> latent 36x64 -> tokens 18x32 = 576 per view-frame)
+# Video shapes of the configs (image 288x512 -> latent 36x64 -> tokens 18x32 = 576 per view-frame);
+# mask_ratio = config.mask.ratio of maskgwm_long / mview (24 of 32 tokens per row kept)
 CONFIGS = {
     "long": dict(frames=25, views=1, image=(288, 512), text=154, heads=24, head_dim=64,
-                 mask_ratio=0.5),
+                 mask_ratio=0.25),
     "mview": dict(frames=8, views=6, image=(288, 512), text=154, heads=24, head_dim=64,
-                  mask_ratio=0.5),
+                  mask_ratio=0.25),
     "quick": dict(frames=3, views=4, image=(64, 128), text=8, heads=2, head_dim=16,
                   mask_ratio=0.5),
 }
