@@ -36,3 +36,44 @@ def test_a_step_larger_than_the_device_is_refused_with_its_sizes(monkeypatch):
   device.memory_stats = lambda: None  # a CPU reports no limit: nothing to check
   mem.temp_size_in_bytes = 1000 * gib
   bench_train._check_fits(mem, cfg, masked=True)
+
+
+NO_TENSORFLOW = r'''
+import builtins, sys
+real = builtins.__import__
+def guard(name, *args, **kwargs):
+  if name.split(".")[0] in ("tensorflow", "tensorboard", "tensorflow_datasets", "torch"):
+    raise ImportError(f"{name} is not installed on this (simulated) GPU image")
+  return real(name, *args, **kwargs)
+builtins.__import__ = guard
+
+import jax
+from tools.bench_suites.train import load_config
+from wm_jax.parallel import mesh as mesh_lib
+from wm_jax.train import example_batch, loop, state as state_lib, step as step_lib
+
+config = load_config("configs/maskgwm_tiny.py")
+config.train.batch_size = 1
+config.mesh.update(data=1, fsdp=1, tensor=1)
+mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+s = loop.setup(config, mesh)
+state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                     s.abstract, s.shardings)
+s.step_fn.lower(state, example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh)))
+print("lowered without", [m for m in ("tensorflow", "clu.metric_writers") if m in sys.modules])
+'''
+
+
+def test_train_step_and_bench_need_no_tensorflow():
+  """GPU images ship jax but not TensorFlow (too large to carry): setting up and lowering the
+  train step, as the train bench does, must not import it (clu's writers do, so they load late)."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, "-c", NO_TENSORFLOW], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "lowered without []" in out.stdout, out.stdout

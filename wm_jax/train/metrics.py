@@ -2,6 +2,9 @@
 
 TensorBoard + log on process 0 only (other processes only log); ReportProgress writes steps/s and
 the ETA; videos go to DIR/samples/*.mp4 and *.gif and, as image strips, to TensorBoard.
+
+clu's writers import TensorFlow, so clu is imported where a writer or hook is made: the train
+step, the benchmarks and AOT compilation run on machines without TensorFlow (GPU images).
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from typing import Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers, periodic_actions
 
 
 def create_writer(workdir: str):
+  from clu import metric_writers
   return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
                                               just_logging=jax.process_index() > 0,
                                               asynchronous=True)
@@ -22,6 +25,7 @@ def create_writer(workdir: str):
 
 def progress_hooks(workdir: str, num_steps: int, writer, *, every_steps: int, profile_steps: int = 0):
   """[ReportProgress] plus a profiler capture of `profile_steps` steps (process 0) when asked."""
+  from clu import periodic_actions
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=every_steps)]
   if profile_steps and jax.process_index() == 0:
