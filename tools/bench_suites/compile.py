@@ -10,7 +10,11 @@ decoder) and makes every width and size small (2 heads x 32, 4 frames, 8x16 late
 tokens), so the time measured is the cost of the structure, not of big matrices. One JSON line
 per (mask, scan) setting, with the analytic train FLOPs per step (3x forward matmuls) of that
 shape: at full size (no --shrink, --lower_only: skips the XLA compile, minutes at full size) the
-masked / unmasked ratio bounds what mask reconstruction can save.
+masked / unmasked ratio bounds what mask reconstruction can save. Also backend-independent memory
+(wm_jax/train/memory.py): state_bytes (params, optimizer state, EMA), param_bytes, and
+residual_bytes, the activations the remat policy keeps for the backward pass (params excluded).
+On one device the step needs about state + param_bytes (the gradients) + residual_bytes, plus
+XLA's working space; temp_bytes_per_device is XLA's own plan on this backend.
 
   python tools/bench.py compile --config=configs/maskgwm_long.py --mask=both --scan=on --lower_only
 """
@@ -42,7 +46,7 @@ def run(args):
   from tools.bench_suites.train import apply_overrides, load_config
   from wm_jax.models.ctsd_dit import CTSDDiT
   from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import example_batch, flops, loop, step as step_lib
+  from wm_jax.train import example_batch, flops, loop, memory, step as step_lib
 
   base = load_config(args.config)
   base.train.batch_size = 1
@@ -81,6 +85,8 @@ def run(args):
         temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
       step_flops = flops.train_flops(flops.loss_forward_flops(
           s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn, batch, config))
+      saved, saved_inputs = memory.loss_residual_bytes(s.graphdef, s.abstract.params,
+                                                       s.abstract.rest, s.loss_fn, batch, config)
       model = nnx.eval_shape(lambda: CTSDDiT(config.model, config.mask, rngs=nnx.Rngs(0)))
       traced = (sum(run.period for run in model.runs) if model.runs is not None
                 else config.model.num_layers)
@@ -89,4 +95,6 @@ def run(args):
              "traced_layers": int(traced), "remat": str(config.model.remat_policy),
              "setup_s": round(setup_s, 2), "trace_lower_s": round(lower_s, 2),
              "compile_s": compile_s, "temp_bytes_per_device": temp,
-             "flops_per_step": step_flops}
+             "flops_per_step": step_flops, "state_bytes": memory.tree_bytes(s.abstract),
+             "param_bytes": memory.tree_bytes(s.abstract.params),
+             "residual_bytes": saved - saved_inputs}

@@ -92,15 +92,19 @@ def run(args):
     mesh = mesh_lib.make_mesh(config.mesh)
     mesh_lib.validate(config, mesh)
     s = loop.setup(config, mesh)
-    _, state = state_lib.create(s.factory, s.tx, s.ema, s.shardings)
-    batch = step_lib.device_batch(example_batch.random(config), mesh)
-    step_flops = flops.train_flops(flops.loss_forward_flops(s.graphdef, state.params, state.rest,
-                                                            s.loss_fn, batch, config))
+    # compile from abstract shapes first: a step that does not fit is refused before any allocation
+    abstract_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                  s.abstract, s.shardings)
+    abstract_batch = example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+    step_flops = flops.train_flops(flops.loss_forward_flops(
+        s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn, abstract_batch, config))
     t0 = time.perf_counter()
-    compiled = s.step_fn.lower(state, batch).compile()
+    compiled = s.step_fn.lower(abstract_state, abstract_batch).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     _check_fits(mem, config, masked)
+    _, state = state_lib.create(s.factory, s.tx, s.ema, s.shardings)
+    batch = step_lib.device_batch(example_batch.random(config), mesh)
     for _ in range(args.warmup):
       state, metrics = compiled(state, batch)
     jax.block_until_ready(state)

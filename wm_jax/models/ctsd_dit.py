@@ -22,8 +22,9 @@ before reconstruction: width K on the masked path, W otherwise), 'reconstructed'
 after the mask module, full width [B,T,V,h,W,D]; equal to 'encoder' without a row_mask) -- both
 only when the model has a mask module -- and 'final' (before norm_out).
 
-remat_policy (per joint / temporal / cross-view block, nnx.remat): 'none', 'full' (save nothing),
-'dots_saveable', 'dots_with_no_batch_dims_saveable' (jax.checkpoint_policies of the same names).
+remat_policy (per joint / temporal / cross-view block and the mask module, nnx.remat): 'none',
+'full' (save nothing), 'dots_saveable', 'dots_with_no_batch_dims_saveable' (jax.checkpoint_policies
+of the same names).
 
 scan_layers=True stores runs of identical layers stacked under `layer_runs` and applies each run
 with nnx.scan (wm_jax.models.scan: which runs, and how their paths map to the canonical names);
@@ -280,10 +281,10 @@ class CTSDDiT(nnx.Module):
 
     def enter_decoder(x):
       feats["encoder"] = x
-      if masked:
-        x = self.mask_module(x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
-                             temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]),
-                             self.pos_embed.cropped(h, w).astype(dtype))
+      if masked:  # under the blocks' remat policy too: its side blocks run at full width
+        x = self._remat(lambda module, *args: module(*args))(
+            self.mask_module, x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
+            temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]), self.pos_embed.cropped(h, w).astype(dtype))
       feats["reconstructed"] = x
       return x
 
