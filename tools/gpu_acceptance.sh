@@ -16,7 +16,8 @@
 #                bf16: fp32 params + grads + moments alone take 50 GiB of an 80 GB GPU, and remat
 #                dots_saveable keeps about 25 GiB of activations (tools/bench.py compile reports
 #                state_bytes and residual_bytes). If the step does not fit, it is tried again
-#                with remat 'full' (train_long_remat_full: about 2 GiB of activations).
+#                with remat 'full' (train_long_remat_full: about 2 GiB of activations), and
+#                if that fails too (e.g. cuDNN refuses a shape), with XLA attention.
 # Every JSON line of every log in OUTDIR is collected in OUTDIR/results.jsonl at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,9 @@ run_step() {
     attention) step attention python tools/bench.py attention ;;
     train_bench) step train_bench python tools/bench.py train ;;
     train_long) long train_long --set train.mu_dtype=bfloat16 ||
-        long train_long_remat_full --set train.mu_dtype=bfloat16 --remat=full ;;
+        long train_long_remat_full --set train.mu_dtype=bfloat16 --remat=full ||
+        long train_long_xla_attention --set train.mu_dtype=bfloat16 --remat=full \
+            --set model.attention_impl=xla ;;
     *) echo "[gpu_acceptance] unknown step '$1'; steps: kernels attention train_bench train_long" >&2
        return 2 ;;
   esac
