@@ -13,11 +13,14 @@
 #   train_bench  tools/bench.py train: the fixed `bench` config, mask on and off
 #   train_long   tools/bench.py train on maskgwm_long, batch 1, bf16, mask off and on (targets:
 #                MFU >= 0.40, masked step <= 0.85x the unmasked one), with Adam's first moment in
-#                bf16: fp32 params + grads + moments alone take 50 GiB of an 80 GB GPU, and remat
-#                dots_saveable keeps about 25 GiB of activations (tools/bench.py compile reports
-#                state_bytes and residual_bytes). If the step does not fit, it is tried again
-#                with remat 'full' (train_long_remat_full: about 2 GiB of activations), and
-#                if that fails too (e.g. cuDNN refuses a shape), with XLA attention.
+#                bf16, trying until one fits the GPU (tools/bench.py compile reports the sizes:
+#                state + gradients 44 GiB, plus the activations kept for the backward pass):
+#                  train_long_dots     remat dots_saveable (~25 GiB of activations)
+#                  train_long_narrow   remat narrow_dots_saveable (~13 GiB; recomputes the MLP
+#                                      up-projections, ~11% more FLOPs executed)
+#                  train_long_full     remat full (~2 GiB; recomputes the whole forward)
+#                  train_long_xla      remat full and XLA attention (in case cuDNN refuses a shape)
+#                Each rung is also a step of its own, to run one per command.
 # Every JSON line of every log in OUTDIR is collected in OUTDIR/results.jsonl at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,11 +58,16 @@ run_step() {
     kernels) step kernels python -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;
     attention) step attention python tools/bench.py attention ;;
     train_bench) step train_bench python tools/bench.py train ;;
-    train_long) long train_long --set train.mu_dtype=bfloat16 ||
-        long train_long_remat_full --set train.mu_dtype=bfloat16 --remat=full ||
-        long train_long_xla_attention --set train.mu_dtype=bfloat16 --remat=full \
-            --set model.attention_impl=xla ;;
-    *) echo "[gpu_acceptance] unknown step '$1'; steps: kernels attention train_bench train_long" >&2
+    train_long) run_step train_long_dots || run_step train_long_narrow ||
+        run_step train_long_full || run_step train_long_xla ;;
+    train_long_dots) long train_long_dots --set train.mu_dtype=bfloat16 --remat=dots_saveable ;;
+    train_long_narrow) long train_long_narrow --set train.mu_dtype=bfloat16 \
+        --remat=narrow_dots_saveable ;;
+    train_long_full) long train_long_full --set train.mu_dtype=bfloat16 --remat=full ;;
+    train_long_xla) long train_long_xla --set train.mu_dtype=bfloat16 --remat=full \
+        --set model.attention_impl=xla ;;
+    *) echo "[gpu_acceptance] unknown step '$1'; steps: kernels attention train_bench train_long" \
+            "train_long_dots train_long_narrow train_long_full train_long_xla" >&2
        return 2 ;;
   esac
 }

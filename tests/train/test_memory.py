@@ -44,3 +44,24 @@ def test_remat_full_covers_the_mask_module():
   assert full_masked <= 1.25 * full_plain, (full_masked, full_plain)
   config.model.remat_policy = "none"
   assert _activation_bytes(config, True) > 4 * full_masked  # no remat keeps far more
+
+
+def test_narrow_dots_policy_recomputes_the_mlp_up_projection():
+  from wm_jax.models.ctsd_dit import REMAT_POLICIES
+  tokens, d = 8, 16
+  w_up = jax.ShapeDtypeStruct((d, 4 * d), jnp.float32)
+  w_down = jax.ShapeDtypeStruct((4 * d, d), jnp.float32)
+  x = jax.ShapeDtypeStruct((tokens, d), jnp.float32)
+
+  def mlp(w, x):
+    return jnp.sum(jnp.tanh(jax.nn.gelu(x @ w[0]) @ w[1]))  # tanh: the backward needs the output
+
+  def kept(policy):  # activations kept, params and x excluded
+    saved, inputs = memory.saved_residual_bytes(jax.checkpoint(mlp, policy=policy), (w_up, w_down), x)
+    return saved - inputs
+
+  narrow = kept(REMAT_POLICIES["narrow_dots_saveable"])
+  dots = kept(REMAT_POLICIES["dots_with_no_batch_dims_saveable"])
+  assert dots == tokens * 4 * d * 4 + tokens * d * 4  # the up- and the down-projection outputs
+  assert narrow == tokens * d * 4  # only the down-projection's: the wide one is recomputed
+  assert kept(REMAT_POLICIES["full"]) == 0

@@ -24,7 +24,8 @@ only when the model has a mask module -- and 'final' (before norm_out).
 
 remat_policy (per joint / temporal / cross-view block and the mask module, nnx.remat): 'none',
 'full' (save nothing), 'dots_saveable', 'dots_with_no_batch_dims_saveable' (jax.checkpoint_policies
-of the same names).
+of the same names), 'narrow_dots_saveable' (save_narrowing_dots: weight matmuls except the MLP
+up-projections).
 
 scan_layers=True stores runs of identical layers stacked under `layer_runs` and applies each run
 with nnx.scan (wm_jax.models.scan: which runs, and how their paths map to the canonical names);
@@ -36,6 +37,7 @@ PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -55,11 +57,30 @@ from wm_jax.parallel.shard import constrain
 # Parameters the paper adds and OpenDWM lacks (regex over PyTorch-style keys).
 PAPER_ONLY_PARAMS = (r"temporal_transformer_blocks\.\d+\.time_modulation\.linear\.(weight|bias)",)
 
+
+
+def save_narrowing_dots(prim, *avals, **params) -> bool:
+  """Remat policy: save the weight matmuls (dots without batch dims) whose output is no wider than
+  their contraction -- the q/k/v/out projections, the MLP down-projections -- and recompute the
+  widening ones (the MLP up-projections, D -> 4D or 8D: a block's largest activations) and the
+  attention logits. Assumes activations on the left of the dot, as nnx.Linear puts them."""
+  if prim is not jax.lax.dot_general_p:
+    return False
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = params["dimension_numbers"]
+  if lhs_batch or rhs_batch:
+    return False
+  lhs, rhs = avals[:2]
+  contracted = math.prod(lhs.shape[i] for i in lhs_contract)
+  out_features = math.prod(d for i, d in enumerate(rhs.shape) if i not in rhs_contract)
+  return out_features <= contracted
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "narrow_dots_saveable": save_narrowing_dots,
 }
 
 VAE_FACTOR = 8  # image pixels per latent pixel (layout images are at image resolution)
