@@ -65,3 +65,4 @@ def test_narrow_dots_policy_recomputes_the_mlp_up_projection():
   assert dots == tokens * 4 * d * 4 + tokens * d * 4  # the up- and the down-projection outputs
   assert narrow == tokens * d * 4  # only the down-projection's: the wide one is recomputed
   assert kept(REMAT_POLICIES["full"]) == 0
+

@@ -75,10 +75,14 @@ def test_nan_guard_skips_update_and_counts(cpu_devices):
   assert not np.array_equal(np.asarray(st3.params["up"]["kernel"].get_value()), before["up"]["kernel"].get_value())
 
 
-def test_step_runs_nnx_scan_and_remat_inside_the_model(cpu_devices):
-  """A model applying nnx.scan + nnx.remat (as CTSDDiT with scan_layers / remat_policy) and
-  holding a Buffer trains in the jitted step; its loss equals the eager loss of the same model."""
-  cfg, mesh, graphdef, st, fn = _no_ema_step(toy.ScannedToy, cpu_devices[:1])
+@pytest.mark.parametrize("policy", ["full", "narrow_dots_saveable"])
+def test_step_runs_nnx_scan_and_remat_inside_the_model(cpu_devices, policy):
+  """A model applying nnx.scan + nnx.remat (as CTSDDiT with scan_layers / remat_policy, here with
+  two of its named policies) and holding a Buffer trains in the jitted step; its loss equals the
+  eager loss of the same model."""
+  from wm_jax.models.ctsd_dit import REMAT_POLICIES
+  make = lambda rngs: toy.ScannedToy(rngs=rngs, policy=REMAT_POLICIES[policy])
+  cfg, mesh, graphdef, st, fn = _no_ema_step(make, cpu_devices[:1])
   model = nnx.merge(graphdef, st.params, st.rest, copy=True)
   assert model.layers.up.kernel.get_value().shape == (3, 32, 64)
   batch = toy.batch(0)

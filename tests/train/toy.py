@@ -44,7 +44,9 @@ class ScannedToy(nnx.Module):
   """Toy with 3 stacked layers (each with a Buffer) applied by nnx.scan with nnx.remat inside:
   the CTSDDiT scan_layers / remat_policy pattern, for the train step."""
 
-  def __init__(self, c=4, d=32, hidden=64, layers=3, *, rngs):
+  def __init__(self, c=4, d=32, hidden=64, layers=3, *, rngs,
+               policy=jax.checkpoint_policies.nothing_saveable):
+    self.policy = policy
     self.inp = nnx.Linear(c, d, kernel_init=_init((None, "embed")), rngs=rngs)
     make = nnx.vmap(lambda key: _Layer(d, hidden, rngs=nnx.Rngs(key)), in_axes=0, out_axes=0,
                     transform_metadata={nnx.PARTITION_NAME: None})
@@ -52,7 +54,7 @@ class ScannedToy(nnx.Module):
     self.out = nnx.Linear(d, c, kernel_init=_init(("embed", None)), rngs=rngs)
 
   def __call__(self, x):
-    step = nnx.remat(lambda layer, h: layer(h), policy=jax.checkpoint_policies.nothing_saveable)
+    step = nnx.remat(lambda layer, h: layer(h), policy=self.policy)
     h = nnx.scan(lambda h, layer: step(layer, h), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
                  transform_metadata={nnx.PARTITION_NAME: None})(self.inp(x), self.layers)
     return self.out(h)
