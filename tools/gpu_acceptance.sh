@@ -5,6 +5,7 @@
 #
 #   bash tools/gpu_acceptance.sh [OUTDIR [STEP...]]   # default OUTDIR: gpu_acceptance; all steps
 #   bash tools/gpu_acceptance.sh out kernels attention  # only these (e.g. to fit a time limit)
+#   PYTHON=/path/to/python bash tools/gpu_acceptance.sh  # default: python3
 #
 # Steps (each one logged to OUTDIR/<step>.log; a failing step does not stop the others):
 #   kernels      pytest -m gpu tests/kernels: the Pallas/Triton and cuDNN paths against XLA, bf16
@@ -30,8 +31,9 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 # jax takes 75% of the GPU by default; maskgwm_long at batch 1 needs nearly all of it
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py="${PYTHON:-python3}"
 
-python - <<'EOF' || { echo "[gpu_acceptance] no GPU visible to jax; nothing to check" >&2; exit 2; }
+"$py" - <<'EOF' || { echo "[gpu_acceptance] no GPU visible to jax; nothing to check" >&2; exit 2; }
 import jax
 gpus = [d for d in jax.devices() if d.platform == "gpu"]
 print(f"[gpu_acceptance] jax {jax.__version__}, devices: {gpus}")
@@ -50,14 +52,14 @@ step() {  # step NAME COMMAND...: runs it, logs it, reports its exit status
 }
 
 long() {  # long NAME [ARGS...]: maskgwm_long, batch 1, bf16, mask off and on
-  step "$1" python tools/bench.py train --config=configs/maskgwm_long.py --batch=1 --mask=both \
+  step "$1" "$py" tools/bench.py train --config=configs/maskgwm_long.py --batch=1 --mask=both \
       --dtype=bfloat16 "${@:2}"
 }
 run_step() {
   case "$1" in
-    kernels) step kernels python -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;
-    attention) step attention python tools/bench.py attention ;;
-    train_bench) step train_bench python tools/bench.py train ;;
+    kernels) step kernels "$py" -m pytest -q -p no:cacheprovider -m gpu tests/kernels ;;
+    attention) step attention "$py" tools/bench.py attention ;;
+    train_bench) step train_bench "$py" tools/bench.py train ;;
     train_long) run_step train_long_dots || run_step train_long_narrow ||
         run_step train_long_full || run_step train_long_xla ;;
     train_long_dots) long train_long_dots --set train.mu_dtype=bfloat16 --remat=dots_saveable ;;
