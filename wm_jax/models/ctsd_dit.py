@@ -64,8 +64,8 @@ def save_narrowing_dots(prim, *avals, **params) -> bool:
   their contraction -- the q/k/v/out projections, the MLP down-projections -- and recompute the
   widening ones (the MLP up-projections, D -> 4D or 8D: a block's largest activations) and the
   attention logits. Assumes activations on the left of the dot, as nnx.Linear puts them."""
-  if prim is not jax.lax.dot_general_p:
-    return False
+  if prim is not jax.lax.dot_general_p or len(avals) < 2 or "dimension_numbers" not in params:
+    return False  # anything else (or a call this policy does not understand) is recomputed
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = params["dimension_numbers"]
   if lhs_batch or rhs_batch:
     return False
