@@ -18,8 +18,8 @@
 #                state + gradients 44 GiB, plus the activations kept for the backward pass):
 #                  train_long_dots     remat dots_saveable (~25 GiB of activations)
 #                  train_long_narrow   remat narrow_dots_saveable (~13 GiB; recomputes the MLP
-#                                      up-projections, ~11% more FLOPs executed)
-#                  train_long_full     remat full (~2 GiB; recomputes the whole forward)
+#                                      up-projections: 1.15x the model's matmul FLOPs executed)
+#                  train_long_full     remat full (~2 GiB; recomputes the whole forward: 1.33x)
 #                  train_long_xla      remat full and XLA attention (in case cuDNN refuses a shape)
 #                Each rung is also a step of its own, to run one per command.
 # Every JSON line of every log in OUTDIR is collected in OUTDIR/results.jsonl at the end.

@@ -67,3 +67,28 @@ def test_jaxpr_counter_scan_cond_and_conv():
   conv = lambda a, b: jax.lax.conv(a, b, (1, 1), "SAME")
   assert flops.forward_flops(conv, img, k) == 2 * (1 * 6 * 10 * 10) * (3 * 3 * 3)
   assert flops.mfu(1e12, 1.0, 2, 1e12) == 0.5 and flops.mfu(1e12, 1.0, 1, None) is None
+
+
+def test_grad_program_flops_count_remat_recomputation():
+  """loss_grad_flops counts what the gradient program executes: about 3x the forward without
+  remat, plus at most one forward of recomputation with a policy; 'full' recomputes the most."""
+  import copy
+  from tools.bench_suites.train import load_config
+  from wm_jax.train import example_batch, loop
+  base = load_config("configs/maskgwm_tiny.py")
+  base.train.batch_size = 1
+  base.mesh.update(data=1, fsdp=1, tensor=1)
+  executed, forward = {}, None
+  for policy in ("none", "narrow_dots_saveable", "full"):
+    config = copy.deepcopy(base)
+    config.model.remat_policy = policy
+    s = loop.setup(config, mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))
+    args = (s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn,
+            example_batch.abstract(config), config)
+    forward = flops.loss_forward_flops(*args)
+    executed[policy] = flops.loss_grad_flops(*args)
+  # no remat: forward + backward (the input's gradient is not needed, so a little under 3x)
+  assert 0.95 * 3 * forward < executed["none"] <= 3 * forward
+  recompute_narrow = executed["narrow_dots_saveable"] - executed["none"]
+  recompute_full = executed["full"] - executed["none"]
+  assert 0 < recompute_narrow < recompute_full <= forward

@@ -15,6 +15,8 @@ masked / unmasked ratio bounds what mask reconstruction can save. Also backend-i
 residual_bytes, the activations the remat policy keeps for the backward pass (params excluded).
 On one device the step needs about state + param_bytes (the gradients) + residual_bytes, plus
 XLA's working space; temp_bytes_per_device is XLA's own plan on this backend.
+executed_flops_per_step counts the matmuls of the gradient program, remat recomputation included:
+over flops_per_step (what MFU counts) it is the policy's compute cost.
 
   python tools/bench.py compile --config=configs/maskgwm_long.py --mask=both --scan=on --lower_only
 """
@@ -85,6 +87,8 @@ def run(args):
         temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
       step_flops = flops.train_flops(flops.loss_forward_flops(
           s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn, batch, config))
+      executed = flops.loss_grad_flops(s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn,
+                                       batch, config)
       saved, saved_inputs = memory.loss_residual_bytes(s.graphdef, s.abstract.params,
                                                        s.abstract.rest, s.loss_fn, batch, config)
       model = nnx.eval_shape(lambda: CTSDDiT(config.model, config.mask, rngs=nnx.Rngs(0)))
@@ -95,6 +99,7 @@ def run(args):
              "traced_layers": int(traced), "remat": str(config.model.remat_policy),
              "setup_s": round(setup_s, 2), "trace_lower_s": round(lower_s, 2),
              "compile_s": compile_s, "temp_bytes_per_device": temp,
-             "flops_per_step": step_flops, "state_bytes": memory.tree_bytes(s.abstract),
+             "flops_per_step": step_flops, "executed_flops_per_step": executed,
+             "state_bytes": memory.tree_bytes(s.abstract),
              "param_bytes": memory.tree_bytes(s.abstract.params),
              "residual_bytes": saved - saved_inputs}

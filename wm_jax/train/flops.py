@@ -82,16 +82,33 @@ def train_flops(forward: float) -> float:
   return 3.0 * forward
 
 
-def loss_forward_flops(graphdef, params, rest, loss_fn, batch, config) -> float:
-  """Forward matmul FLOPs of loss_fn(model, batch, rng, config, train=True) on abstract inputs."""
+def loss_of_params(graphdef, loss_fn, config):
+  """(params, rest, batch) -> scalar loss of loss_fn(model, batch, rng, config, train=True), the
+  model merged inside the trace (with fresh Variables, as the train step does)."""
   from flax import nnx
 
-  def fwd(params, rest, batch):
-    model = nnx.merge(graphdef, params, rest)
+  def loss(params, rest, batch):
+    model = nnx.merge(graphdef, params, rest, copy=True)
     return loss_fn(model, batch, jax.random.key(0), config, train=True)[0]
+  return loss
 
-  abstract = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
-  return forward_flops(fwd, abstract(params), abstract(rest), abstract(batch))
+
+def abstract(tree):
+  """ShapeDtypeStructs (without shardings) of a tree of arrays."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def loss_forward_flops(graphdef, params, rest, loss_fn, batch, config) -> float:
+  """Forward matmul FLOPs of loss_fn(model, batch, rng, config, train=True) on abstract inputs."""
+  loss = loss_of_params(graphdef, loss_fn, config)
+  return forward_flops(loss, abstract(params), abstract(rest), abstract(batch))
+
+
+def loss_grad_flops(graphdef, params, rest, loss_fn, batch, config) -> float:
+  """Matmul FLOPs the gradient program executes: forward, the remat policy's recomputation and
+  backward. Over train_flops(loss_forward_flops(...)) it is the cost of remat (1.0 without)."""
+  loss = loss_of_params(graphdef, loss_fn, config)
+  return forward_flops(jax.grad(loss), abstract(params), abstract(rest), abstract(batch))
 
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak: float | None) -> float | None:

@@ -42,11 +42,7 @@ def saved_residual_bytes(fn, params, *args) -> tuple[int, int]:
 def loss_residual_bytes(graphdef, params, rest, loss_fn, batch, config) -> tuple[int, int]:
   """saved_residual_bytes of loss_fn(model, batch, rng, config, train=True) w.r.t. the params, with
   the model merged inside the trace as the train step does."""
-  from flax import nnx
-
-  def loss(params, rest, batch):
-    model = nnx.merge(graphdef, params, rest, copy=True)
-    return loss_fn(model, batch, jax.random.key(0), config, train=True)[0]
-
-  abstract = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
-  return saved_residual_bytes(loss, abstract(params), abstract(rest), abstract(batch))
+  from wm_jax.train import flops
+  loss = flops.loss_of_params(graphdef, loss_fn, config)
+  return saved_residual_bytes(loss, flops.abstract(params), flops.abstract(rest),
+                              flops.abstract(batch))
