@@ -44,7 +44,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.num_views = 1
   m.latent_height = 36
   m.latent_width = 64
-  m.text_tokens = 77
+  m.text_tokens = 154  # CLIP 77 + T5 77: OpenDWM's SD3.5 pipelines concatenate them
   m.dtype = "bfloat16"
   m.param_dtype = "float32"
   m.remat_policy = "dots_saveable"

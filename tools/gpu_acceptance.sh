@@ -16,7 +16,7 @@
 #                MFU >= 0.40, masked step <= 0.85x the unmasked one), with Adam's first moment in
 #                bf16, trying until one fits the GPU (tools/bench.py compile reports the sizes:
 #                state + gradients 44 GiB, plus the activations kept for the backward pass):
-#                  train_long_dots     remat dots_saveable (~25 GiB of activations)
+#                  train_long_dots     remat dots_saveable (~26 GiB of activations)
 #                  train_long_narrow   remat narrow_dots_saveable (~13 GiB; recomputes the MLP
 #                                      up-projections: 1.15x the model's matmul FLOPs executed)
 #                  train_long_full     remat full (~2 GiB; recomputes the whole forward: 1.33x)
