@@ -63,7 +63,7 @@ def main(argv=None):
   import jax
   import wm_jax  # noqa: F401
   from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import example_batch, flops, loop, step as step_lib
+  from wm_jax.train import flops, loop
 
   print(f"[aot] {len(devices)} devices of {devices[0].device_kind}", flush=True)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -72,9 +72,7 @@ def main(argv=None):
   replicated = mesh_lib.replicated_large_params(s.abstract.params, s.param_shardings)
   for path, shape, size in replicated:
     print(f"[aot] WARNING: {path} {shape} ({size} elements) is replicated on every device", flush=True)
-  state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                       s.abstract, s.shardings)
-  batch = example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+  state, batch = loop.abstract_inputs(s, config, mesh)
   print("[aot] lowering and compiling the train step...", flush=True)
   compiled = s.step_fn.lower(state, batch).compile()
   mem = compiled.memory_analysis()

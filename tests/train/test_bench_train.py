@@ -50,16 +50,14 @@ builtins.__import__ = guard
 import jax
 from tools.bench_suites.train import load_config
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import example_batch, loop, state as state_lib, step as step_lib
+from wm_jax.train import loop
 
 config = load_config("configs/maskgwm_tiny.py")
 config.train.batch_size = 1
 config.mesh.update(data=1, fsdp=1, tensor=1)
 mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
 s = loop.setup(config, mesh)
-state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                     s.abstract, s.shardings)
-s.step_fn.lower(state, example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh)))
+s.step_fn.lower(*loop.abstract_inputs(s, config, mesh))
 print("lowered without", [m for m in ("tensorflow", "clu.metric_writers") if m in sys.modules])
 '''
 

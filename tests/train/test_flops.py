@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import flops, step as step_lib
+from wm_jax.train import flops
 
 
 def _analytic_vs_xla(config, devices):
@@ -17,7 +17,7 @@ def _analytic_vs_xla(config, devices):
   count the recomputed forward (analytic model FLOPs never do), and layers are unscanned (the
   analytic count multiplies through scans: tests/models/test_scan.py)."""
   from wm_jax.diffusion import config as diffusion_config
-  from wm_jax.train import config as train_config, example_batch, loop
+  from wm_jax.train import config as train_config, loop
   config = train_config.fill(config)
   config.diffusion = diffusion_config.defaults()
   config.model.remat_policy = "none"
@@ -26,9 +26,7 @@ def _analytic_vs_xla(config, devices):
   config.mesh.data = 1
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   s = loop.setup(config, mesh)
-  state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                       s.abstract, s.shardings)
-  batch = example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+  state, batch = loop.abstract_inputs(s, config, mesh)
   cost = s.step_fn.lower(state, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   analytic = flops.train_flops(flops.loss_forward_flops(s.graphdef, s.abstract.params,

@@ -48,7 +48,7 @@ def run(args):
   from tools.bench_suites.train import apply_overrides, load_config
   from wm_jax.models.ctsd_dit import CTSDDiT
   from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import example_batch, flops, loop, memory, step as step_lib
+  from wm_jax.train import flops, loop, memory
 
   base = load_config(args.config)
   base.train.batch_size = 1
@@ -72,9 +72,7 @@ def run(args):
       mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
       t0 = time.perf_counter()
       s = loop.setup(config, mesh)
-      state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                           s.abstract, s.shardings)
-      batch = example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+      state, batch = loop.abstract_inputs(s, config, mesh)
       setup_s = time.perf_counter() - t0
       t0 = time.perf_counter()
       lowered = s.step_fn.lower(state, batch)

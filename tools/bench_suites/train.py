@@ -93,9 +93,7 @@ def run(args):
     mesh_lib.validate(config, mesh)
     s = loop.setup(config, mesh)
     # compile from abstract shapes first: a step that does not fit is refused before any allocation
-    abstract_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                                  s.abstract, s.shardings)
-    abstract_batch = example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+    abstract_state, abstract_batch = loop.abstract_inputs(s, config, mesh)
     step_flops = flops.train_flops(flops.loss_forward_flops(
         s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn, abstract_batch, config))
     t0 = time.perf_counter()

@@ -58,7 +58,6 @@ from wm_jax.parallel.shard import constrain
 PAPER_ONLY_PARAMS = (r"temporal_transformer_blocks\.\d+\.time_modulation\.linear\.(weight|bias)",)
 
 
-
 def save_narrowing_dots(prim, *avals, **params) -> bool:
   """Remat policy: save the weight matmuls (dots without batch dims) whose output is no wider than
   their contraction -- the q/k/v/out projections, the MLP down-projections -- and recompute the

@@ -146,6 +146,15 @@ def setup(config, mesh, *, model_factory=None, loss_fn=None, donate: bool = True
   return Setup(tx, graphdef, abstract, param_sh, shardings, step_fn, factory, loss_fn, ema)
 
 
+def abstract_inputs(s: Setup, config, mesh):
+  """(state, batch) of ShapeDtypeStructs with their shardings: what `s.step_fn.lower` takes to
+  compile the step without allocating anything (benchmarks, AOT compilation, FLOP tests)."""
+  from wm_jax.train import example_batch
+  state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                       s.abstract, s.shardings)
+  return state, example_batch.abstract(config, sharding=step_lib.batch_sharding(mesh))
+
+
 class _Stop:
   """SIGTERM (the TPU preemption notice) sets a flag; the loop saves and exits cleanly."""
 
