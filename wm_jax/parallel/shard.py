@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import numpy as np
 
 from wm_jax.parallel import rules
 
@@ -25,3 +26,23 @@ def constrain(x, logical_axes: Sequence[str | None]):
   if mesh.are_all_axes_explicit:
     return jax.sharding.reshard(x, spec)
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+def batch_sharding(mesh) -> jax.sharding.NamedSharding:
+  """Leading (batch) dim over the batch rule's mesh axes, the rest replicated: a prefix sharding
+  for every leaf of a batch."""
+  return jax.sharding.NamedSharding(mesh, rules.logical_to_spec(("batch",), mesh.axis_names))
+
+
+def device_batch(batch: dict, mesh) -> dict:
+  """Per-process numpy batch -> global jax.Arrays sharded on the batch dim (multi-host safe).
+
+  Non-numeric entries (strings, objects) are dropped: they are for logging, not for the model."""
+  sharding = batch_sharding(mesh)
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf" and value.dtype.name != "bfloat16":
+      continue
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
