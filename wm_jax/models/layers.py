@@ -74,14 +74,19 @@ def linear(din: int, dout: int, axes: Sequence[str | None], *, rngs: nnx.Rngs, p
                     bias_init=_part(nnx.initializers.zeros_init(), axes[1:]), rngs=rngs)
 
 
-def conv(din: int, dout: int, kernel: int, *, rngs: nnx.Rngs, prec: Precision, stride: int = 1,
-         padding: Any = "VALID", zero_init: bool = False,
+def conv(din: int, dout: int, kernel: int | Sequence[int], *, rngs: nnx.Rngs, prec: Precision,
+         stride: int | Sequence[int] = 1, padding: Any = "VALID", zero_init: bool = False,
          axes: Sequence[str | None] = ("conv_in", "conv_out")) -> nnx.Conv:
-  """2-D nnx.Conv (channels last) with logical axes (None, None, in, out) on the kernel."""
+  """nnx.Conv (channels last) with logical axes (None, ..., None, in, out) on the kernel.
+
+  kernel: an int for a square 2-D window, or one size per spatial dim (e.g. (1, 3, 3) for a
+  3-D conv, kernel [1, 3, 3, in, out]).
+  """
   kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal()
-  return nnx.Conv(din, dout, (kernel, kernel), strides=stride, padding=padding,
+  window = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+  return nnx.Conv(din, dout, window, strides=stride, padding=padding,
                   dtype=prec.dtype, param_dtype=prec.param_dtype,
-                  kernel_init=_part(kernel_init, (None, None, *axes)),
+                  kernel_init=_part(kernel_init, (None,) * len(window) + tuple(axes)),
                   bias_init=_part(nnx.initializers.zeros_init(), axes[1:]), rngs=rngs)
 
 
