@@ -191,6 +191,21 @@ def test_per_frame_modulation_uses_own_frame(setup):
   assert diff[0] == 0 and diff[2] == 0 and diff[1] > 0, diff
 
 
+def test_precision_reaches_every_layer(setup):
+  """dtype / param_dtype form the module's layers.Precision: every variable (Buffers included) is
+  stored in param_dtype and the forward computes in dtype."""
+  _, _, mask, kept, x = setup
+  bf16 = jnp.dtype(jnp.bfloat16)
+  module = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, mr.defaults(),
+                                                rngs=nnx.Rngs(0), dtype=bf16, param_dtype=bf16))
+  stored = {".".join(map(str, p)): v.dtype for p, v in nnx.to_flat_state(nnx.state(module))}
+  assert {k: v for k, v in stored.items() if v != bf16} == {}
+  assert "sideblocks.0.attn.add_k_proj.kernel" in stored
+  out = nnx.eval_shape(lambda m: m(kept.astype(bf16), mask, x["noise"], x["tau"], x["temb"],
+                                   x["context"]), module)
+  assert out.shape == (B, T, V, H, W, D) and out.dtype == bf16
+
+
 def test_bad_shapes_raise(setup):
   module, _, mask, kept, x = setup
   with pytest.raises(ValueError, match="temb"):

@@ -32,15 +32,20 @@ order when frames carry different timesteps; not copied).
 Where this differs from OpenDWM on purpose:
   - the paper's m_tau = (1-tau) f_m(eps) + tau p. OpenDWM's "trans" recipe with target
     ["noise", "learnable"] computes tau * f_m(eps) + (1 - tau) * p, the reverse weighting; the
-    paper's formula is used (DESIGN.md: paper behaviour, OpenDWM names);
+    paper's formula is used (paper behaviour, OpenDWM names);
   - the M_spatial / M_time choice is per sample (OpenDWM: per (sample, view));
   - kept tokens in column order (OpenDWM: random order).
 
-The diffusers attention modules OpenDWM uses carry `add_k_proj`, `add_v_proj`, `norm_added_q`,
-`norm_added_k` that its processor never applies. They exist here as `UnusedWeight` buffers
-(wm_jax.models.buffers.Buffer) so checkpoints convert name for name, but they are not `nnx.Param`,
-so optimizers (wrt=nnx.Param) leave them alone, as PyTorch does with weights that never get a
-gradient.
+Built from the shared layers (wm_jax.models.layers: linear, conv, layer_norm, zeros_param;
+wm_jax.models.attention.Attention) with the models' conventions: a layers.Precision (compute
+dtype, storage dtype) and a layers.KeyStream for initial values (an nnx.Rngs given to MaskModule
+is wrapped in one). Two pieces stay local because the shared layers name them differently:
+  - SideAttention: attention.Attention plus cross-attention (q from x, k and v from the context
+    through the same to_k / to_v) and the added-kv weights of diffusers' Attention
+    (`add_k_proj`, `add_v_proj`, `norm_added_q`, `norm_added_k`) that OpenDWM's processor never
+    applies: layers.UnusedLinear / UnusedScale, i.e. Buffers, saved and converted name for name
+    but not `nnx.Param`, so optimizers (wrt=nnx.Param) leave them alone;
+  - Mlp: timm's fc1 / fc2 names (attention.FeedForward uses diffusers' net.0.proj / net.2).
 
 Flax layouts: Linear kernel (in, out), Conv kernel (kD, kH, kW, in, out), norm weight `scale`.
 """
@@ -55,11 +60,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from wm_jax.kernels.attention import attention
-from wm_jax.models import masking
-from wm_jax.models.buffers import Buffer
+from wm_jax.kernels import attention as attention_kernels
+from wm_jax.models import attention, layers, masking
 
-MLP_RATIO = 4.0
+MLP_RATIO = 4
 QK_NORM_EPS = 1e-5  # diffusers Attention default eps for its RMSNorm
 LAYER_NORM_EPS = 1e-6
 
@@ -87,88 +91,41 @@ def defaults(**overrides) -> ml_collections.ConfigDict:
 POS_TABLES = ("3d_sincos", "backbone")
 
 
-class UnusedWeight(Buffer):
-  """A checkpoint weight that the forward never reads: a Buffer (saved and converted, never
-  trained), kept so that OpenDWM checkpoints convert name for name."""
-
-
-def _linear_init(axes):
-  # PyTorch nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)).
-  return nnx.with_partitioning(nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"), axes)
-
-
-def _linear(din, dout, axes, rngs, dtype, param_dtype):
-  return nnx.Linear(din, dout, kernel_init=_linear_init(axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-
-def _rms_norm(dim, rngs, param_dtype):
-  return nnx.RMSNorm(dim, epsilon=QK_NORM_EPS, param_dtype=param_dtype,
-                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("head_dim",)),
-                     rngs=rngs)
-
-
-class _UnusedLinear(nnx.Module):
-
-  def __init__(self, din, dout, axes, rngs, param_dtype):
-    self.kernel = UnusedWeight(_linear_init(axes)(rngs.params(), (din, dout), param_dtype),
-                               out_sharding=axes)
-    self.bias = UnusedWeight(jnp.zeros((dout,), param_dtype), out_sharding=(axes[1],))
-
-
-class _UnusedNorm(nnx.Module):
-
-  def __init__(self, dim, param_dtype):
-    self.scale = UnusedWeight(jnp.ones((dim,), param_dtype), out_sharding=("head_dim",))
-
-
-class Attention(nnx.Module):
+class SideAttention(attention.Attention):
   """diffusers Attention(query_dim=D, added_kv_proj_dim=D, qk_norm='rms_norm', bias=True) as
-  AttnProcessor2_0 runs it: q from x, k/v from the context (or x), RMSNorm on q and k per head."""
+  AttnProcessor2_0 runs it: q from x, k/v from the context (or x), RMSNorm on q and k per head.
+  The added-kv projections and norms are checkpoint-only (never applied)."""
 
-  def __init__(self, dim, num_heads, head_dim, *, rngs, attention_impl="auto", dtype=None,
-               param_dtype=jnp.float32):
-    inner = num_heads * head_dim
-    self.num_heads, self.head_dim, self.attention_impl = num_heads, head_dim, attention_impl
-    mk = lambda a, b, axes: _linear(a, b, axes, rngs, dtype, param_dtype)
-    self.to_q = mk(dim, inner, ("embed", "heads"))
-    self.to_k = mk(dim, inner, ("embed", "heads"))
-    self.to_v = mk(dim, inner, ("embed", "heads"))
-    self.to_out = nnx.List([mk(inner, dim, ("heads", "embed"))])
-    self.norm_q = _rms_norm(head_dim, rngs, param_dtype)
-    self.norm_k = _rms_norm(head_dim, rngs, param_dtype)
-    self.add_k_proj = _UnusedLinear(dim, inner, ("embed", "heads"), rngs, param_dtype)
-    self.add_v_proj = _UnusedLinear(dim, inner, ("embed", "heads"), rngs, param_dtype)
-    self.norm_added_q = _UnusedNorm(head_dim, param_dtype)
-    self.norm_added_k = _UnusedNorm(head_dim, param_dtype)
+  def __init__(self, dim: int, heads: int, head_dim: int, *, rngs, prec: layers.Precision,
+               impl: str = "auto"):
+    super().__init__(dim, heads, head_dim, rngs=rngs, prec=prec, qk_norm="rms_norm",
+                     eps=QK_NORM_EPS, impl=impl)
+    unused = lambda: layers.UnusedLinear(dim, heads * head_dim, ("embed", "heads"), rngs=rngs,
+                                         prec=prec)
+    self.add_k_proj, self.add_v_proj = unused(), unused()
+    self.norm_added_q = layers.UnusedScale(head_dim, ("head_dim",), prec=prec)
+    self.norm_added_k = layers.UnusedScale(head_dim, ("head_dim",), prec=prec)
 
   def __call__(self, x, context=None):
     """x [N, S, D], context [N, L, D] or None (self-attention) -> [N, S, D]."""
-    context = x if context is None else context
-    heads = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
-    q = self.norm_q(heads(self.to_q(x))).astype(x.dtype)
-    k = self.norm_k(heads(self.to_k(context))).astype(x.dtype)
-    v = heads(self.to_v(context))
-    out = attention(q, k, v, mask=None, impl=self.attention_impl)
-    return self.to_out[0](out.reshape(out.shape[:-2] + (-1,)))
+    if context is None:
+      return super().__call__(x)
+    q = self._heads(x, self.to_q, self.norm_q)
+    k = self._heads(context, self.to_k, self.norm_k)
+    v = self._heads(context, self.to_v, None)
+    out = attention_kernels.attention(q, k, v, mask=None, impl=self.impl)
+    return self.to_out[0](out.reshape(*out.shape[:2], self.heads * self.head_dim))
 
 
 class Mlp(nnx.Module):
+  """timm Mlp (STDiT3's names): fc2(GELU_tanh(fc1(x)))."""
 
-  def __init__(self, dim, hidden, *, rngs, dtype=None, param_dtype=jnp.float32):
-    self.fc1 = _linear(dim, hidden, ("embed", "mlp"), rngs, dtype, param_dtype)
-    self.fc2 = _linear(hidden, dim, ("mlp", "embed"), rngs, dtype, param_dtype)
+  def __init__(self, dim: int, hidden: int, *, rngs, prec: layers.Precision):
+    self.fc1 = layers.linear(dim, hidden, ("embed", "mlp"), rngs=rngs, prec=prec)
+    self.fc2 = layers.linear(hidden, dim, ("mlp", "embed"), rngs=rngs, prec=prec)
 
   def __call__(self, x):
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
-
-
-def _layer_norm(x):
-  xf = x.astype(jnp.float32)
-  mean = jnp.mean(xf, -1, keepdims=True)
-  var = jnp.mean(jnp.square(xf - mean), -1, keepdims=True)
-  return ((xf - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)).astype(x.dtype)
 
 
 class SideBlock(nnx.Module):
@@ -178,15 +135,15 @@ class SideBlock(nnx.Module):
   temporal=True:  self-attention over the T frames of each (view, row, column) (F_t).
   """
 
-  def __init__(self, dim, num_heads, head_dim, *, temporal, rngs, attention_impl="auto",
-               dtype=None, param_dtype=jnp.float32):
+  def __init__(self, dim: int, num_heads: int, head_dim: int, *, temporal: bool, rngs,
+               prec: layers.Precision = layers.Precision(), impl: str = "auto"):
     self.temporal = temporal
-    table = jax.random.normal(rngs.params(), (6, dim), param_dtype) / math.sqrt(dim)
+    table = jax.random.normal(rngs.params(), (6, dim), prec.param_dtype) / math.sqrt(dim)
     self.scale_shift_table = nnx.Param(table, out_sharding=(None, "embed"))
-    kw = dict(rngs=rngs, attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
-    self.attn = Attention(dim, num_heads, head_dim, **kw)
-    self.cross_attn = Attention(dim, num_heads, head_dim, **kw)
-    self.mlp = Mlp(dim, int(dim * MLP_RATIO), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.norm = layers.layer_norm(dim, rngs=rngs, prec=prec, eps=LAYER_NORM_EPS, affine=False)
+    self.attn = SideAttention(dim, num_heads, head_dim, rngs=rngs, prec=prec, impl=impl)
+    self.cross_attn = SideAttention(dim, num_heads, head_dim, rngs=rngs, prec=prec, impl=impl)
+    self.mlp = Mlp(dim, dim * MLP_RATIO, rngs=rngs, prec=prec)
 
   def __call__(self, x, context, modulation):
     """x [B,T,V,h,W,D]; context [B,T,V,L,D]; modulation [B,T,V,6,D] (t_block of each frame's temb)."""
@@ -194,7 +151,7 @@ class SideBlock(nnx.Module):
     mod = (modulation + self.scale_shift_table[...]).astype(x.dtype)[:, :, :, :, None, None, :]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         mod[:, :, :, i] for i in range(6))
-    y = _layer_norm(x) * (1 + scale_msa) + shift_msa
+    y = self.norm(x) * (1 + scale_msa) + shift_msa
     if self.temporal:
       y = jnp.moveaxis(y, 1, 4).reshape(b * v * h * w, t, d)
       y = self.attn(y)
@@ -204,7 +161,7 @@ class SideBlock(nnx.Module):
     x = x + gate_msa * y
     ctx = context.reshape((b * t * v,) + context.shape[3:]).astype(x.dtype)
     x = x + self.cross_attn(x.reshape(b * t * v, h * w, d), ctx).reshape(x.shape)
-    y = _layer_norm(x) * (1 + scale_mlp) + shift_mlp
+    y = self.norm(x) * (1 + scale_mlp) + shift_mlp
     return x + gate_mlp * self.mlp(y)
 
 
@@ -233,12 +190,15 @@ def sincos_3d(frames: int, rows: int, width: int, dim: int) -> np.ndarray:
 class _PathEmbed(nnx.Module):
   """OpenDWM MaskPatchEmbed(merge_type='add'): mask token + proj(position table)."""
 
-  def __init__(self, dim, *, rngs, dtype=None, param_dtype=jnp.float32):
-    self.proj = _linear(dim, dim, ("embed", "embed"), rngs, dtype, param_dtype)
+  def __init__(self, dim: int, *, rngs, prec: layers.Precision):
+    self.proj = layers.linear(dim, dim, ("embed", "embed"), rngs=rngs, prec=prec)
 
 
 class MaskModule(nnx.Module):
-  """MaskGWM token reconstruction; param paths equal OpenDWM's `mask_module.*` keys."""
+  """MaskGWM token reconstruction; param paths equal OpenDWM's `mask_module.*` keys.
+
+  `rngs`: an nnx.Rngs or a layers.KeyStream; `dtype` / `param_dtype` form its layers.Precision.
+  """
 
   def __init__(self, dim, num_heads, head_dim, latent_channels, patch_size, mask_config, *, rngs,
                attention_impl="auto", dtype=None, param_dtype=jnp.float32):
@@ -248,27 +208,24 @@ class MaskModule(nnx.Module):
     side = int(mask_config.side_blocks)
     if side < 1:
       raise ValueError(f"mask.side_blocks must be >= 1, got {mask_config.side_blocks}")
-    pos_table = mask_config.get("pos_table", "3d_sincos")
-    if pos_table not in POS_TABLES:
-      raise ValueError(f"mask.pos_table must be one of {POS_TABLES}, got {pos_table!r}")
+    if mask_config.pos_table not in POS_TABLES:
+      raise ValueError(f"mask.pos_table must be one of {POS_TABLES}, got {mask_config.pos_table!r}")
+    if isinstance(rngs, nnx.Rngs):
+      rngs = layers.KeyStream(rngs)
+    prec = layers.Precision(dtype, param_dtype)
     self.dim, self.patch_size, self.latent_channels = dim, patch_size, latent_channels
-    self.pos_table = pos_table
-    self.mask_token = nnx.Param(jnp.zeros((1, 1, dim), param_dtype), out_sharding=(None, None, "embed"))
-    kw = dict(rngs=rngs, attention_impl=attention_impl, dtype=dtype, param_dtype=param_dtype)
-    self.sideblocks = nnx.List([SideBlock(dim, num_heads, head_dim, temporal=False, **kw)
-                                for _ in range(side)])
-    self.temporal_sideblocks = nnx.List([SideBlock(dim, num_heads, head_dim, temporal=True, **kw)
-                                         for _ in range(side)])
-    conv_init = nnx.with_partitioning(nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                                      (None, None, None, "conv_in", "conv_out"))
-    self.noise_proj = nnx.Conv(
-        latent_channels, dim, (1, 3, 3), strides=(1, patch_size, patch_size),
-        padding=((0, 0), (1, 1), (1, 1)), kernel_init=conv_init,
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.mask_path_embed = _PathEmbed(dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.t_block = nnx.Dict({"1": _linear(dim, 6 * dim, ("embed", "mlp"), rngs, dtype,
-                                          param_dtype)})
+    self.pos_table = mask_config.pos_table
+    self.mask_token = layers.zeros_param((1, 1, dim), (None, None, "embed"), prec)
+    block = lambda temporal: SideBlock(dim, num_heads, head_dim, temporal=temporal, rngs=rngs,
+                                       prec=prec, impl=attention_impl)
+    self.sideblocks = nnx.List([block(False) for _ in range(side)])
+    self.temporal_sideblocks = nnx.List([block(True) for _ in range(side)])
+    self.noise_proj = layers.conv(latent_channels, dim, (1, 3, 3), rngs=rngs, prec=prec,
+                                  stride=(1, patch_size, patch_size),
+                                  padding=((0, 0), (1, 1), (1, 1)))
+    self.mask_path_embed = _PathEmbed(dim, rngs=rngs, prec=prec)
+    self.t_block = nnx.Dict({"1": layers.linear(dim, 6 * dim, ("embed", "mlp"), rngs=rngs,
+                                                prec=prec)})
 
   def noise_features(self, noise):
     """f_m(eps): noise [B,T,V,h*p,w*p,C] -> [B,T,V,h,w,D]."""
