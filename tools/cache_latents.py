@@ -22,9 +22,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
 
-from wm_jax.data import grain_pipeline, tfds_builders  # noqa: E402
+from wm_jax import defaults  # noqa: E402
+from wm_jax.data import tfds_builders  # noqa: E402
 from wm_jax.models import vae as vae_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,7 +39,7 @@ flags.DEFINE_integer("max_examples", 0, "records per split (0 = all)")
 flags.DEFINE_bool("keep_frames", False, "keep the frames next to the latents")
 flags.DEFINE_bool("sample", False, "store posterior samples instead of the posterior mean")
 flags.DEFINE_integer("seed", 0, "seed of --sample")
-config_flags.DEFINE_config_dict("data", grain_pipeline.defaults(), "config.data overrides")
+config_flags.DEFINE_config_dict("data", defaults.data(), "config.data overrides")
 config_flags.DEFINE_config_dict("vae", vae_lib.defaults(), "config.vae overrides")
 
 
@@ -44,7 +47,6 @@ class LatentEncoder:
   """frames uint8 [T,V,H,W,3] -> scaled latents float32 numpy; keeps running statistics."""
 
   def __init__(self, vae_config, *, sample: bool = False, seed: int = 0):
-    import jax
     self.vae = vae_lib.from_config(vae_config)
     self.sample, self.key, self.calls = sample, jax.random.key(seed), 0
     self.count, self.total, self.total_sq = 0, 0.0, 0.0
@@ -54,8 +56,6 @@ class LatentEncoder:
                      f"{':sample' if sample else ':mean'}")
 
   def __call__(self, frames):
-    import jax
-    import numpy as np
     rng = jax.random.fold_in(self.key, self.calls) if self.sample else None
     self.calls += 1
     z = np.asarray(vae_lib.encode_frames(self.vae, frames, rng), np.float32)

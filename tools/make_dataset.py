@@ -13,8 +13,8 @@ r"""Builds a TFDS ArrayRecord cache of clips (frames or VAE latents) from any da
       --data.image_width=512 --latents --vae_preset=sd --vae_checkpoint=/ckpt/sd-vae
 
 Read it back with config.data.source='tfds', config.data.tfds_name='wm_<builder>/<name>',
-config.data.path=<data_dir> (wm_jax/data/grain_pipeline.py), or
-wm_jax.data.tfds_builders.data_source(...).
+config.data.path=<data_dir> (wm_jax/data/sources.py), or
+wm_jax.data.tfds_cache.data_source(...).
 """
 
 import os
@@ -26,9 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+from flax import nnx  # noqa: E402
+import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
 
-from wm_jax.data import grain_pipeline, tfds_builders  # noqa: E402
+from wm_jax import defaults  # noqa: E402
+from wm_jax.data import tfds_builders  # noqa: E402
+from wm_jax.models import vae as vae_lib  # noqa: E402
 
 _BUILDER = flags.DEFINE_enum("builder", "synthetic", sorted(tfds_builders.BUILDERS),
                              "which source to cache")
@@ -42,15 +47,11 @@ _KEEP_FRAMES = flags.DEFINE_bool("keep_frames", False, "with --latents, keep the
 _VAE_PRESET = flags.DEFINE_string("vae_preset", "tiny", "config.vae.preset for --latents")
 _VAE_CHECKPOINT = flags.DEFINE_string("vae_checkpoint", "", "diffusers VAE weights for --latents "
                                       "('' = random weights: smoke tests only)")
-_DATA = config_flags.DEFINE_config_dict("data", grain_pipeline.defaults(),
+_DATA = config_flags.DEFINE_config_dict("data", defaults.data(),
                                         "config.data overrides, e.g. --data.num_frames=8")
 
 
 def _vae_encoder():
-  import jax
-  import numpy as np
-  from flax import nnx
-  from wm_jax.models import vae as vae_lib
   config = vae_lib.defaults()
   config.preset = _VAE_PRESET.value
   if _VAE_CHECKPOINT.value:

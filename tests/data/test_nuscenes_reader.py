@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wm_jax.data import grain_pipeline, nuscenes, schema
+from wm_jax import defaults
+from wm_jax.data import nuscenes, pipeline, records, schema
 
 V_EGO, OMEGA, DT, N_FRAMES, KEY_EVERY = 5.0, 0.2, 1 / 12, 25, 6
 T0 = 1_500_000_000_000_000  # microseconds
@@ -259,16 +260,16 @@ def test_corrupt_sets_raise_errors_naming_file_and_index(tmp_path, what, error, 
 
 def test_pipeline_names_source_and_index_or_skips(tmp_path):
   root = _corrupt(tmp_path, "image")
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(source="nuscenes", path=root, version="v1.0-test", views=("CAM_FRONT", "CAM_BACK"),
            num_frames=2, fps=2, keyframes_only=True, image_height=18, image_width=32,
            max_boxes=4, val_fraction=0.0, shuffle=False, num_epochs=1, drop_remainder=False)
-  it = grain_pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1)
-  with pytest.raises(grain_pipeline.BadRecordError,
+  it = pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1)
+  with pytest.raises(records.BadRecordError,
                      match=r"source='nuscenes:.*:train' index=0: FileNotFoundError.*006.png"):
     next(it)
   c.skip_bad_records = True
-  batches = list(grain_pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1))
+  batches = list(pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1))
   assert len(batches) == 1  # clips [0,6] (bad: frame 6 of CAM_BACK missing) and [12,18]
   assert batches[0]["frames"][0, 0, 0, 0, 0, 0] == 96
   assert batches[0]["layout"].shape == (1, 2, 2, 18, 32, 6)

@@ -13,7 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from wm_jax.data import grain_pipeline, nuscenes, schema
+from wm_jax import defaults
+from wm_jax.data import nuscenes, pipeline, records, schema, sources
 from wm_jax.data.synthetic import ego as ego_lib
 from wm_jax.data.synthetic import export, render, rig as rig_lib, world
 
@@ -103,11 +104,11 @@ def test_keyframes_only_and_location_split(exported):
   src = _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES)
   poses, _, _ = _truth(scenes[1])
   np.testing.assert_allclose(src[1]["ego_pose"], poses[::export.KEYFRAME_EVERY], atol=2e-4)
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(source="nuscenes", path=root, version=VERSION, views=("CAM_FRONT",), num_frames=3,
            fps=2, keyframes_only=True, image_height=16, image_width=32,
            val_locations=("singapore-onenorth",))
-  train, val = grain_pipeline.make_source(c, "train"), grain_pipeline.make_source(c, "validation")
+  train, val = sources.make_source(c, "train"), sources.make_source(c, "validation")
   assert [s["scene"]["name"] for s in train.scenes] == ["scene-0001"]
   assert [s["scene"]["name"] for s in val.scenes] == ["scene-0002"]
 
@@ -142,16 +143,16 @@ def _corrupt(src_root, dst, what):
 def test_corrupted_export_errors_name_file_and_index(exported, tmp_path, what, pattern):
   root, _ = _corrupt(exported[0], str(tmp_path / "bad"), what)[0], None
   root, name = _corrupt(exported[0], str(tmp_path / "bad2"), what)
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(source="nuscenes", path=root, version=VERSION, num_frames=4, fps=FPS, clip_stride=13,
            views=("CAM_FRONT", "CAM_FRONT_RIGHT"), image_height=16, image_width=32,
            val_fraction=0.0, shuffle=False, num_epochs=1, drop_remainder=False)
-  ds = grain_pipeline.make_dataset(c, split="train")
+  ds = pipeline.make_dataset(c, split="train")
   ds[0]  # scene-0001 is intact
-  with pytest.raises(grain_pipeline.BadRecordError, match=pattern.format(name)):
+  with pytest.raises(records.BadRecordError, match=pattern.format(name)):
     ds[1]
   c.skip_bad_records = True
-  it = grain_pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1)
+  it = pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1)
   assert len(list(it)) == 1 and it.bad_records == 1
 
 

@@ -1,4 +1,4 @@
-"""TFDS ArrayRecord caches: build, read back through tfds.data_source, feed the Grain pipeline."""
+"""TFDS ArrayRecord caches: build, read back through tfds_cache.data_source, feed the pipeline."""
 
 import os
 import subprocess
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.data import mp4
-from wm_jax.data import grain_pipeline, tfds_builders
+from wm_jax import defaults
+from wm_jax.data import pipeline, sources, tfds_builders, tfds_cache
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def videos(tmp_path_factory):
 
 
 def _config(root):
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(source="video", path=root, num_frames=2, fps=5, image_height=8, image_width=16,
            val_fraction=0.0)
   return c
@@ -39,8 +40,8 @@ def test_build_and_read_back_equals_source_records(videos, tmp_path):
   builder.download_and_prepare()
   assert any(f.endswith(tuple(f"{i:05d}" for i in range(100))) and "array_record" in f
              for f in os.listdir(builder.data_dir))
-  cached = tfds_builders.data_source("wm_video/tiny", split="train", data_dir=data_dir)
-  source = grain_pipeline.make_source(config, "train")
+  cached = tfds_cache.data_source("wm_video/tiny", split="train", data_dir=data_dir)
+  source = sources.make_source(config, "train")
   assert len(cached) == len(source) == 3  # one 2-frame clip at 5 fps per 6-frame video
   for i in range(len(source)):
     want, got = source[i], cached[i]
@@ -52,7 +53,7 @@ def test_build_and_read_back_equals_source_records(videos, tmp_path):
   c = config.copy_and_resolve_references()
   c.update(source="tfds", tfds_name="wm_video/tiny", path=data_dir, shuffle=False, num_epochs=1,
            drop_remainder=False)
-  batches = list(grain_pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1))
+  batches = list(pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1))
   np.testing.assert_array_equal(batches[1]["frames"][0], source[2]["frames"])
 
 
@@ -61,8 +62,8 @@ def test_latent_cache_holds_encoded_frames(videos, tmp_path):
   builder = tfds_builders.make_builder("video", config, name="lat", data_dir=str(tmp_path),
                                        splits=("train",), max_examples=2, encode_fn=_pool8)
   builder.download_and_prepare()
-  cached = tfds_builders.data_source("wm_video/lat", split="train", data_dir=str(tmp_path))
-  source = grain_pipeline.make_source(config, "train")
+  cached = tfds_cache.data_source("wm_video/lat", split="train", data_dir=str(tmp_path))
+  source = sources.make_source(config, "train")
   assert len(cached) == 2
   got = cached[1]
   assert "frames" not in got and got["latents"].shape == (2, 1, 1, 2, 3)
@@ -71,7 +72,7 @@ def test_latent_cache_holds_encoded_frames(videos, tmp_path):
 
 def test_missing_cache_names_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="wm_video/none"):
-    tfds_builders.data_source("wm_video/none", split="train", data_dir=str(tmp_path))
+    tfds_cache.data_source("wm_video/none", split="train", data_dir=str(tmp_path))
 
 
 def test_make_dataset_tool_builds_a_readable_cache(videos, tmp_path):
@@ -84,5 +85,5 @@ def test_make_dataset_tool_builds_a_readable_cache(videos, tmp_path):
       capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-2000:]
   assert "train: 3 records" in out.stdout and "wm_video/tool" in out.stdout
-  cached = tfds_builders.data_source("wm_video/tool", split="train", data_dir=str(tmp_path))
+  cached = tfds_cache.data_source("wm_video/tool", split="train", data_dir=str(tmp_path))
   assert cached[2]["frames"].shape == (2, 1, 8, 16, 3)

@@ -6,7 +6,8 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from wm_jax.data import grain_pipeline, schema, video
+from wm_jax import defaults
+from wm_jax.data import pipeline, schema, sources, video
 
 
 def _write(path, n, fps, size=(48, 64), offset=0):
@@ -74,15 +75,15 @@ def test_pipeline_reads_video_folder_with_split(folder, tmp_path):
   root = str(tmp_path)
   for i in range(2, 6):  # v3 and v5 hash into validation at val_fraction=0.5
     _write(f"{root}/v{i}.mp4", 4, 10, size=(16, 16), offset=i)
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(source="video", path=root, num_frames=2, fps=10, image_height=8, image_width=8,
            val_fraction=0.5, shuffle=False, num_epochs=1, drop_remainder=False)
-  train = grain_pipeline.make_source(c, "train")
-  val = grain_pipeline.make_source(c, "validation")
+  train = sources.make_source(c, "train")
+  val = sources.make_source(c, "validation")
   names = lambda s: {os.path.basename(v.path) for v in s.videos}
   assert names(train) | names(val) == {f"v{i}.mp4" for i in range(2, 6)}
   assert not names(train) & names(val) and names(train) and names(val)
-  batches = list(grain_pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1))
+  batches = list(pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1))
   assert sum(len(b["frames"]) for b in batches) == 2 * len(names(train))  # 2 clips per video
   assert batches[0]["frames"].shape[1:] == (2, 1, 8, 8, 3)
 

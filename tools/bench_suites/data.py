@@ -15,6 +15,11 @@ import os
 import tempfile
 import time
 
+from wm_jax import defaults
+from wm_jax.data import pipeline, tfds_builders
+from wm_jax.data.synthetic import export, world
+from wm_jax.data.synthetic import rig as rig_lib
+
 SHAPES = {  # name: (views / rig, frames, height, width)
     "tiny": ("front", 8, 64, 128),
     "long": ("front", 25, 288, 512),
@@ -34,18 +39,16 @@ def add_arguments(parser):
 
 
 def _config(shape, **kw):
-  from wm_jax.data import grain_pipeline
   rig, frames, h, w = SHAPES[shape]
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(rig=rig, num_frames=frames, image_height=h, image_width=w, fps=12.0, num_epochs=0)
   c.update(kw)
   return c
 
 
 def _time(config, samples, source=None):
-  from wm_jax.data import grain_pipeline
-  it = grain_pipeline.make_iterator(config, batch_size=1, seed=0, process_index=0,
-                                    process_count=1, source=source)
+  it = pipeline.make_iterator(config, batch_size=1, seed=0, process_index=0, process_count=1,
+                              source=source)
   next(it)  # warm-up: thread pool, first compile of the renderer
   start = time.perf_counter()
   for _ in range(samples):
@@ -56,7 +59,6 @@ def _time(config, samples, source=None):
 
 def _export(config, out, scenes, samples):
   """Writes `scenes` synthetic scenes of `samples` keyframes (12 Hz sweeps between) as nuScenes."""
-  from wm_jax.data.synthetic import export, world
   specs = [world.make_scene(i, domain=config.domain) for i in range(scenes)]
   export.write_nuscenes(out, specs, rig=config.rig, version=VERSION, num_samples=samples,
                         image_size=(config.image_height, config.image_width), verbose=False)
@@ -64,7 +66,6 @@ def _export(config, out, scenes, samples):
 
 
 def run(args):
-  from wm_jax.data import tfds_builders
   shapes = ["tiny"] if args.quick else args.shapes.split(",")
   samples = 4 if args.quick else args.samples
   scenes = 2 if args.quick else args.scenes
@@ -83,7 +84,6 @@ def run(args):
           config = _config(shape, source="synthetic")
           keyframes = math.ceil((frames - 1) / 6) + 1  # enough 12 Hz frames for one clip
           _export(config, tmp, scenes, keyframes)
-          from wm_jax.data.synthetic import rig as rig_lib
           channels = rig_lib.make_rig(rig, (h, w)).channels
           config = _config(shape, source="nuscenes", path=tmp, version=VERSION,
                            views=channels, keyframes_only=False, val_fraction=0.0,

@@ -20,10 +20,14 @@ import resource
 import time
 
 # One XLA CPU device per core, so render_clip(devices=...) runs frames on all cores (round-robin
-# over the CPU devices). Must happen before tools/bench.py imports jax.
+# over the CPU devices). Must happen before jax is first imported, just below.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={os.cpu_count()}").strip()
+
+import jax  # noqa: E402
+
+from wm_jax.data.synthetic import render, world  # noqa: E402
 
 CASES = {
     # name: (rig, frames per clip, (H, W))
@@ -62,8 +66,6 @@ def _best_time(fn, repeats):
 
 
 def run(args):
-  import jax
-  from wm_jax.data.synthetic import render, world
   devices = jax.local_devices(backend="cpu")
   scene = world.make_scene(0, args.domain)
   for name in args.cases.split(","):

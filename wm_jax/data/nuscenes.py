@@ -58,6 +58,7 @@ from PIL import Image
 
 from wm_jax.data import layout_render
 from wm_jax.data import video
+from wm_jax.data.splits import in_validation
 
 TABLES = ("scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "sensor",
           "sample_annotation", "instance", "category", "log")
@@ -574,7 +575,6 @@ def split_scenes(root, version, split, config) -> list[str] | None:
   config.locations if set): a domain split. Otherwise scenes (of config.locations, if set) go to
   validation when a hash of their name falls below config.val_fraction.
   """
-  from wm_jax.data.grain_pipeline import in_validation
   if split not in ("train", "validation", "val", "all"):
     raise ValueError(f"unknown split {split!r}; use 'train', 'validation' or 'all'")
   if split == "all" and not config.locations:

@@ -1,8 +1,8 @@
-"""TFDS builders (ArrayRecord format) caching clips of any source, read back as Grain sources.
+"""TFDS builders (ArrayRecord format) caching the clips of any source (sources.py).
 
     builder = make_builder('synthetic', data_config, name='tiny', data_dir='/data/tfds')
     builder.download_and_prepare()                   # writes ArrayRecord shards
-    source = data_source('wm_synthetic/tiny', split='train', data_dir='/data/tfds')
+    source = tfds_cache.data_source('wm_synthetic/tiny', split='train', data_dir='/data/tfds')
     record = source[i]                               # == the source's record i
 
 Builders: `wm_synthetic` (the procedural world), `wm_nuscenes` (nuScenes clips), `wm_video` (video
@@ -11,8 +11,8 @@ it holds; features (keys, shapes, dtypes) come from the first record. Records ar
 (schema.validate) before they are written, in source order (TFDS shuffling is off: cache index i is
 source index i; Grain shuffles at read time). With `encode_fn` (frames uint8 [T,V,H,W,3] ->
 latents [T,V,h,w,C] float) the cache holds precomputed `latents` instead of frames
-(keep_frames=True keeps both). Only the ArrayRecord file format is used, so `tfds.data_source`
-gives random access without TensorFlow in the read path.
+(keep_frames=True keeps both). Only the ArrayRecord file format is written, so tfds_cache.py
+reads a cache back with random access and without TensorFlow in the read path.
 
 `tools/make_dataset.py` runs the builders from the command line.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Callable
 
@@ -30,7 +29,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from wm_jax.data import grain_pipeline, schema
+from wm_jax import defaults
+from wm_jax.data import records, schema, sources
 
 FILE_FORMAT = "array_record"
 # Big arrays are zlib-compressed inside each record; small ones are stored raw.
@@ -72,14 +72,14 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   @property
   def data_config(self) -> ml_collections.ConfigDict:
-    c = grain_pipeline.defaults()
+    c = defaults.data()
     c.update(json.loads(self.builder_config.data))
     c.source = self.SOURCE
     return c
 
   def _source(self, split):
     if split not in self._sources:
-      self._sources[split] = grain_pipeline.make_source(self.data_config, split)
+      self._sources[split] = sources.make_source(self.data_config, split)
     return self._sources[split]
 
   def _convert(self, record):
@@ -117,7 +117,7 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, split):
     source = self._source(split)
     name = getattr(source, "name", f"{self.name}:{split}")
-    checked = grain_pipeline.CheckedSource(
+    checked = records.CheckedSource(
         source, skip_bad_records=(self.data_config.skip_bad_records if self._skip is None
                                   else self._skip), name=name)
     n = len(source)
@@ -130,7 +130,7 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         yield i, probe
         continue
       record = checked[i]
-      if grain_pipeline.is_bad(record):
+      if records.is_bad(record):
         bad += 1
         continue
       yield i, self._convert(record)
@@ -176,37 +176,3 @@ def make_builder(source: str, data_config, *, name: str, data_dir: str,
                                                        else ""))
   return BUILDERS[source](config=config, data_dir=data_dir, file_format=FILE_FORMAT,
                           encode_fn=encode_fn, skip_bad_records=skip_bad_records)
-
-
-class CachedSource:
-  """A `tfds.data_source` with a name for error messages; records as numpy dicts."""
-
-  def __init__(self, source, name: str):
-    self.source, self.name = source, name
-    features = source.dataset_info.features
-    self.dtypes = {k: np.dtype(features[k].np_dtype) for k in features.keys()}
-
-  def __len__(self):
-    return len(self.source)
-
-  def __getitem__(self, index):
-    # Scalars come back as Python numbers; give every key its feature dtype again.
-    return {k: np.asarray(v, self.dtypes[k]) for k, v in self.source[int(index)].items()}
-
-
-def data_source(name: str, *, split: str, data_dir: str | None = None) -> CachedSource:
-  """Random-access source over a prepared cache, e.g. name='wm_synthetic/tiny'."""
-  if not name:
-    raise ValueError("config.data.tfds_name is empty; set it to e.g. 'wm_synthetic/tiny'")
-  if split == "val":
-    split = "validation"
-  if data_dir is not None and not os.path.isdir(os.path.join(data_dir, name)):
-    raise FileNotFoundError(f"no prepared TFDS cache {name!r} under data_dir={data_dir}; build it "
-                            "with tools/make_dataset.py")
-  try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              try_gcs=False)
-  except tfds.core.DatasetNotFoundError as e:
-    raise FileNotFoundError(f"no prepared TFDS cache {name!r} (split {split!r}) under data_dir="
-                            f"{data_dir}; build it with tools/make_dataset.py: {e}") from e
-  return CachedSource(source, name=f"tfds:{name}:{split}")

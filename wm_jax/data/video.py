@@ -19,8 +19,11 @@ import dataclasses
 import os
 from typing import Sequence
 
+import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
+
+from wm_jax.data.splits import in_validation
 
 VIDEO_EXTENSIONS = (".mp4",)
 
@@ -67,7 +70,6 @@ class VideoInfo:
 
 def probe(path: str) -> VideoInfo:
   """Frame rate and exact frame count of a video; raises ValueError naming an unreadable file."""
-  import imageio.v2 as imageio
   if not os.path.exists(path):
     raise FileNotFoundError(f"video {path} does not exist")
   try:
@@ -90,7 +92,6 @@ def read_frames(path: str, indices: Sequence[int]) -> list[np.ndarray]:
   ffmpeg seeks to the first wanted frame (frame-accurate) and decodes forward from there, so a
   clip deep inside an hour-long video costs about as much as one at its start.
   """
-  import imageio.v2 as imageio
   frames = {}
   try:
     reader = imageio.get_reader(path, "ffmpeg")
@@ -136,7 +137,6 @@ class VideoClipSource:
 
   @classmethod
   def from_config(cls, config, split: str = "train"):
-    from wm_jax.data.grain_pipeline import in_validation
     files = list_videos(config.path)
     if split in ("validation", "val"):
       files = [f for f in files if in_validation(os.path.relpath(f, config.path),

@@ -9,6 +9,7 @@
   raycast.py  jitted per-pixel ray casting (boxes, textured ground, sky) -> RGB, depth, hit ids
   render.py   render_clip(scene, rig, ...) -> a record of the batch contract (data/schema.py);
               record_for_index(i, ...) for data pipelines
+  source.py   SyntheticSource(config.data, split): clip i of a split rendered from scene i
   export.py   write_nuscenes(out_dir, scenes, ...): the scenes as a nuScenes v1.0 data set
 
 Conventions (nuScenes): world and ego frames x forward / y left / z up (ego origin at the rear axle

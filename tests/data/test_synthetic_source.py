@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from wm_jax.data import grain_pipeline, schema, tfds_builders
+from wm_jax import defaults
+from wm_jax.data import pipeline, schema, sources, tfds_builders, tfds_cache
 
 
 def _config(**kw):
-  c = grain_pipeline.defaults()
+  c = defaults.data()
   c.update(num_frames=2, image_height=16, image_width=32, num_train=3, num_val=2,
            val_domain="singapore", read_threads=1)
   c.update(kw)
@@ -16,33 +17,33 @@ def _config(**kw):
 
 @pytest.fixture(scope="module")
 def train_source():
-  return grain_pipeline.make_source(_config(), "train")
+  return sources.make_source(_config(), "train")
 
 
 def test_index_maps_to_a_seeded_scene_and_domain_split(train_source):
   a = train_source[1]
   schema.validate(a, source=train_source.name, index=1)
   assert a["frames"].shape == (2, 1, 16, 32, 3) and "depth" not in a
-  b = grain_pipeline.make_source(_config(), "train")[1]  # a fresh source renders the same clip
+  b = sources.make_source(_config(), "train")[1]  # a fresh source renders the same clip
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   assert not np.array_equal(train_source[0]["frames"], a["frames"])
-  val = grain_pipeline.make_source(_config(), "validation")
+  val = sources.make_source(_config(), "validation")
   assert len(val) == 2 and val.domain == "singapore" and train_source.domain == "boston"
   assert val.seed0 != train_source.seed0
 
 
 def test_iterator_over_rendered_clips_and_tfds_cache(train_source, tmp_path):
   config = _config(shuffle=False, num_epochs=1, drop_remainder=False)
-  it = grain_pipeline.make_iterator(config, batch_size=2, process_index=0, process_count=1,
-                                    source=train_source)
+  it = pipeline.make_iterator(config, batch_size=2, process_index=0, process_count=1,
+                              source=train_source)
   batches = list(it)
   assert [len(b["frames"]) for b in batches] == [2, 1]
   np.testing.assert_array_equal(batches[1]["ego_pose"][0], train_source[2]["ego_pose"])
   builder = tfds_builders.make_builder("synthetic", _config(), name="t", data_dir=str(tmp_path),
                                        splits=("train",), max_examples=2)
   builder.download_and_prepare()
-  cached = tfds_builders.data_source("wm_synthetic/t", split="train", data_dir=str(tmp_path))
+  cached = tfds_cache.data_source("wm_synthetic/t", split="train", data_dir=str(tmp_path))
   assert len(cached) == 2
   want, got = train_source[1], cached[1]
   assert sorted(got) == sorted(want)

@@ -1,0 +1,64 @@
+"""Checked reading of records: a record follows the batch contract (schema.py) or is bad.
+
+    checked = CheckedSource(source, skip_bad_records=False)
+    record = checked[i]        # validated numpy dict, or raises BadRecordError
+    is_bad(checked[i])         # with skip_bad_records: True for a bad-record marker
+
+A bad record (corrupt image, missing file, NaN action, wrong shape, ...) raises `BadRecordError`
+naming the source and index. With `skip_bad_records` it reads as a marker instead, a dict holding
+only the message under NOTE_KEY; bad_records.py drops the markers and counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import grain
+import numpy as np
+
+from wm_jax.data import schema
+
+# Internal per-record keys. A bad-record marker holds only NOTE_KEY (its message). After
+# bad_records.DropBad, a good record carries SKIPPED_KEY (bad records dropped just before it) and
+# NOTE_KEY (their messages, one per line).
+SKIPPED_KEY = "_skipped"
+NOTE_KEY = "_skip_note"
+
+
+class BadRecordError(ValueError):
+  """A record that cannot be read or does not follow the batch contract."""
+
+
+def is_bad(record) -> bool:
+  """Whether `record` is the marker CheckedSource returns for a skipped bad record."""
+  return isinstance(record, Mapping) and NOTE_KEY in record and SKIPPED_KEY not in record
+
+
+class CheckedSource(grain.sources.RandomAccessDataSource):
+  """Reads and validates record i; on failure raises BadRecordError or returns a bad marker."""
+
+  def __init__(self, source, *, skip_bad_records: bool = False, name: str | None = None):
+    self.source = source
+    self.skip = skip_bad_records
+    self.name = name or getattr(source, "name", type(source).__name__)
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    index = int(index)
+    try:
+      record = self.source[index]
+      record = {k: np.asarray(v) for k, v in record.items()}
+      schema.validate(record, source=self.name, index=index)
+    except Exception as e:  # pylint: disable=broad-except
+      message = f"bad record: source={self.name!r} index={index}: {type(e).__name__}: {e}"
+      if not self.skip:
+        raise BadRecordError(message) from e
+      logging.warning("skipping %s", message)
+      return {NOTE_KEY: np.asarray(message)}
+    return record
+
+  def __repr__(self):
+    return f"CheckedSource({self.name!r}, len={len(self)}, skip={self.skip})"

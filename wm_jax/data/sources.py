@@ -1,0 +1,59 @@
+"""Random-access sources: objects with __len__, __getitem__ (a record dict) and a `name`.
+
+    source = make_source(config.data, 'train')      # the source named by config.data.source
+    source = ListSource(records, name='cache')      # records held in memory
+
+SOURCES maps config.data.source to a constructor (config.data, split) -> source:
+  synthetic  synthetic/source.py SyntheticSource: clips rendered from the procedural world
+  nuscenes   nuscenes.py ClipSource: multi-view clips of a nuScenes v1.0 data set
+  video      video.py VideoClipSource: single-view clips of a folder of mp4s
+  tfds       tfds_cache.py data_source: a prepared ArrayRecord cache (tfds_builders.py)
+The `name` appears in every error about a bad record (records.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from wm_jax.data import nuscenes, tfds_cache, video
+from wm_jax.data.synthetic.source import SyntheticSource
+
+
+def _nuscenes_source(config, split):
+  return nuscenes.ClipSource.from_config(config, split)
+
+
+def _video_source(config, split):
+  return video.VideoClipSource.from_config(config, split)
+
+
+def _tfds_source(config, split):
+  return tfds_cache.data_source(config.tfds_name, split=split, data_dir=config.path or None)
+
+
+SOURCES: dict[str, Callable[[Any, str], Any]] = {
+    "synthetic": SyntheticSource,
+    "nuscenes": _nuscenes_source,
+    "video": _video_source,
+    "tfds": _tfds_source,
+}
+
+
+def make_source(config, split: str = "train"):
+  """The random-access source named by `config.source`."""
+  if config.source not in SOURCES:
+    raise ValueError(f"unknown data source {config.source!r}; choose one of {sorted(SOURCES)}")
+  return SOURCES[config.source](config, split)
+
+
+class ListSource:
+  """A random-access source over records in memory (tests, small caches)."""
+
+  def __init__(self, records: Sequence[Mapping[str, Any]], name: str = "list"):
+    self.records, self.name = list(records), name
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, index):
+    return self.records[int(index)]
