@@ -150,3 +150,13 @@ def test_config_errors():
   with pytest.raises(ValueError, match="process_index=2"):
     pipeline.make_iterator(_config(), batch_size=1, process_index=2, process_count=2,
                            source=_Source(4))
+
+
+def test_list_source_feeds_the_pipeline_and_names_its_bad_records():
+  source = sources.ListSource([_record(i, nan=i == 2) for i in range(4)], name="mem")
+  assert len(source) == 4 and _ids({"actions": source[3]["actions"][None]}) == [3]
+  it = pipeline.make_iterator(_config(shuffle=False, num_epochs=1), batch_size=2,
+                              process_index=0, process_count=1, source=source)
+  assert _ids(next(it)) == [0, 1]
+  with pytest.raises(records.BadRecordError, match="source='mem' index=2"):
+    next(it)
