@@ -40,7 +40,7 @@ flags.DEFINE_bool("keep_frames", False, "keep the frames next to the latents")
 flags.DEFINE_bool("sample", False, "store posterior samples instead of the posterior mean")
 flags.DEFINE_integer("seed", 0, "seed of --sample")
 config_flags.DEFINE_config_dict("data", defaults.data(), "config.data overrides")
-config_flags.DEFINE_config_dict("vae", vae_lib.defaults(), "config.vae overrides")
+config_flags.DEFINE_config_dict("vae", defaults.vae(), "config.vae overrides")
 
 
 class LatentEncoder:

@@ -52,7 +52,7 @@ _DATA = config_flags.DEFINE_config_dict("data", defaults.data(),
 
 
 def _vae_encoder():
-  config = vae_lib.defaults()
+  config = defaults.vae()
   config.preset = _VAE_PRESET.value
   if _VAE_CHECKPOINT.value:
     config.checkpoint = _VAE_CHECKPOINT.value
