@@ -4,45 +4,42 @@ row-wise cross-view blocks (camera adjacency mask) after layers 1,5,9,13,17,21, 
 layout adapter (6 x 1536 channels). Its parameter names are exactly OpenDWM's (checkpoints
 convert name for name, plus the paper's Eq. 5 time modulation).
 
-  python -m wm_jax.main --config=configs/maskgwm_mview.py --workdir=gs://BUCKET/maskgwm_mview
+  python -m wm_jax.main --config=configs/maskgwm_mview.py --workdir=gs://BUCKET/maskgwm_mview \
+      --config.data.path=NUSCENES_ROOT --config.vae.checkpoint=SD35_VAE_DIR
   python tools/param_count.py --config=configs/maskgwm_mview.py
 
+Variants (the argument after ':'): '' (mask reconstruction, r = 0.25), 'nomask'.
 Expect: 4.224e9 trainable parameters (tools/param_count.py prints the split); accelerators only.
+The mask path keeps 21 of 28 tokens per row, 5 decoder blocks.
 """
 
-import ml_collections
+from wm_jax import defaults
 
-from wm_jax.data import grain_pipeline
-from wm_jax.models import mask_reconstruction
-
-from configs import maskgwm_long
-
-
-def model_config() -> ml_collections.ConfigDict:
-  m = maskgwm_long.model_config()
-  m.crossview_block_layers = (1, 5, 9, 13, 17, 21)
-  m.camera_scalars = 11
-  m.layout_adapter = ml_collections.ConfigDict(dict(
-      in_channels=6, channels=[1536] * 6, is_downblocks=[True] + [False] * 5, num_res_blocks=2,
-      downscale_factor=8, use_zero_convs=True))
-  m.num_frames = 8
-  m.num_views = 6
-  m.latent_height = 32
-  m.latent_width = 56
-  return m
-
-
-def mask_config() -> ml_collections.ConfigDict:
-  return mask_reconstruction.defaults()  # r = 0.25: 21 of 28 tokens per row, 5 decoder blocks
+VARIANTS = ("", "nomask")
 
 
 def get_config(arg=None):
-  del arg
-  config = ml_collections.ConfigDict()
-  config.model = model_config()
-  config.mask = mask_config()
-  maskgwm_long.sd35_run_sections(config)
-  config.data = grain_pipeline.defaults()  # real nuScenes v1.0 tables (set config.data.path)
+  arg = arg or ""
+  if arg not in VARIANTS:
+    raise ValueError(f"maskgwm_mview variant {arg!r}; choose one of {VARIANTS}")
+  config = defaults.config()
+  config.model.update(
+      in_channels=16, out_channels=16, num_layers=24, num_heads=24, head_dim=64,
+      joint_attention_dim=4096, pooled_projection_dim=2048, pos_embed_max_size=384,
+      sample_size=128, dual_attention_layers=tuple(range(13)),
+      temporal_block_layers=(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23),
+      crossview_block_layers=(1, 5, 9, 13, 17, 21), camera_scalars=11, num_frames=8,
+      num_views=6, latent_height=32, latent_width=56,
+      text_tokens=154,                 # CLIP 77 + T5 77, concatenated as OpenDWM's SD3.5 pipelines
+      dtype="bfloat16", remat_policy="dots_saveable", scan_layers=True)
+  config.model.layout_adapter.update(
+      in_channels=6, channels=[1536] * 6, is_downblocks=[True] + [False] * 5, num_res_blocks=2,
+      downscale_factor=8, use_zero_convs=True)
+  config.mask.enabled = arg != "nomask"
+  config.diffusion.shift = 3.0         # SD3/SD3.5 sizes
+  config.vae.preset = "sd3"            # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)
+  config.train.update(learning_rate=5e-5, warmup_steps=1000, schedule="constant")
+  config.mesh.update(data=1, fsdp=-1)  # billions of parameters: shard them (FSDP) over all devices
   config.data.update(source="nuscenes", num_frames=8, image_height=256, image_width=448, fps=12.0,
                      views=("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT",
                             "CAM_BACK", "CAM_BACK_LEFT"))
