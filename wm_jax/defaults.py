@@ -14,6 +14,8 @@ This module imports nothing of wm_jax: every layer may read it.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -288,3 +290,20 @@ def check(c: ConfigDict, *, what: str = "config") -> None:
       problems += [f"missing key {name}.{k}" for k in sorted(want - have)]
   if problems:
     raise ValueError(f"{what} does not match wm_jax.defaults: " + "; ".join(problems))
+
+
+def load_file(spec: str) -> ConfigDict:
+  """The config of a config file 'path/to/file.py[:arg]' (its get_config(arg)), checked against
+  the defaults; as `--config=` reads it, for tools that take a config path."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no config file {path!r}")
+  module_spec = importlib.util.spec_from_file_location(
+      "wm_jax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} has no get_config(arg)")
+  c = module.get_config(arg or None)
+  check(c, what=f"config file {spec}")
+  return c
