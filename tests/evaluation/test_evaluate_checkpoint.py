@@ -1,9 +1,10 @@
-"""`evaluate --checkpoint`: a train-layout checkpoint (random weights) -> model + VAE restored ->
-held-out synthetic clips -> rollout sampling -> decoded videos -> metrics, JSON summary, samples.
+"""`evaluate --checkpoint`: a training workdir (random weights) -> run and weights restored sharded
+over the mesh -> held-out synthetic clips -> generate (rollout) -> decoded videos -> metrics, JSON
+summary, samples.
 
 Nothing is trained: a small CTSDDiT and the tiny VAE with random weights are saved with the train
-helper's own functions (train.checkpoint.save, train.loop.save_module); the metrics use small
-fixed feature functions instead of I3D / Inception (as tests/evaluation/test_evaluate.py does).
+package's own functions (checkpoint.save, checkpoint.save_module); the metrics use small fixed
+feature functions instead of I3D / Inception (as tests/evaluation/test_evaluate.py does).
 """
 import json
 import math
@@ -15,15 +16,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import maskgwm_tiny
-from wm_jax import evaluate
-from wm_jax.data import grain_pipeline
+from wm_jax import defaults, evaluate
+from wm_jax.diffusion import generate as generate_lib
 from wm_jax.evaluation import protocols
 from wm_jax.models import vae as vae_lib
+from wm_jax.parallel import mesh as mesh_lib
 from wm_jax.train import checkpoint as ckpt_lib
-from wm_jax.train import config as train_config
-from wm_jax.train import loop, optim
-from wm_jax.train import state as state_lib
+from wm_jax.train import run as run_lib
 
 
 def _feats(v):   # [N,T,H,W,3] -> [N,3]
@@ -40,12 +39,12 @@ def _img_feats(im):   # [N,H,W,3] -> [N,3]
 def _model_config():
   """maskgwm_tiny at the synthetic protocol's shapes (2 views x 4 frames, 8x16 latents), thinner:
   one temporal and one cross-view block, no layout adapter (compile time)."""
-  c = maskgwm_tiny.get_config()
-  m = c.model
-  m.num_layers, m.dual_attention_layers = 2, []
-  m.temporal_block_layers, m.crossview_block_layers = [0], [1]
-  m.head_dim = 16
-  m.layout_adapter = None
+  c = defaults.config()
+  c.mask.decode_layers = 1
+  c.model.update(num_layers=2, dual_attention_layers=(), temporal_block_layers=(0,),
+                 crossview_block_layers=(1,), head_dim=16)
+  c.model.layout_adapter = None
+  c.data.update(rig="front2", num_frames=4, image_height=64, image_width=128)
   return c
 
 
@@ -61,28 +60,24 @@ def _random_like(abstract, seed):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """A training workdir holding one step (params != EMA) and the VAE it names; the run's config
-  carries the data and vae sections, the evaluation config only the model."""
+  """A training workdir holding one step (params != EMA) and the VAE its config names."""
   root = tmp_path_factory.mktemp("evalwire")
   vae_dir = str(root / "vae")
   graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: vae_lib.AutoencoderKL(vae_lib.defaults(), rngs=nnx.Rngs(1))))
-  loop.save_module(nnx.merge(graphdef, _random_like(abstract, 1)), vae_dir)
-  run = train_config.fill(_model_config())
+      lambda: vae_lib.AutoencoderKL(defaults.vae(), rngs=nnx.Rngs(1))))
+  ckpt_lib.save_module(nnx.merge(graphdef, _random_like(abstract, 1)), vae_dir)
+  run = _model_config()
   run.train.ema_decay = 0.9
   run.checkpoint.async_save = False
-  run.data = grain_pipeline.defaults()
-  run.data.update(rig="front2", num_val=2, read_threads=1, layout=False)
-  run.vae = vae_lib.defaults()
+  run.data.update(num_val=2, read_threads=1, layout=False)
   run.vae.checkpoint = vae_dir
-  _, abstract = state_lib.abstract(loop.default_model_factory(run),
-                                   optim.make_optimizer(run.train), ema=True)
-  state = _random_like(abstract, 2)
+  state = _random_like(run_lib.build(run, training=False).abstract, 2)
   assert state.ema is not None
   manager = ckpt_lib.make_manager(str(root / "run"), run.checkpoint)
   assert ckpt_lib.save(manager, 3, state, {"pos": 0}, run, force=True)
   manager.wait_until_finished()
   manager.close()
+  run.train.ema_decay = 0.0
   manager = ckpt_lib.make_manager(str(root / "run_no_ema"), run.checkpoint)   # EMA off
   assert ckpt_lib.save(manager, 1, state.replace(ema=None), {"pos": 0}, run, force=True)
   manager.wait_until_finished()
@@ -93,32 +88,32 @@ def workdir(tmp_path_factory):
 def test_restores_ema_or_params_exactly_and_names_bad_paths(workdir):
   root, state = workdir
   cfg = _model_config()
-  ema_model, info = evaluate.restore_model(cfg, str(root / "run"))   # the workdir: newest step
-  assert info["params"] == "ema" and info["step"] == 3 and info["layout"] == "train"
-  assert info["saved_config"]["vae"]["checkpoint"] == str(root / "vae")
-  model, info = evaluate.restore_model(cfg, str(root / "run" / "checkpoints"), params="params")
+  _, ema_model, info = evaluate.restore_model(cfg, str(root / "run"))   # auto: the EMA copy
+  assert info["params"] == "ema" and info["step"] == 3
+  _, model, info = evaluate.restore_model(cfg, str(root / "run"), params="params")
   assert info["params"] == "params"
   for model, want in ((ema_model, state.ema), (model, state.params)):
     got, saved = _flat_params(nnx.state(model, nnx.Param)), _flat_params(want)
     assert sorted(got) == sorted(saved)
     for path, value in saved.items():
       np.testing.assert_array_equal(got[path], value, err_msg=str(path))
-  # No --config: the run's saved config builds the model; auto falls back to the params.
-  model, info = evaluate.restore_model(None, str(root / "run_no_ema" / "checkpoints" / "1"))
+  # No config: the run's saved config builds the model; auto takes the params of a run without EMA.
+  run, model, info = evaluate.restore_model(None, str(root / "run_no_ema"))
   assert info["params"] == "params" and info["step"] == 1
-  assert info["config"].model.num_layers == 2 and info["config"].data.rig == "front2"
+  assert run.config.model.num_layers == 2 and run.config.data.rig == "front2"
   np.testing.assert_array_equal(model.proj_out.kernel[...], state.params["proj_out"]["kernel"][...])
-  with pytest.raises(ValueError, match="no 'ema'|no \\['ema'\\]"):
-    evaluate.restore_model(cfg, str(root / "run_no_ema"), params="ema")
+  with pytest.raises(ValueError, match=r"run_no_ema/checkpoints kept no EMA copy"):
+    evaluate.restore_model(None, str(root / "run_no_ema"), params="ema")
   other = _model_config()
   other.model.head_dim = 8
-  with pytest.raises(ValueError, match="checkpoint .*run/checkpoints/3 does not fit the model"):
-    evaluate.restore_model(other, str(root / "run"))
+  with pytest.raises(ValueError, match=r"no checkpoint in .*run/checkpoints restores into this "
+                     r"config's params"):
+    evaluate.restore_model(other, str(root / "run"), params="params")
   with pytest.raises(FileNotFoundError, match="no-such-run"):
     evaluate.restore_model(cfg, str(root / "no-such-run"))
   os.makedirs(root / "empty", exist_ok=True)
-  with pytest.raises(ValueError, match=str(root / "empty") + " is neither a wm_jax train checkpoint"):
-    evaluate.restore_model(cfg, str(root / "empty"))
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint under .*empty/checkpoints"):
+    evaluate.restore_model(None, str(root / "empty"))
 
 
 def test_protocol_shapes_are_checked_against_the_model():
@@ -126,6 +121,10 @@ def test_protocol_shapes_are_checked_against_the_model():
     evaluate.eval_config(_model_config(), protocols.get("vista_nuscenes"))
   c = evaluate.eval_config(_model_config(), protocols.get("synthetic"), vae_checkpoint="v")
   assert c.data.num_frames == 10 and c.data.rig == "front2" and c.vae.checkpoint == "v"
+  saved = defaults.vae()
+  saved.update(checkpoint="run/vae", shift_factor=0.5)
+  c = evaluate.eval_config(_model_config(), protocols.get("synthetic"), saved_vae=saved)
+  assert c.vae.checkpoint == "run/vae" and c.vae.shift_factor == 0.5   # the run's own VAE
 
 
 def test_evaluate_checkpoint_end_to_end(workdir, tmp_path):
@@ -147,6 +146,38 @@ def test_evaluate_checkpoint_end_to_end(workdir, tmp_path):
   assert samples == ["sample_00000.gif"]
   frames = np.stack(imageio.mimread(tmp_path / "samples" / p.name / samples[0]))
   assert frames.shape[0] == 10 and frames.shape[2] >= 2 * 128 and frames.shape[1] >= 2 * 64
+
+
+def test_evaluate_samples_with_the_dit_sharded_as_the_rules_say(workdir, tmp_path, monkeypatch,
+                                                              cpu_devices):
+  """On 8 devices with data=2, fsdp=4, the model that reaches generate holds every parameter with
+  the sharding the logical-axis rules give it (not replicated on one device)."""
+  root, _ = workdir
+  cfg = _model_config()
+  cfg.mesh.update(data=2, fsdp=4)
+  seen = []
+  real = generate_lib.generate
+
+  def spy(model, batch, config, **kwargs):
+    seen.append((nnx.state(model, nnx.Param), kwargs["mesh"]))
+    return real(model, batch, config, **kwargs)
+
+  monkeypatch.setattr(generate_lib, "generate", spy)
+  p = protocols.replace(protocols.get("synthetic"), num_clips=2, sample_steps=1)
+  evaluate.evaluate_checkpoint(cfg, str(root / "run"), p, workdir=tmp_path, fvd_features=_feats,
+                               fid_features=None, fvd_dim=3, batch_size=2, save_videos=0)
+  assert seen
+  params, mesh = seen[0]
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  want = mesh_lib.state_shardings(params, mesh)
+  leaves = jax.tree.leaves(params)
+  specs = jax.tree.leaves(want)
+  assert len(leaves) == len(specs) > 10
+  sharded = 0
+  for leaf, sharding in zip(leaves, specs):
+    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.sharding, sharding)
+    sharded += any(axis is not None for axis in sharding.spec)
+  assert sharded > len(leaves) // 4   # fsdp really splits the weights
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 A published FVD/FID is only comparable when the protocol matches; each `Protocol` below carries its
 source and the settings that define it, and `settings()` is reported beside every number.
 
-Sources (see seeds/001 = MaskGWM sec. 4.1 and appendix 7.3; OpenDWM configs/ctsd):
+Sources (MaskGWM sec. 4.1 and appendix 7.3; OpenDWM's configs/ctsd):
   vista_nuscenes    MaskGWM single-view, following Vista: 25-frame clips with 1 reference frame on
                     the full nuScenes val set (5369 clips), 30 Euler steps, CFG 4.0; all generated
                     videos for FVD and their frames for FID. The reference (condition) frame is
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Optional
+
+from wm_jax.diffusion import rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +70,15 @@ class Protocol:
                        "accepts")
 
   @property
+  def horizon_frames(self) -> int:
+    """Frames of one generated clip, reference frames included (a whole rollout when
+    rollout_steps > 1): the frames each held-out reference clip must hold."""
+    return rollout.horizon_frames(self.rollout_steps, self.clip_frames, self.reference_frames)
+
+  @property
   def metric_frames(self) -> int:
     """Frames per clip that the metrics see."""
-    total = self.clip_frames * self.rollout_steps - (
-        (self.rollout_steps - 1) * self.reference_frames)
-    return total - (self.reference_frames if self.exclude_reference else 0)
+    return self.horizon_frames - (self.reference_frames if self.exclude_reference else 0)
 
   def settings(self) -> dict:
     """Every setting, flat, to be written beside the numbers."""
