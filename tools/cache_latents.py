@@ -27,6 +27,7 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from wm_jax import defaults  # noqa: E402
+from wm_jax.convert import vae_weights  # noqa: E402
 from wm_jax.data import tfds_builders  # noqa: E402
 from wm_jax.models import vae as vae_lib  # noqa: E402
 
@@ -47,7 +48,7 @@ class LatentEncoder:
   """frames uint8 [T,V,H,W,3] -> scaled latents float32 numpy; keeps running statistics."""
 
   def __init__(self, vae_config, *, sample: bool = False, seed: int = 0):
-    self.vae = vae_lib.from_config(vae_config)
+    self.vae = vae_weights.from_config(vae_config)
     self.sample, self.key, self.calls = sample, jax.random.key(seed), 0
     self.count, self.total, self.total_sq = 0, 0.0, 0.0
     cfg = self.vae.cfg

@@ -1,4 +1,4 @@
-"""OpenDWM (or diffusers SD3/SD3.5 transformer) PyTorch checkpoint -> wm_jax Orbax params checkpoint.
+"""OpenDWM (or diffusers SD3/SD3.5 transformer) PyTorch checkpoint -> a wm_jax train workdir.
 
   python tools/convert_from_pytorch.py --checkpoint=model.safetensors --out=DIR
       [--opendwm_config=model.json] [--config=configs/maskgwm_long.py] [--source=opendwm|sd3]
@@ -15,9 +15,9 @@ the list of them (name keys to skip with --ignore). --source=sd3 reads a diffuse
 SD3Transformer2DModel: the backbone loads, the video/camera/layout/mask parts keep their init
 (only then; by default everything must be present).
 --time_modulation adds the paper-only Eq. 5 layers at their zero init (OpenDWM has none).
-Writes DIR/params, DIR/rest (Orbax StandardCheckpointer) and DIR/config.json; training starts
-from it with wm_jax.convert.checkpoints.load_into(model, DIR), and
-tools/convert_to_pytorch.py reads it back.
+Writes DIR as a training run at step 0 (DIR/checkpoints/0/{state,data,config}: the converted
+weights, a fresh optimizer state, the config): `python -m wm_jax.main --workdir=DIR` trains on from
+it, and evaluate --checkpoint=DIR, --mode=sample and tools/convert_to_pytorch.py read it.
 """
 
 import json
@@ -28,7 +28,12 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wm_jax.convert import checkpoints, from_torch, opendwm_config, param_map  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from wm_jax import defaults  # noqa: E402
+from wm_jax.convert import from_torch, opendwm_config, param_map  # noqa: E402
+from wm_jax.train import checkpoint as ckpt_lib  # noqa: E402
+from wm_jax.train import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.safetensors or .pth)")
@@ -46,25 +51,33 @@ def main(argv):
   del argv
   if not FLAGS.checkpoint or not FLAGS.out:
     raise app.UsageError("--checkpoint and --out are required")
-  from flax import nnx
-  from wm_jax.models.ctsd_dit import CTSDDiT
-  model_cfg, mask_cfg = checkpoints.configs_from_file(FLAGS.config)
+  config = defaults.load_file(FLAGS.config)
   if FLAGS.opendwm_config:
     with open(FLAGS.opendwm_config) as f:
-      model_cfg, mask_cfg = opendwm_config.from_opendwm(json.load(f), model_cfg, mask_cfg)
-  model_cfg.time_modulation = bool(FLAGS.time_modulation)
+      config.model, config.mask = opendwm_config.from_opendwm(json.load(f), config.model,
+                                                              config.mask)
+  config.model.time_modulation = bool(FLAGS.time_modulation)
+  config.train.seed = FLAGS.seed
   print(f"[convert] reading {FLAGS.checkpoint}", flush=True)
   sd = from_torch.strip_prefix(from_torch.read_torch_checkpoint(FLAGS.checkpoint), FLAGS.prefix)
   print(f"[convert] {len(sd)} tensors; checking them against the model of the config", flush=True)
-  build = lambda: CTSDDiT(model_cfg, mask_cfg, rngs=nnx.Rngs(FLAGS.seed))
+  build = run_lib.model_factory(config)
   try:
     state = from_torch.convert_state_dict(sd, nnx.eval_shape(build), source=FLAGS.source,
                                           ignore=FLAGS.ignore, init=build)
   except param_map.ConversionError as e:
     print(f"[convert] refused: {e}", file=sys.stderr)
     sys.exit(2)
-  checkpoints.write_params(FLAGS.out, state, checkpoints.config_dicts(model_cfg, mask_cfg))
-  print(f"[convert] wrote {FLAGS.out}/params, rest and config.json", flush=True)
+  run = run_lib.build(config, donate=False, training=False)
+  fresh = run.init_state()
+  params = nnx.filter_state(state, nnx.Param)
+  rest = nnx.filter_state(state, nnx.Not(nnx.Param))
+  train_state = fresh.replace(params=params, rest=rest, ema=params if run.ema else None)
+  manager = ckpt_lib.make_manager(FLAGS.out, config.checkpoint)
+  ckpt_lib.save(manager, 0, train_state, {}, config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  print(f"[convert] wrote step 0 of a training run to {ckpt_lib.directory(FLAGS.out)}", flush=True)
 
 
 if __name__ == "__main__":

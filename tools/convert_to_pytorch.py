@@ -3,9 +3,9 @@
   python tools/convert_to_pytorch.py --checkpoint=WORKDIR --out=model.safetensors [--dtype=bf16]
       [--ema] [--config=configs/maskgwm_tiny.py] [--drop_zero_paper_params]
 
---checkpoint: a train workdir (newest step), its checkpoints/ or one step directory, or a params
-checkpoint written by tools/convert_from_pytorch.py. The model config comes from the checkpoint
-(train config / config.json) unless --config is given. Writes OUT (safetensors, PyTorch layouts,
+--checkpoint: a train workdir (its newest step that restores; tools/convert_from_pytorch.py
+writes one too), read by wm_jax.train.run.restore. The model config is the one saved with the
+checkpoint unless --config is given. Writes OUT (safetensors, PyTorch layouts,
 keys = OpenDWM state_dict keys incl. mask_module.*) and OUT with .json for the model config in
 OpenDWM's names. Every key and shape is checked against the model the config builds; paper-only
 parameters (MaskGWM Eq. 5) are refused unless --drop_zero_paper_params and they are all zero.
@@ -19,10 +19,14 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wm_jax.convert import checkpoints, param_map, to_torch  # noqa: E402
+import numpy as np  # noqa: E402
+
+from wm_jax import defaults  # noqa: E402
+from wm_jax.convert import param_map, to_torch  # noqa: E402
+from wm_jax.train import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "wm_jax Orbax checkpoint (train workdir/step or params dir)")
+flags.DEFINE_string("checkpoint", None, "wm_jax train workdir")
 flags.DEFINE_string("out", None, "output .safetensors path (config JSON next to it)")
 flags.DEFINE_string("dtype", "float32", "float32 | bf16 | fp16 for floating arrays")
 flags.DEFINE_bool("ema", False, "export the EMA params of a train checkpoint")
@@ -38,13 +42,12 @@ def main(argv):
   if not FLAGS.out.endswith(".safetensors"):
     raise app.UsageError(f"--out={FLAGS.out} must end in .safetensors")
   print(f"[convert] reading {FLAGS.checkpoint}{' (EMA)' if FLAGS.ema else ''}", flush=True)
-  flat, stored = checkpoints.read_params(FLAGS.checkpoint, use_ema=FLAGS.ema)
-  if FLAGS.config:
-    model_cfg, mask_cfg = checkpoints.configs_from_file(FLAGS.config)
-  elif stored is not None:
-    model_cfg, mask_cfg = checkpoints.configs_from_dict(stored)
-  else:
-    raise app.UsageError(f"{FLAGS.checkpoint} stores no config: pass --config")
+  config = defaults.load_file(FLAGS.config) if FLAGS.config else None
+  run, model, _ = run_lib.restore(FLAGS.checkpoint, config=config,
+                                  params="ema" if FLAGS.ema else "params")
+  model_cfg, mask_cfg = run.config.model, run.config.mask
+  flat = {k: np.asarray(v) for k, v in
+          param_map.flat_state(param_map.checkpoint_state(model)).items()}
   print(f"[convert] {len(flat)} arrays; checking them against the model of the config", flush=True)
   try:
     sd = to_torch.export_state_dict(flat, model_cfg, mask_cfg,

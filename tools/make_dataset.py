@@ -32,6 +32,7 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from wm_jax import defaults  # noqa: E402
+from wm_jax.convert import vae_weights  # noqa: E402
 from wm_jax.data import tfds_builders  # noqa: E402
 from wm_jax.models import vae as vae_lib  # noqa: E402
 
@@ -56,7 +57,7 @@ def _vae_encoder():
   config.preset = _VAE_PRESET.value
   if _VAE_CHECKPOINT.value:
     config.checkpoint = _VAE_CHECKPOINT.value
-    model = vae_lib.from_pretrained(_VAE_CHECKPOINT.value, config)
+    model = vae_weights.from_pretrained(_VAE_CHECKPOINT.value, config)
   else:
     logging.warning("no --vae_checkpoint: latents come from a randomly initialised VAE")
     model = vae_lib.AutoencoderKL(config, rngs=nnx.Rngs(0))

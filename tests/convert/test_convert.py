@@ -1,5 +1,6 @@
 """JAX <-> PyTorch checkpoint conversion: OpenDWM key/shape set at full size, bit-exact round
-trips through the Orbax and safetensors files the tools write, and refusals that name the keys."""
+trips through the training workdirs and safetensors files the tools write, and refusals that name
+the keys."""
 import copy
 import json
 import os
@@ -13,9 +14,11 @@ from flax import nnx
 
 from configs import maskgwm_long, maskgwm_tiny
 from tests.convert.conftest import random_model
-from wm_jax.convert import checkpoints, from_torch, opendwm_config, param_map, to_torch
-from wm_jax.models import mask_reconstruction
+from wm_jax import defaults
+from wm_jax.convert import from_torch, opendwm_config, param_map, to_torch
 from wm_jax.models.ctsd_dit import CTSDDiT
+from wm_jax.train import checkpoint as ckpt_lib
+from wm_jax.train import run as run_lib
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data_files")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,8 +41,8 @@ def test_ctsd35_conversion_has_exactly_the_opendwm_key_and_shape_set():
     ref = json.load(f)
   ref_mask = dict(ref, mask_module={"decode_layer": 5, "interpolater_layer": 1, "mask_ratio": 0.25,
                                     "mae_mask_probs": {"constant": 0.5}})
-  model_cfg, mask_cfg = opendwm_config.from_opendwm(ref_mask, maskgwm_long.model_config(),
-                                                    mask_reconstruction.defaults())
+  model_cfg, mask_cfg = opendwm_config.from_opendwm(ref_mask, maskgwm_long.get_config().model,
+                                                    defaults.mask())
   abstract = to_torch.abstract_model(model_cfg, mask_cfg)
   flat = param_map.flat_state(param_map.checkpoint_state(abstract))
   sd = to_torch.export_state_dict(flat, model_cfg, mask_cfg, abstract=abstract)
@@ -55,6 +58,7 @@ def test_ctsd35_conversion_has_exactly_the_opendwm_key_and_shape_set():
 @pytest.fixture(scope="module")
 def tiny():
   cfg = maskgwm_tiny.get_config()
+  cfg.train.batch_size = 8   # one row per virtual device
   model = random_model(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)), seed=1)
   return cfg, model
 
@@ -75,58 +79,45 @@ def _by_key(flat):
   return {param_map.torch_key(p): np.asarray(v) for p, v in flat.items()}
 
 
+def _write_run(workdir, cfg, model, step=3):
+  """A training workdir holding `model`'s weights at `step` (fresh optimizer state)."""
+  run = run_lib.build(cfg, donate=False)
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  state = run.init_state().replace(params=params, rest=rest)
+  manager = ckpt_lib.make_manager(str(workdir), cfg.checkpoint)
+  assert ckpt_lib.save(manager, step, state, {}, cfg, force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def _restored(workdir):
+  _, model, _ = run_lib.restore(str(workdir), params="params")
+  return _flat(model)
+
+
 def test_round_trip_jax_pytorch_jax_is_bit_exact(tiny, tmp_path):
   cfg, model = tiny
   model = copy.deepcopy(model)
   _zero_paper_params(model)
-  checkpoints.write_params(tmp_path / "jax", param_map.checkpoint_state(model),
-                           checkpoints.config_dicts(cfg.model, cfg.mask))
-  flat, stored = checkpoints.read_params(str(tmp_path / "jax"))
-  assert stored["model"]["num_layers"] == cfg.model.num_layers
+  _write_run(tmp_path / "jax", cfg, model)
+  run, restored, _ = run_lib.restore(str(tmp_path / "jax"), params="params")
+  assert run.config.model.num_layers == cfg.model.num_layers
+  flat = param_map.flat_state(param_map.checkpoint_state(restored))
+  flat = {k: np.asarray(v) for k, v in flat.items()}
   sd = to_torch.export_state_dict(flat, cfg.model, cfg.mask, drop_zero_paper_params=True)
   assert not to_torch.paper_only_keys(sd)
   to_torch.write_safetensors(sd, str(tmp_path / "m.safetensors"))
   loaded = from_torch.read_torch_checkpoint(str(tmp_path / "m.safetensors"))
   abstract = nnx.eval_shape(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)))
-  state = from_torch.convert_state_dict(loaded, abstract)  # paper-only: zeros
-  checkpoints.write_params(tmp_path / "back", state)
-  back = _by_key(checkpoints.read_params(str(tmp_path / "back"))[0])
+  back = _by_key(param_map.flat_state(from_torch.convert_state_dict(loaded, abstract)))
   orig = _flat(model)
   assert sorted(back) == sorted(orig)
   for path, value in orig.items():
     assert back[path].dtype == value.dtype
     np.testing.assert_array_equal(back[path], value, err_msg=str(path))
-  # UnusedWeight (mask module attention extras) and Buffer (pos_embed table) travel too.
+  # Buffers (mask module attention extras, the pos_embed table) travel too.
   assert "mask_module.sideblocks.0.attn.add_k_proj.weight" in back
   assert "pos_embed.pos_embed" in back
-
-
-def test_train_checkpoint_layout_params_and_ema(tiny, tmp_path):
-  """A wm_jax.train workdir (checkpoints/<step>/{state, config}): params or EMA plus `rest` are
-  read without the optimizer state."""
-  import orbax.checkpoint as ocp
-  cfg, model = tiny
-  _, params, rest = nnx.split(model, nnx.Param, ...)
-  ema = jax.tree.map(lambda x: x + 1.0, params)
-  state = {"step": np.int32(7), "params": params, "rest": rest, "ema": ema,
-           "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}, "skipped": np.int32(0)}
-  manager = ocp.CheckpointManager(str(tmp_path / "work" / "checkpoints"),
-                                  item_names=("state", "data", "config"))
-  manager.save(7, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"i": 1}),
-      config=ocp.args.JsonSave(checkpoints.config_dicts(cfg.model, cfg.mask))))
-  manager.wait_until_finished()
-  flat, stored = checkpoints.read_params(str(tmp_path / "work"))
-  flat = _by_key(flat)
-  assert stored["mask"]["decode_layers"] == cfg.mask.decode_layers
-  orig = _flat(model)
-  assert set(flat) == set(orig)
-  for path in orig:
-    np.testing.assert_array_equal(flat[path], orig[path])
-  flat_ema = _by_key(checkpoints.read_params(str(tmp_path / "work" / "checkpoints" / "7"),
-                                             use_ema=True)[0])
-  path = "proj_out.weight"
-  np.testing.assert_array_equal(flat_ema[path], orig[path] + 1.0)
 
 
 def test_missing_extra_and_misshaped_keys_are_refused_by_name(tiny):
@@ -181,12 +172,11 @@ def test_paper_only_parameters_have_no_opendwm_equivalent(tiny):
 
 def test_command_line_tools_round_trip(tiny, tmp_path):
   """tools/convert_to_pytorch.py and tools/convert_from_pytorch.py as users run them (bf16 out,
-  .json config in OpenDWM names, back to an Orbax checkpoint that loads into the model)."""
+  .json config in OpenDWM names, back to a training workdir that restores into the model)."""
   cfg, model = tiny
   model = copy.deepcopy(model)
   _zero_paper_params(model)
-  checkpoints.write_params(tmp_path / "jax", param_map.checkpoint_state(model),
-                           checkpoints.config_dicts(cfg.model, cfg.mask))
+  _write_run(tmp_path / "jax", cfg, model)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = tmp_path / "pt" / "model.safetensors"
   os.makedirs(out.parent)
@@ -203,9 +193,7 @@ def test_command_line_tools_round_trip(tiny, tmp_path):
           f"--opendwm_config={out.with_suffix('.json')}", "--config=configs/maskgwm_tiny.py",
           "--time_modulation")
   assert r.returncode == 0, r.stderr[-2000:]
-  fresh = random_model(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)), seed=9)
-  checkpoints.load_into(fresh, str(tmp_path / "back"))
-  orig, back = _flat(model), _flat(fresh)
+  orig, back = _flat(model), _restored(tmp_path / "back")
   for path, value in orig.items():  # bf16 in the file: equal up to bf16 rounding
     np.testing.assert_allclose(back[path], value, rtol=1e-2, atol=1e-6, err_msg=str(path))
   bf16 = lambda x: np.asarray(jax.numpy.asarray(x, jax.numpy.bfloat16).astype(np.float32))

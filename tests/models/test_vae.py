@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wm_jax import defaults
 from wm_jax.models import vae as vae_lib
 
 SMALL = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
@@ -12,7 +13,7 @@ SMALL = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, 
 
 
 def test_tiny_preset_maps_64x128_frames_to_8x16_latents():
-  vae = nnx.eval_shape(lambda: vae_lib.AutoencoderKL(vae_lib.defaults(), rngs=nnx.Rngs(0)))
+  vae = nnx.eval_shape(lambda: vae_lib.AutoencoderKL(defaults.vae(), rngs=nnx.Rngs(0)))
   assert vae.factor == 8 and vae.latent_channels == 4
   frames = jax.ShapeDtypeStruct((2, 3, 6, 64, 128, 3), jnp.uint8)  # [B,T,V,H,W,3]
   z = jax.eval_shape(lambda f: vae_lib.encode_frames(vae, f), frames)
@@ -27,7 +28,7 @@ def test_presets_and_overrides():
   assert not sd3["use_quant_conv"] and not sd3["use_post_quant_conv"]
   sd = vae_lib.resolve({"preset": "sd"})
   assert (sd["latent_channels"], sd["scaling_factor"], sd["use_quant_conv"]) == (4, 0.18215, True)
-  cfg = vae_lib.defaults()
+  cfg = defaults.vae()
   cfg.preset = "sd3"
   cfg.latent_channels = 8  # a placeholder field overrides the preset
   assert vae_lib.resolve(cfg)["latent_channels"] == 8
@@ -108,7 +109,7 @@ def test_posterior_sample_and_kl():
 
 
 def test_bad_inputs_are_refused():
-  vae = nnx.eval_shape(lambda: vae_lib.AutoencoderKL(vae_lib.defaults(), rngs=nnx.Rngs(0)))
+  vae = nnx.eval_shape(lambda: vae_lib.AutoencoderKL(defaults.vae(), rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="uint8"):
     vae_lib.encode_frames(vae, np.zeros((1, 64, 64, 3), np.float32))
   with pytest.raises(ValueError, match="60x64 is not a multiple of the VAE factor 8"):

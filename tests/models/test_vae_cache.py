@@ -3,7 +3,8 @@ import numpy as np
 
 from tests.data import mp4
 from tools import cache_latents
-from wm_jax.data import grain_pipeline, tfds_builders
+from wm_jax.data import tfds_cache
+from wm_jax import defaults
 from wm_jax.models import vae as vae_lib
 
 
@@ -11,15 +12,15 @@ def test_cache_holds_scaled_latents_of_each_clip(tmp_path):
   root = tmp_path / "videos"
   root.mkdir()
   mp4.write_random_clips(root, clips=2, frames=4)
-  data = grain_pipeline.defaults()
+  data = defaults.data()
   data.update(source="video", path=str(root), num_frames=2, fps=5, image_height=16,
               image_width=32, val_fraction=0.0)
-  vae_cfg = vae_lib.defaults()
+  vae_cfg = defaults.vae()
   vae_cfg.update(dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, scaling_factor=0.5,
                       shift_factor=0.25))
   _, encoder = cache_latents.build("video", data, vae_cfg, name="lat", data_dir=str(tmp_path),
                                    splits=("train",), keep_frames=True)
-  cached = tfds_builders.data_source("wm_video/lat", split="train", data_dir=str(tmp_path))
+  cached = tfds_cache.data_source("wm_video/lat", split="train", data_dir=str(tmp_path))
   assert len(cached) == 2 and encoder.calls == 2
   record = cached[1]
   assert record["latents"].shape == (2, 1, 2, 4, 4)  # [T, V, 16/8, 32/8, 4]

@@ -8,7 +8,8 @@ diffusers = pytest.importorskip("diffusers")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from wm_jax.convert import param_map  # noqa: E402
+from wm_jax import defaults  # noqa: E402
+from wm_jax.convert import param_map, vae_weights  # noqa: E402
 from wm_jax.models import vae as vae_lib  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -38,7 +39,7 @@ def test_encode_decode_match_diffusers(tmp_path):
   ref = _torch_vae(case, seed=1)
   # Through the user-facing loader: a diffusers model directory (config.json + safetensors).
   ref.save_pretrained(tmp_path, safe_serialization=True)
-  vae = vae_lib.from_pretrained(str(tmp_path))
+  vae = vae_weights.from_pretrained(str(tmp_path))
   assert vae.cfg["latent_channels"] == case["latent_channels"]
   assert vae.cfg["shift_factor"] == case["shift_factor"]
   assert vae.quant_conv is not None and vae.post_quant_conv is None
@@ -79,20 +80,20 @@ def test_state_dict_round_trip_and_legacy_names():
   names (query/key/value/proj_attn) load too."""
   ref = _torch_vae(CASE, seed=3)
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  cfg = vae_lib.config_from_diffusers(dict(ref.config))
-  vae = vae_lib.load_state_dict(vae_lib.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), ref.state_dict())
+  cfg = vae_weights.config_from_diffusers(dict(ref.config))
+  vae = vae_weights.load_state_dict(vae_lib.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), ref.state_dict())
   back = param_map.to_torch_state_dict(vae)
   assert sorted(back) == sorted(sd)
   for k in sd:
     np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
   legacy = {k.replace("to_q.", "query.").replace("to_out.0.", "proj_attn."): v for k, v in sd.items()}
   assert "encoder.mid_block.attentions.0.query.weight" in legacy
-  vae2 = vae_lib.load_state_dict(vae_lib.AutoencoderKL(cfg, rngs=nnx.Rngs(1)), legacy)
+  vae2 = vae_weights.load_state_dict(vae_lib.AutoencoderKL(cfg, rngs=nnx.Rngs(1)), legacy)
   np.testing.assert_array_equal(vae2.encoder.mid_block.attentions[0].to_q.kernel.get_value(),
                                 sd["encoder.mid_block.attentions.0.to_q.weight"].T)
   del sd["decoder.conv_in.bias"]
   with pytest.raises(param_map.ConversionError, match="decoder.conv_in.bias"):
-    vae_lib.load_state_dict(vae_lib.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), sd)
+    vae_weights.load_state_dict(vae_lib.AutoencoderKL(cfg, rngs=nnx.Rngs(0)), sd)
 
 
 @pytest.mark.parametrize("preset", ["sd", "sd3", "tiny"])

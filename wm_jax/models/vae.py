@@ -26,28 +26,21 @@ memory for long multi-view videos) and, with `tile_size`, over overlapping spati
 with linear ramps (all tiles have one static shape; the last tile of a row/column is aligned to
 the image edge).
 
-Weights: `from_pretrained(path)` (a diffusers AutoencoderKL folder with config.json, or a
-.safetensors file with the architecture from config.vae), `load_state_dict(vae, sd)` (a diffusers
-state_dict; old attention names query/key/value/proj_attn are renamed), `from_config(config.vae)`
-(config.vae.checkpoint or random). Every missing, unexpected or mis-shaped key is refused by name.
-tools/cache_latents.py writes a data set's scaled latents into the TFDS ArrayRecord cache.
+Diffusers weights are read by wm_jax/convert/vae_weights.py; tools/cache_latents.py writes a data
+set's scaled latents into the TFDS ArrayRecord cache.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-import os
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
-from ml_collections import config_dict
 
+from wm_jax import defaults
 from wm_jax.kernels import attention as attention_lib
 
 # Architecture fields; a preset gives all of them, config.vae may override each.
@@ -65,27 +58,6 @@ PRESETS = {
 ARCH_KEYS = tuple(PRESETS["sd"])
 NORM_EPS = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)
-_PLACEHOLDER_TYPES = {"block_out_channels": tuple, "layers_per_block": int, "norm_num_groups": int,
-                      "latent_channels": int, "scaling_factor": float, "shift_factor": float,
-                      "use_quant_conv": bool, "use_post_quant_conv": bool,
-                      "mid_block_add_attention": bool}
-
-
-def defaults() -> ml_collections.ConfigDict:
-  """config.vae. Architecture fields left None take the preset's value (see PRESETS)."""
-  c = ml_collections.ConfigDict()
-  c.preset = "tiny"              # 'tiny' | 'sd' | 'sd3'
-  c.checkpoint = ""              # diffusers AutoencoderKL: .safetensors file or a directory with
-                                 # config.json + diffusion_pytorch_model.safetensors; '' = random
-  c.dtype = "float32"            # compute dtype
-  c.param_dtype = "float32"
-  c.attention_impl = "auto"      # wm_jax.kernels.attention impl for the mid-block attention
-  c.batch_slice = 8              # images per encoder/decoder call (0: all at once)
-  c.tile_size = 0                # spatial tile in pixels, multiple of 8 (0: no tiling)
-  c.tile_overlap = 0.25          # fraction of a tile shared with its neighbour
-  for key, kind in _PLACEHOLDER_TYPES.items():
-    c[key] = config_dict.placeholder(kind)
-  return c
 
 
 def resolve(config) -> dict:
@@ -94,7 +66,7 @@ def resolve(config) -> dict:
   preset = config.get("preset", "tiny")
   if preset not in PRESETS:
     raise ValueError(f"unknown VAE preset {preset!r}; known: {sorted(PRESETS)}")
-  base = defaults().to_dict()
+  base = defaults.vae().to_dict()
   unknown = sorted(set(config) - set(base))
   if unknown:
     raise ValueError(f"unknown config.vae field(s) {unknown}; known: {sorted(base)}")
@@ -116,29 +88,6 @@ def resolve(config) -> dict:
 def downsample_factor(fields: Mapping[str, Any]) -> int:
   """Spatial factor between frames and latents: 2 per level but the last."""
   return 2 ** (len(fields["block_out_channels"]) - 1)
-
-
-def config_from_diffusers(diffusers_config: Mapping[str, Any], **overrides) -> ml_collections.ConfigDict:
-  """config.vae from a diffusers AutoencoderKL config.json dict (checks it is the plain KL VAE)."""
-  for key in ("down_block_types", "up_block_types"):
-    kinds = set(diffusers_config.get(key, ()))
-    want = "DownEncoderBlock2D" if key.startswith("down") else "UpDecoderBlock2D"
-    if kinds - {want}:
-      raise ValueError(f"diffusers config {key}={sorted(kinds)}: only {want} is supported")
-  if diffusers_config.get("act_fn", "silu") != "silu":
-    raise ValueError(f"diffusers config act_fn={diffusers_config['act_fn']!r}: only silu is supported")
-  if diffusers_config.get("in_channels", 3) != 3 or diffusers_config.get("out_channels", 3) != 3:
-    raise ValueError("only 3-channel (RGB) VAEs are supported")
-  c = defaults()
-  c.preset = "sd"
-  for key in ARCH_KEYS:
-    if diffusers_config.get(key) is not None:
-      c[key] = tuple(diffusers_config[key]) if key == "block_out_channels" else diffusers_config[key]
-  if diffusers_config.get("shift_factor") is None:
-    c.shift_factor = 0.0
-  for key, value in overrides.items():
-    c[key] = value
-  return c
 
 
 _INIT_BLOCK = 1 << 14
@@ -309,7 +258,7 @@ class Decoder(nnx.Module):
 
 
 class AutoencoderKL(nnx.Module):
-  """The KL VAE. `config`: a config.vae ConfigDict (see defaults()) or a plain dict of its fields."""
+  """The KL VAE. `config`: a config.vae ConfigDict (wm_jax.defaults.vae()) or a plain dict of its fields."""
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     cfg = resolve(config)
@@ -510,80 +459,3 @@ def decode_latents(vae: AutoencoderKL, latents):
   graphdef, state = nnx.split(vae)
   x = _decode(graphdef, state, flat)
   return x.reshape(lead + x.shape[1:])
-
-
-# -- loading diffusers checkpoints -----------------------------------------------------------------
-
-_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict:
-  """Old diffusers attention names (query/key/value/proj_attn) -> to_q/to_k/to_v/to_out.0."""
-  out = {}
-  for key, value in state_dict.items():
-    parts = key.split(".")
-    if len(parts) >= 2 and "attentions" in parts and parts[-2] in _LEGACY_ATTENTION:
-      parts = parts[:-2] + _LEGACY_ATTENTION[parts[-2]].split(".") + parts[-1:]
-    out[".".join(parts)] = value
-  return out
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """numpy arrays from a .safetensors file (bf16/fp16 tensors are read as float32)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
-  try:
-    from safetensors.numpy import load_file
-    return dict(load_file(path))
-  except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
-    from safetensors.torch import load_file as load_torch
-    return {k: v.float().numpy() for k, v in load_torch(path).items()}
-
-
-def load_state_dict(vae: AutoencoderKL, state_dict: Mapping[str, Any], *, ignore=()) -> AutoencoderKL:
-  """Loads a diffusers AutoencoderKL state_dict (numpy or torch tensors) into `vae` in place.
-
-  Every missing, unexpected or mis-shaped key raises param_map.ConversionError (listing them)
-  unless named in `ignore`.
-  """
-  from wm_jax.convert import param_map
-  sd = {k: (v.detach().float().numpy() if hasattr(v, "detach") else np.asarray(v))
-        for k, v in rename_legacy_keys(state_dict).items()}
-  nnx.update(vae, param_map.from_torch_state_dict(sd, vae, ignore=ignore))
-  return vae
-
-
-def from_pretrained(path: str, config=None, *, rngs: nnx.Rngs | None = None, ignore=()) -> AutoencoderKL:
-  """A VAE with the weights of a diffusers checkpoint.
-
-  path: a .safetensors file (architecture from `config`, a config.vae), or a diffusers model
-  directory holding config.json and diffusion_pytorch_model.safetensors (architecture from its
-  config.json; `config` then only supplies runtime fields: dtype, tiling, batch_slice).
-  """
-  if os.path.isdir(path):
-    with open(os.path.join(path, "config.json")) as f:
-      runtime = {k: v for k, v in (config or defaults()).items()
-                 if k in ("dtype", "param_dtype", "attention_impl", "batch_slice", "tile_size",
-                          "tile_overlap")}
-      config = config_from_diffusers(json.load(f), **runtime)
-    weights = os.path.join(path, "diffusion_pytorch_model.safetensors")
-  else:
-    weights = path
-    config = config if config is not None else defaults()
-  abstract = nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(abstract)
-  from wm_jax.convert import param_map
-  sd = rename_legacy_keys(read_safetensors(weights))
-  state = param_map.from_torch_state_dict(sd, abstract, ignore=ignore)
-  if ignore:  # ignored keys kept abstract values: start from a real init instead
-    vae = AutoencoderKL(config, rngs=rngs or nnx.Rngs(0))
-    nnx.update(vae, state)
-    return vae
-  return nnx.merge(graphdef, state)
-
-
-def from_config(config, *, rngs: nnx.Rngs | None = None) -> AutoencoderKL:
-  """config.vae -> a VAE: the checkpoint's weights when config.checkpoint is set, else random."""
-  if config.get("checkpoint"):
-    return from_pretrained(config["checkpoint"], config, rngs=rngs)
-  return AutoencoderKL(config, rngs=rngs or nnx.Rngs(0))
