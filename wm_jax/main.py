@@ -2,78 +2,73 @@
 
   python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/run
   python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/run --config.train.num_steps=200
-  python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/run --mode=sample
+  python -m wm_jax.main --workdir=/tmp/run --mode=sample       # the config saved in the workdir
+
+A config file's get_config(arg) builds on wm_jax.defaults and is locked: `--config.KEY=VALUE`
+changes a value, and a key the defaults lack is an error. When the data give frames and
+config.vae.checkpoint is empty, a tiny VAE is trained first into WORKDIR/vae (or the one found
+there is used), and the log says which. A run resumes from the newest complete checkpoint in
+--workdir.
 
 Multi-host (TPU pod slices, multi-node GPU): pass --distributed (or set WM_JAX_DISTRIBUTED=1) and
 every process calls jax.distributed.initialize() first (arguments from the environment, as set by
-the TPU runtime / xpk / SLURM). A run resumes from the newest complete checkpoint in --workdir.
-
-Components are the defaults of wm_jax.train.loop unless the config has a `components` section
-naming replacements as 'module:function' (function(config) -> the component), e.g. for tests.
+the TPU runtime / xpk / SLURM).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import jax
+
+import wm_jax  # noqa: F401  (package settings)
+from wm_jax.train import loop
+from wm_jax.train import preview
+from wm_jax.train import vae_training
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)); `file.py:arg` passes arg.",
-                                lock_config=False)
+config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)); `file.py:arg` "
+                                "passes arg. --mode=sample defaults to the workdir's saved config.",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs and samples go.")
 flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to run.")
+flags.DEFINE_enum("params", "auto", ["auto", "ema", "params"],
+                  "--mode=sample: which weights (auto: the EMA copy when the run kept one).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 
 
-def _resolve(name: str):
-  module, _, fn = name.partition(":")
-  if not fn:
-    raise ValueError(f"component {name!r} must be 'module:function'")
-  return getattr(importlib.import_module(module), fn)
-
-
-def components(config) -> dict:
-  """Keyword arguments for loop.train from config.components (model, loss, iterator, prepare)."""
-  out = {}
-  section = config.get("components") or {}
-  table = {"model": "model_factory", "loss": "loss_fn", "iterator": "make_iterator",
-           "prepare": "prepare_batch"}
-  for key, value in dict(section).items():
-    if key not in table:
-      raise ValueError(f"config.components.{key} is not one of {sorted(table)}")
-    if value:
-      out[table[key]] = _resolve(value) if key == "iterator" else _resolve(value)(config)
-  return out
+def needs_vae(config) -> bool:
+  """Whether training must encode frames: no VAE named, and a source that gives frames (every
+  source but a TFDS latent cache)."""
+  return not config.vae.checkpoint and not (
+      config.data.source == "tfds" and "latent" in config.data.tfds_name)
 
 
 def main(argv):
   del argv
   if not os.environ.get("WM_JAX_VERBOSE"):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required")
   if FLAGS.distributed or os.environ.get("WM_JAX_DISTRIBUTED") == "1":
-    import jax
     jax.distributed.initialize()
-  import wm_jax  # noqa: F401  (package settings: eager sharding off)
-  from wm_jax.train import config as train_config
-  config = train_config.fill(FLAGS.config)
-  if FLAGS.mode == "train":
-    from wm_jax.train import loop
-    summary = loop.train(config, FLAGS.workdir, **components(config))
-    print(f"[main] done at step {summary['step']}; workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
-  else:
-    from wm_jax.train import sample
-    paths = sample.sample_from_workdir(config, FLAGS.workdir)
-    print(f"[main] wrote {len(paths)} files under {os.path.join(os.path.abspath(FLAGS.workdir), 'samples')}",
-          flush=True)
+  if FLAGS.mode == "sample":
+    paths = preview.sample_from_workdir(FLAGS.workdir, FLAGS.config, params=FLAGS.params)
+    print(f"[main] wrote {len(paths)} files under "
+          f"{os.path.join(os.path.abspath(FLAGS.workdir), 'samples')}", flush=True)
+    return 0
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required to train")
+  config = FLAGS.config
+  if needs_vae(config):
+    config = vae_training.ensure_vae(config, FLAGS.workdir)
+  summary = loop.train(config, FLAGS.workdir)
+  print(f"[main] done at step {summary['step']}; workdir {os.path.abspath(FLAGS.workdir)}",
+        flush=True)
   return 0
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -24,11 +24,21 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
-from flax import nnx
+
+import wm_jax  # noqa: F401  (package settings)
+from wm_jax import defaults
+from wm_jax.data import pipeline
+from wm_jax.data import sources
+from wm_jax.data.synthetic import source as synthetic_source
+from wm_jax.diffusion import generate as generate_lib
+from wm_jax.diffusion import rollout as rollout_lib
+from wm_jax.evaluation import videos as videos_lib
+from wm_jax.models import vae as vae_lib
+from wm_jax.train import loop
+from wm_jax.train import metrics as metrics_lib
+from wm_jax.train import run as run_lib
+from wm_jax.train import vae_training
 
 T0 = time.time()
 
@@ -37,29 +47,19 @@ def say(msg: str) -> None:
   print(f"[demo {time.time() - T0:6.1f}s] {msg}", flush=True)
 
 
-def demo_config(args) -> ml_collections.ConfigDict:
-  from configs import maskgwm_tiny
-  from wm_jax.data import grain_pipeline
-  from wm_jax.diffusion import config as diffusion_config
-  from wm_jax.models import vae as vae_lib
-  from wm_jax.train import config as train_config
-  c = maskgwm_tiny.get_config()
-  c.model.num_views = 1                       # the synthetic 'front' rig
-  c.model.num_frames = args.clip_frames
-  c.data = grain_pipeline.defaults()
+def demo_config(args):
+  """maskgwm_tiny's model on the synthetic 'front' rig (one camera), sized by the flags."""
+  c = defaults.config()
+  c.model.update(num_views=1, num_frames=args.clip_frames)
+  c.mask.decode_layers = 1
   c.data.update(source="synthetic", rig="front", num_frames=args.clip_frames,
                 image_height=c.model.latent_height * 8, image_width=c.model.latent_width * 8,
                 num_train=args.train_clips, num_val=args.val_clips, read_threads=1)
-  c.diffusion = diffusion_config.defaults()
   c.diffusion.max_reference_frames = args.ref_frames
-  c.vae = vae_lib.defaults()
-  c.train = train_config.defaults()
   c.train.update(batch_size=args.batch, num_steps=args.steps, learning_rate=args.lr,
                  warmup_steps=max(1, args.steps // 20), schedule="cosine", log_every=args.log_every,
-                 weight_decay=0.0)
-  c.mesh = train_config.mesh_defaults()
+                 weight_decay=0.0, vae_steps=args.vae_steps)
   c.mesh.data = 1                             # one CPU device: the demo is about the curve
-  c.checkpoint = train_config.checkpoint_defaults()
   c.checkpoint.update(every_steps=max(args.steps // 4, 1), keep=2)
   return c
 
@@ -67,10 +67,9 @@ def demo_config(args) -> ml_collections.ConfigDict:
 # -- 1 data ---------------------------------------------------------------------------------------
 
 def render(config, split: str, n: int, frames: int) -> list[dict]:
-  from wm_jax.data import grain_pipeline
-  data = ml_collections.ConfigDict(config.data.to_dict())
+  data = config.data.copy_and_resolve_references()
   data.num_frames = frames
-  src = grain_pipeline.SyntheticSource(data, split)
+  src = synthetic_source.SyntheticSource(data, split)
   out = []
   for i in range(n):
     out.append(src[i])
@@ -79,56 +78,7 @@ def render(config, split: str, n: int, frames: int) -> list[dict]:
   return out
 
 
-# -- 2 vae ----------------------------------------------------------------------------------------
-
-def train_vae(config, frames: np.ndarray, steps: int, batch: int, crop: int, seed: int = 0):
-  """frames uint8 [N,H,W,3] -> trained AutoencoderKL and the loss curve.
-
-  Trains on random crops of crop x 2*crop pixels (the VAE is convolutional: a quarter of the cost
-  of full 64x128 frames, same weights)."""
-  from wm_jax.models import vae as vae_lib
-  vae = vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(seed))
-  graphdef, params, rest = nnx.split(vae, nnx.Param, ...)
-  warm = min(20, max(steps // 5, 1))
-  tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 2e-3, warm, max(steps, warm + 1), 2e-4))
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, x, key):
-    def loss_fn(p):
-      m = nnx.merge(graphdef, p, rest)
-      moments = m.moments(x)
-      rec = m.decode(vae_lib.posterior_sample(moments, key))
-      return jnp.mean(jnp.abs(rec - x)) + 1e-7 * jnp.mean(vae_lib.posterior_kl(moments))
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    up, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, up), opt, loss
-
-  rng = np.random.default_rng(seed)
-  curve = []
-  for i in range(steps):
-    y0 = rng.integers(0, frames.shape[1] - crop + 1) // 8 * 8
-    x0 = rng.integers(0, frames.shape[2] - 2 * crop + 1) // 8 * 8
-    x = frames[rng.integers(0, len(frames), batch), y0:y0 + crop, x0:x0 + 2 * crop]
-    x = x.astype(np.float32) / 127.5 - 1.0
-    params, opt, loss = step(params, opt, x, jax.random.key(i))
-    curve.append(float(loss))
-    if (i + 1) % max(steps // 8, 1) == 0:
-      say(f"vae step {i + 1}/{steps} L1 {np.mean(curve[-10:]):.4f}")
-  return nnx.merge(graphdef, params, rest), curve
-
-
-def calibrate(config, vae, frames: np.ndarray):
-  """A VAE whose config has shift/scale making the training latents ~N(0, 1) (SD's convention)."""
-  from wm_jax.models import vae as vae_lib
-  x = frames[:64].astype(np.float32) / 127.5 - 1.0
-  z = np.asarray(vae_lib.posterior_sample(jax.jit(vae.moments)(x)))
-  config.vae.shift_factor = float(z.mean())
-  config.vae.scaling_factor = float(1.0 / (z.std() + 1e-6))
-  new = vae_lib.AutoencoderKL(config.vae, rngs=nnx.Rngs(0))
-  nnx.update(new, nnx.state(vae, nnx.Param))
-  return new
-
+# -- 2 vae: wm_jax.train.vae_training ----------------------------------------------------------
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
@@ -138,7 +88,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 # -- 3 latents ------------------------------------------------------------------------------------
 
 def encode_clips(vae, clips: list[dict]) -> list[dict]:
-  from wm_jax.models import vae as vae_lib
   out = []
   for clip in clips:
     rec = {k: v for k, v in clip.items() if k not in ("frames", "depth", "boxes", "ego_pose")}
@@ -149,11 +98,8 @@ def encode_clips(vae, clips: list[dict]) -> list[dict]:
 
 # -- 5 sample -------------------------------------------------------------------------------------
 
-def rollout_videos(config, model, vae, clip: dict, record: dict, args, seed: int) -> dict:
+def rollout_videos(run, model, vae, clip: dict, record: dict, args, seed: int):
   """Ground truth | generated videos (uint8 [T,H,2W,3]) for the real and the steered actions."""
-  from wm_jax.diffusion import rollout as rollout_lib
-  from wm_jax.models import conditioning
-  from wm_jax.models import vae as vae_lib
   out, scores = {}, {}
   n_ref, t_clip = args.ref_frames, args.clip_frames
   num_clips = (args.val_frames - n_ref) // (t_clip - n_ref)
@@ -167,17 +113,13 @@ def rollout_videos(config, model, vae, clip: dict, record: dict, args, seed: int
       actions = b["actions"].copy()
       actions[..., 1] += steer  # steering (rad), see data/schema.py ACTION_NAMES
       b["actions"] = actions
-    inputs = conditioning.model_inputs(b, config)
-    inputs = {k: v for k, v in inputs.items() if v is not None}
-    z = rollout_lib.rollout(model, inputs, b["latents"][:, :n_ref], config, num_clips=num_clips,
-                            clip_frames=t_clip, rng=jax.random.key(seed), steps=args.sample_steps,
-                            cfg_scale=args.cfg_scale, verbose=False)
+    z = generate_lib.generate(model, b, run.config, n_ref=n_ref, rng=jax.random.key(seed),
+                              steps=args.sample_steps, cfg_scale=args.cfg_scale, mesh=run.mesh)
     video = np.asarray(vae_lib.decode_latents(vae, z))[0]          # [T,V,H,W,3]
     if name == "real":
       scores["rollout_psnr"] = psnr(video[n_ref:], gt[n_ref:])
       scores["latent_mse"] = float(np.mean((np.asarray(z)[0, n_ref:] - b["latents"][0, n_ref:]) ** 2))
-    side = np.concatenate([gt[:, 0], video[:, 0]], axis=2)          # [T,H,2W,3]
-    out[name] = side
+    out[name] = np.concatenate([gt[:, 0], video[:, 0]], axis=2)    # [T,H,2W,3]
   return out, scores
 
 
@@ -202,10 +144,6 @@ def main(argv=None):
   args = p.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
   os.makedirs(workdir, exist_ok=True)
-  import wm_jax  # noqa: F401
-  from wm_jax.data import grain_pipeline
-  from wm_jax.models import vae as vae_lib
-  from wm_jax.train import loop, metrics as metrics_lib, state as state_lib
   config = demo_config(args)
   timings = {}
 
@@ -219,9 +157,11 @@ def main(argv=None):
   say(f"2/6 training the tiny VAE for {args.vae_steps} steps")
   t = time.time()
   frames = np.concatenate([c["frames"].reshape((-1,) + c["frames"].shape[-3:]) for c in train_clips])
-  vae, vae_curve = train_vae(config, frames, args.vae_steps, args.vae_batch, args.vae_crop)
-  vae = calibrate(config, vae, frames)
-  loop.save_module(vae, os.path.join(workdir, "vae"))
+  vae, vae_curve = vae_training.train_vae(config, frames, steps=args.vae_steps,
+                                          batch=args.vae_batch, crop=args.vae_crop,
+                                          log=lambda m: say(m.replace("[vae] ", "vae ")))
+  vae = vae_training.calibrate(config, vae, frames)
+  vae_training.save(vae, config, os.path.join(workdir, "vae"))
   config.vae.checkpoint = os.path.join(workdir, "vae")  # saved with the DiT's config: evaluate finds it
   rec = np.asarray(vae_lib.decode_latents(vae, vae_lib.encode_frames(vae, val_clips[0]["frames"])))
   vae_psnr = psnr(rec, val_clips[0]["frames"])
@@ -238,9 +178,9 @@ def main(argv=None):
   say(f"4/6 training maskgwm_tiny (mask ratio {config.mask.ratio}) for {args.steps} steps, "
       f"batch {args.batch}")
   t = time.time()
-  source = grain_pipeline.ListSource(train_records, name="demo-latents")
-  make_iterator = lambda cfg: grain_pipeline.make_iterator(cfg.data, batch_size=args.batch,
-                                                           seed=int(cfg.train.seed), source=source)
+  source = sources.ListSource(train_records, name="demo-latents")
+  make_iterator = lambda cfg: pipeline.make_iterator(cfg.data, batch_size=args.batch,
+                                                     seed=int(cfg.train.seed), source=source)
   dit_dir = os.path.join(workdir, "dit")
   summary = loop.train(config, dit_dir, make_iterator=make_iterator,
                        log=lambda m: say(m.replace("[train] ", "")))
@@ -249,20 +189,15 @@ def main(argv=None):
   say(f"5/6 action-conditioned rollouts of {args.val_clips} held-out scenes "
       f"({args.ref_frames} context frames -> {args.val_frames} frames)")
   t = time.time()
-  s = loop.setup(config, __import__("wm_jax.parallel.mesh", fromlist=["x"]).make_mesh(config.mesh))
-  restored = __import__("wm_jax.train.checkpoint", fromlist=["x"])
-  mgr = restored.make_manager(dit_dir, config.checkpoint)
-  _, state, _, _ = restored.restore_latest(mgr, restored.abstract_with_shardings(s.abstract, s.shardings))
-  mgr.close()
-  model = state_lib.merge(s.graphdef, state)
+  run, model, _ = run_lib.restore(dit_dir)
   writer = metrics_lib.create_writer(dit_dir)
   scores, paths = [], []
   for i, (clip, rec) in enumerate(zip(val_clips, val_records)):
-    videos, sc = rollout_videos(config, model, vae, clip, rec, args, seed=i)
+    videos, sc = rollout_videos(run, model, vae, clip, rec, args, seed=i)
     scores.append(sc)
     for name, video in videos.items():
-      paths += metrics_lib.save_video(os.path.join(workdir, "videos", f"scene{i}_{name}"), video,
-                                      fps=float(config.data.fps) / 2)
+      paths += videos_lib.save_video(os.path.join(workdir, "videos", f"scene{i}_{name}"), video,
+                                     fps=float(config.data.fps) / 2)
     writer.write_images(summary["step"], {f"rollout/scene{i}": np.concatenate(list(videos["real"]), 0)[None]})
     say(f"scene {i}: rollout PSNR {sc['rollout_psnr']:.2f} dB, latent MSE {sc['latent_mse']:.3f}")
   writer.flush()
