@@ -63,16 +63,16 @@ def main(argv=None):
   import jax
   import wm_jax  # noqa: F401
   from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import flops, loop
+  from wm_jax.train import flops
+  from wm_jax.train import run as run_lib
 
   print(f"[aot] {len(devices)} devices of {devices[0].device_kind}", flush=True)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  mesh_lib.validate(config, mesh, num_devices=len(devices))
-  s = loop.setup(config, mesh)
-  replicated = mesh_lib.replicated_large_params(s.abstract.params, s.param_shardings)
+  s = run_lib.build(config, mesh=mesh)
+  replicated = mesh_lib.replicated_large_params(s.abstract.params, s.shardings.params)
   for path, shape, size in replicated:
     print(f"[aot] WARNING: {path} {shape} ({size} elements) is replicated on every device", flush=True)
-  state, batch = loop.abstract_inputs(s, config, mesh)
+  state, batch = s.abstract_inputs()
   print("[aot] lowering and compiling the train step...", flush=True)
   compiled = s.step_fn.lower(state, batch).compile()
   mem = compiled.memory_analysis()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import math
 import os
 import sys
@@ -21,24 +20,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx  # noqa: E402
 
+from wm_jax import defaults  # noqa: E402
 from wm_jax.models import scan  # noqa: E402
 from wm_jax.models.buffers import Buffer  # noqa: E402
 from wm_jax.models.ctsd_dit import CTSDDiT  # noqa: E402
 
 
-def load_config(path: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location("wm_jax_config", path)
-  if spec is None or spec.loader is None:
-    raise ValueError(f"cannot load a config from {path!r}")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def count(config, with_mask: bool = True) -> dict[str, dict[str, int]]:
   """{group: {'params': n, 'buffers': n}} for the model of `config`."""
-  abstract = nnx.eval_shape(
-      lambda: CTSDDiT(config.model, config.mask if with_mask else None, rngs=nnx.Rngs(0)))
+  mask = config.mask.copy_and_resolve_references()
+  mask.enabled = mask.enabled and with_mask
+  abstract = nnx.eval_shape(lambda: CTSDDiT(config.model, mask, rngs=nnx.Rngs(0)))
   out: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"params": 0, "buffers": 0})
   flat = [(tuple(path), var) for path, var in
           nnx.to_flat_state(nnx.state(abstract, nnx.Any(nnx.Param, Buffer)))]
@@ -58,7 +50,7 @@ def main(argv=None):
   parser.add_argument("--no-mask", action="store_true", help="count without the mask module")
   args = parser.parse_args(argv)
   print(f"[param_count] building {args.config} abstractly (nnx.eval_shape)", flush=True)
-  config = load_config(args.config, args.config_arg)
+  config = defaults.load_file(f"{args.config}:{args.config_arg or ''}")
   groups = count(config, with_mask=not args.no_mask)
   width = max(len(g) for g in groups)
   print(f"{'group':<{width}}  {'params':>15}  {'buffers':>13}")

@@ -1,4 +1,4 @@
-"""Exact resume through wm_jax.main in subprocesses: SIGKILL at a random step, resume, SIGTERM
+"""Exact resume through the train loop in subprocesses (tests/train/toy_main.py): SIGKILL at a random step, resume, SIGTERM
 (final save, exit 0), resume to the end == one straight run, bit for bit, with the same data order.
 Also: an interrupted or damaged checkpoint write is skipped in favour of the last complete one."""
 
@@ -30,7 +30,7 @@ def _env(cache_dir):
 
 def _start(workdir):
   cache = os.path.join(os.path.dirname(workdir), "jax_cache")
-  return subprocess.Popen([sys.executable, "-m", "wm_jax.main", "--config=tests/train/toy_config.py",
+  return subprocess.Popen([sys.executable, "-m", "tests.train.toy_main",
                            f"--workdir={workdir}"], cwd=ROOT, env=_env(cache), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 

@@ -1,11 +1,13 @@
 """A tiny nnx model with logical axis names and a loss of the loss_fn contract, for tests only."""
 
+import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
+import numpy as np
 from flax import nnx
 
-from wm_jax.train import config as train_config
+from wm_jax import defaults
+from wm_jax.models.buffers import Buffer
 
 
 def _init(names):
@@ -30,7 +32,6 @@ class Toy(nnx.Module):
 
 class _Layer(nnx.Module):
   def __init__(self, d, hidden, *, rngs):
-    from wm_jax.models.buffers import Buffer
     self.norm = nnx.LayerNorm(d, rngs=rngs)
     self.up = nnx.Linear(d, hidden, kernel_init=_init(("embed", "mlp")), rngs=rngs)
     self.down = nnx.Linear(hidden, d, kernel_init=_init(("mlp", "embed")), rngs=rngs)
@@ -69,26 +70,23 @@ def loss_fn(model, batch, rng, config, train=True):
 
 
 def config(batch_size=8, **train):
-  c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(num_heads=4, patch_size=1, latent_height=4,
-                                           latent_width=4, num_frames=2, num_views=1))
-  c.mask = ml_collections.ConfigDict(dict(enabled=False, ratio=0.25))
-  c.train = train_config.defaults()
+  """A whole config (wm_jax.defaults) at the toy's shapes: 1 view x 2 frames of 4x4x4 latents."""
+  c = defaults.config()
+  c.model.update(num_heads=4, patch_size=1, latent_height=4, latent_width=4, num_frames=2,
+                 num_views=1)
+  c.mask.enabled = False
   c.train.batch_size = batch_size
   c.train.update(train)
-  c.mesh = train_config.mesh_defaults()
-  c.checkpoint = train_config.checkpoint_defaults()
   return c
 
 
 def batch(seed, batch_size=8, c=4):
-  import numpy as np
   r = np.random.default_rng(seed)
   return {"latents": r.normal(size=(batch_size, 2, 1, 4, 4, c)).astype("float32"),
           "fps": np.full((batch_size,), 10.0, np.float32)}
 
 
-# --- components for wm_jax.main (config.components), used by the subprocess tests ---------------
+# --- components for tests/train/toy_main.py, used by the subprocess tests ---------------------
 
 def make_model(config):
   return lambda: Toy(rngs=nnx.Rngs(int(config.train.seed)))
@@ -104,8 +102,6 @@ def make_loss(config):
 
 def make_iterator(config):
   """A real Grain iterator (checkpointable) of toy batches with an 'index' per example."""
-  import grain
-  import numpy as np
 
   def example(i):
     r = np.random.default_rng(i)

@@ -48,14 +48,15 @@ def run(args):
   from tools.bench_suites.train import apply_overrides, load_config
   from wm_jax.models.ctsd_dit import CTSDDiT
   from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import flops, loop, memory
+  from wm_jax.train import flops, memory
+  from wm_jax.train import run as run_lib
 
   base = load_config(args.config)
   base.train.batch_size = 1
   base.mesh.update(data=1, fsdp=1, tensor=1)
   if args.shrink:
     base.model.update(SHRINK)
-    if base.model.get("layout_adapter") is not None:
+    if base.model.layout_adapter is not None:
       base.model.layout_adapter.channels = [SHRINK["num_heads"] * SHRINK["head_dim"]] * len(
           base.model.layout_adapter.channels)
     base.data.update(num_frames=SHRINK["num_frames"], image_height=8 * SHRINK["latent_height"],
@@ -71,8 +72,8 @@ def run(args):
       config.model.scan_layers = scanned
       mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
       t0 = time.perf_counter()
-      s = loop.setup(config, mesh)
-      state, batch = loop.abstract_inputs(s, config, mesh)
+      s = run_lib.build(config, mesh=mesh)
+      state, batch = s.abstract_inputs()
       setup_s = time.perf_counter() - t0
       t0 = time.perf_counter()
       lowered = s.step_fn.lower(state, batch)

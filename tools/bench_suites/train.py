@@ -34,13 +34,8 @@ def add_arguments(parser):
 
 
 def load_config(path: str):
-  import importlib.util
-  import os
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  from wm_jax.train import config as train_config
-  return train_config.fill(module.get_config())
+  from wm_jax import defaults
+  return defaults.load_file(path)
 
 
 def apply_overrides(config, items) -> None:
@@ -71,8 +66,8 @@ def run(args):
   import jax
   import numpy as np
   import wm_jax  # noqa: F401
-  from wm_jax.parallel import mesh as mesh_lib
-  from wm_jax.train import example_batch, flops, loop, state as state_lib, step as step_lib
+  from wm_jax.train import example_batch, flops
+  from wm_jax.train import run as run_lib
 
   if args.steps < 1 or args.warmup < 0:
     raise ValueError(f"--steps={args.steps} must be >= 1 and --warmup={args.warmup} >= 0")
@@ -89,11 +84,10 @@ def run(args):
   for masked in settings:
     config = copy.deepcopy(base)
     config.mask.enabled = masked
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.validate(config, mesh)
-    s = loop.setup(config, mesh)
+    s = run_lib.build(config)
+    mesh = s.mesh
     # compile from abstract shapes first: a step that does not fit is refused before any allocation
-    abstract_state, abstract_batch = loop.abstract_inputs(s, config, mesh)
+    abstract_state, abstract_batch = s.abstract_inputs()
     step_flops = flops.train_flops(flops.loss_forward_flops(
         s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn, abstract_batch, config))
     t0 = time.perf_counter()
@@ -101,8 +95,8 @@ def run(args):
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     _check_fits(mem, config, masked)
-    _, state = state_lib.create(s.factory, s.tx, s.ema, s.shardings)
-    batch = step_lib.device_batch(example_batch.random(config), mesh)
+    state = s.init_state()
+    batch = s.device_batch(example_batch.random(config))
     for _ in range(args.warmup):
       state, metrics = compiled(state, batch)
     jax.block_until_ready(state)
@@ -118,7 +112,7 @@ def run(args):
     stats = jax.local_devices()[0].memory_stats() or {}
     yield {"config": args.config, "mask": masked, "mask_ratio": float(config.mask.ratio) if masked else 0.0,
            "batch": int(config.train.batch_size), "dtype": str(m.dtype),
-           "remat": str(m.get("remat_policy", "none")), "mesh": dict(mesh.shape),
+           "remat": str(m.remat_policy), "mesh": dict(mesh.shape),
            "step_ms": round(dt * 1e3, 3), "steps_per_s": round(1 / dt, 4),
            "tokens_per_s": round(tokens / dt, 1), "flops_per_step": step_flops,
            "model_tflops_per_s": round(step_flops / dt / 1e12, 4),
@@ -142,7 +136,7 @@ def _check_fits(mem, config, masked) -> None:
   if need > limit:
     gib = lambda n: f"{n / 2**30:.1f} GiB"
     raise MemoryError(
-        f"the train step of {config.model.get('remat_policy')!r} remat, mask={masked}, needs "
+        f"the train step of {config.model.remat_policy!r} remat, mask={masked}, needs "
         f"{gib(need)} per device (arguments {gib(mem.argument_size_in_bytes)}, temporaries "
         f"{gib(mem.temp_size_in_bytes)}) but the device has {gib(limit)}; try --remat=full, "
         f"--set train.mu_dtype=bfloat16 or more devices (config.mesh.fsdp)")
