@@ -7,11 +7,11 @@ import pytest
 from flax import nnx
 
 from configs import maskgwm_mview
+from wm_jax import defaults
 from wm_jax.convert import param_map
 from wm_jax.models import scan
 from wm_jax.models.ctsd_dit import CTSDDiT
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import config as train_config
 
 # parameter path -> (shape, mesh PartitionSpec entries): embed -> fsdp, heads/mlp -> tensor,
 # norms/head_dim/conv_in replicated (parallel/rules.py)
@@ -47,7 +47,7 @@ def test_mview_params_sharded_as_rules_say(cpu_devices, scan_layers):
   c = maskgwm_mview.get_config()
   c.model.scan_layers = scan_layers
   params = nnx.state(nnx.eval_shape(lambda: CTSDDiT(c.model, c.mask, rngs=nnx.Rngs(0))), nnx.Param)
-  m = train_config.mesh_defaults()
+  m = defaults.mesh()
   m.update(data=1, fsdp=4, tensor=2)
   mesh = mesh_lib.make_mesh(m, cpu_devices)
   sh = mesh_lib.state_shardings(params, mesh)

@@ -8,12 +8,12 @@ import pytest
 from flax import nnx
 
 from tests.train import toy
+from wm_jax import defaults
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import config as train_config
 
 
 def _mesh_cfg(**sizes):
-  c = train_config.mesh_defaults()
+  c = defaults.mesh()
   c.update(sizes)
   return c
 
@@ -118,7 +118,6 @@ def _cfg(**model):
     (dict(mask=dict(enabled=True, ratio=0.3)), dict(data=8), r"mask.ratio=0.3 times token row width 4 = 1.2 is not an integer"),
     (dict(mask=dict(enabled=True, ratio=1.0)), dict(data=8), r"keeps K=0 tokens"),
     (dict(model=dict(latent_height=3, latent_width=3)), dict(data=1, fsdp=4, context=2), r"tokens per view 3x3=9 are not divisible by the context axis size 2"),
-    (dict(model=dict(attention_block_size=32)), dict(data=8), r"tokens per view 4x4=16 are not divisible by attention_block_size=32"),
 ])
 def test_validate_names_the_numbers(change, mesh, message):
   c = _cfg()

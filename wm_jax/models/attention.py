@@ -75,9 +75,9 @@ class Attention(nnx.Module):
         q = jnp.concatenate([q, self._heads(context, self.add_q_proj, self.norm_added_q)], 1)
       k = jnp.concatenate([k, self._heads(context, self.add_k_proj, self.norm_added_k)], 1)
       v = jnp.concatenate([v, self._heads(context, self.add_v_proj, None)], 1)
-    q = constrain(q, ("batch", "tokens", "heads", None))
-    k = constrain(k, ("batch", "kv", "heads", None))
-    v = constrain(v, ("batch", "kv", "heads", None))
+    q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
+    k = constrain(k, ("activation_batch", "activation_kv_length", "activation_heads", None))
+    v = constrain(v, ("activation_batch", "activation_kv_length", "activation_heads", None))
     out = attention_kernels.attention(q, k, v, mask=mask, impl=self.impl)
     out = out.reshape(*out.shape[:2], self.heads * self.head_dim)
     seq = x.shape[1]
@@ -122,5 +122,5 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x):
     h = self.net[0](x)
-    h = constrain(h, ("batch", "tokens", "mlp"))
+    h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
     return self.net[2](h)

@@ -293,7 +293,7 @@ class CTSDDiT(nnx.Module):
       if crossview_parts is not None:
         pos, block, mix = crossview_parts
         x = crossview(block, mix, pos, x, view_index, cam_emb, view_adjacency, disable_crossview)
-      x = constrain(x, ("batch", None, None, None, None, "embed"))
+      x = constrain(x, ("activation_batch", None, None, None, None, "activation_embed"))
       # the last block (context_pre_only) returns no context: keep the carry's structure
       return x, (ctx if new_ctx is None else new_ctx)
 

@@ -20,6 +20,9 @@ from wm_jax.models import layers
 from wm_jax.models.attention import Attention, FeedForward
 from wm_jax.parallel.shard import constrain
 
+# hidden states [N, S, D] between the sub-layers
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
+
 
 class AdaLayerNormZero(nnx.Module):
   """`linear` (D -> chunks*D) on SiLU(emb); the parameter-free LayerNorm is applied by callers."""
@@ -73,7 +76,7 @@ class JointTransformerBlock(nnx.Module):
 
   def __call__(self, x, context, temb):
     """x [N, S, D], context [N, L, D], temb [N, D] -> (context' or None, x')."""
-    x = constrain(x, ("batch", "tokens", "embed"))
+    x = constrain(x, HIDDEN_AXES)
     mods = self.norm1(temb)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
     normed = self.norm(x)
@@ -89,7 +92,7 @@ class JointTransformerBlock(nnx.Module):
       shift2, scale2, gate2 = mods[6:]
       x = x + gate2 * self.attn2(_modulate(normed, shift2, scale2))
     x = x + gate_mlp * self.ff(_modulate(self.norm(x), shift_mlp, scale_mlp))
-    x = constrain(x, ("batch", "tokens", "embed"))
+    x = constrain(x, HIDDEN_AXES)
     if self.context_pre_only:
       return None, x
     context = context + c_gate * attn_c

@@ -22,16 +22,8 @@ BASE_AXES = ("data", "fsdp", "tensor")
 AXIS_TYPES = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}
 
 
-def _get(cfg, key, default):
-  try:
-    value = cfg[key] if key in cfg else default
-  except TypeError:
-    value = getattr(cfg, key, default)
-  return default if value is None else value
-
-
 def axis_names(mesh_config) -> tuple[str, ...]:
-  return BASE_AXES + (("context",) if _get(mesh_config, "context", 0) not in (0,) else ())
+  return BASE_AXES + (("context",) if mesh_config.context != 0 else ())
 
 
 def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
@@ -40,8 +32,8 @@ def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
   Raises ValueError naming the numbers when the sizes cannot fit `num_devices`.
   """
   names = axis_names(mesh_config)
-  dcn = {"data": int(_get(mesh_config, "dcn_data", 1)), "fsdp": int(_get(mesh_config, "dcn_fsdp", 1))}
-  sizes = {n: int(_get(mesh_config, n, 1)) for n in names}
+  dcn = {"data": int(mesh_config.dcn_data), "fsdp": int(mesh_config.dcn_fsdp)}
+  sizes = {n: int(mesh_config[n]) for n in names}
   if any(d < 1 for d in dcn.values()):
     raise ValueError(f"mesh DCN sizes must be >= 1, got dcn_data={dcn['data']} dcn_fsdp={dcn['fsdp']}")
   auto = [n for n, s in sizes.items() if s == -1]
@@ -74,7 +66,7 @@ def _check_slices(mesh_config, devices, ici: dict[str, int]) -> None:
   prod(ici) devices each: what `create_hybrid_device_mesh` needs, whose own errors name neither
   the config values nor the slices at fault."""
   per_slice = math.prod(ici.values())
-  dd, df = int(_get(mesh_config, "dcn_data", 1)), int(_get(mesh_config, "dcn_fsdp", 1))
+  dd, df = int(mesh_config.dcn_data), int(mesh_config.dcn_fsdp)
   want = f"dcn_data*dcn_fsdp={dd}*{df}={dd * df} slices requested"
   missing = [d for d in devices if not hasattr(d, "slice_index")]
   if missing:
@@ -96,11 +88,11 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   total = axis_sizes(mesh_config, len(devices))
   names = tuple(total)
-  kind = str(_get(mesh_config, "axis_type", "auto")).lower()
+  kind = str(mesh_config.axis_type).lower()
   if kind not in AXIS_TYPES:
     raise ValueError(f"config.mesh.axis_type={kind!r}; expected one of {sorted(AXIS_TYPES)}")
   axis_types = (AXIS_TYPES[kind],) * len(names)
-  dcn = [int(_get(mesh_config, "dcn_" + n, 1)) if n in ("data", "fsdp") else 1 for n in names]
+  dcn = [int(mesh_config["dcn_" + n]) if n in ("data", "fsdp") else 1 for n in names]
   if math.prod(dcn) > 1:
     from jax.experimental import mesh_utils
     ici = [total[n] // d for n, d in zip(names, dcn)]
@@ -130,10 +122,15 @@ def state_shardings(state, mesh: Mesh, rule_table: Mapping[str, Any] | None = No
 
   A logical name whose mesh axes do not divide the dimension is dropped for that dimension
   (replicated) rather than failing: tiny test models would otherwise need mesh-shaped widths.
+  A variable annotated with an activation name raises ValueError.
   """
   specs = logical_specs(state)
 
   def one(spec, leaf):
+    wrong = [name for name in spec if name is not None and rules.is_activation(name)]
+    if wrong:
+      raise ValueError(f"a variable of shape {getattr(leaf, 'shape', ())} is annotated with "
+                       f"activation names {wrong}; variables take parameter names (rules.py)")
     mesh_spec = rules.logical_to_spec(tuple(spec), mesh.axis_names, rule_table)
     shape = getattr(leaf, "shape", ())
     mesh_spec = _fit(mesh_spec, shape, mesh)
@@ -202,8 +199,8 @@ def validate(config, mesh: Mesh | None = None, num_devices: int | None = None) -
 
   Raises ValueError naming the numbers for: a mesh larger than the device count, attention heads
   not divisible by the tensor axis, a global batch not divisible by data*fsdp, latent sizes not
-  divisible by the patch size, tokens not divisible by the context axis or by
-  config.model.attention_block_size, and a token row width W with ratio*W not an integer (or K=0).
+  divisible by the patch size, tokens not divisible by the context axis, and (mask enabled) a
+  token row width W with ratio*W not an integer (or K=0).
   Returns the resolved mesh axis sizes.
   """
   if mesh is not None:
@@ -215,7 +212,7 @@ def validate(config, mesh: Mesh | None = None, num_devices: int | None = None) -
   errors = []
   m = config.model
   tensor = sizes.get("tensor", 1)
-  heads = int(_get(m, "num_heads", 1))
+  heads = int(m.num_heads)
   if heads % tensor:
     errors.append(f"num_heads={heads} is not divisible by the tensor axis size {tensor}")
   batch = int(config.train.batch_size)
@@ -223,8 +220,8 @@ def validate(config, mesh: Mesh | None = None, num_devices: int | None = None) -
   if batch % dp:
     errors.append(f"train.batch_size={batch} is not divisible by data*fsdp="
                   f"{sizes.get('data', 1)}*{sizes.get('fsdp', 1)}={dp}")
-  p = int(_get(m, "patch_size", 1))
-  lh, lw = int(_get(m, "latent_height", p)), int(_get(m, "latent_width", p))
+  p = int(m.patch_size)
+  lh, lw = int(m.latent_height), int(m.latent_width)
   if lh % p or lw % p:
     errors.append(f"latent size {lh}x{lw} is not divisible by patch_size={p}")
   rows, width = lh // p, lw // p
@@ -233,13 +230,9 @@ def validate(config, mesh: Mesh | None = None, num_devices: int | None = None) -
   if ctx > 1 and tokens % ctx:
     errors.append(f"tokens per view {rows}x{width}={tokens} are not divisible by the context axis "
                   f"size {ctx}")
-  block = int(_get(m, "attention_block_size", 0))
-  if block and tokens % block:
-    errors.append(f"tokens per view {rows}x{width}={tokens} are not divisible by "
-                  f"attention_block_size={block}")
-  mask = config.get("mask") if hasattr(config, "get") else None
-  if mask is not None and bool(_get(mask, "enabled", False)):
-    ratio = float(_get(mask, "ratio", 0.0))
+  mask = config.mask
+  if mask.enabled:
+    ratio = float(mask.ratio)
     dropped = ratio * width
     if abs(dropped - round(dropped)) > 1e-6:
       errors.append(f"mask.ratio={ratio} times token row width {width} = {dropped:g} is not an "

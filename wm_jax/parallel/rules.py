@@ -1,19 +1,31 @@
 """Logical axis names and the one table that maps them to mesh axes.
 
-Parameters are created with logical names (`nnx.with_partitioning(init, ("embed", "mlp"))`) and
-activations are constrained with logical names (`shard.constrain(x, ("batch", "tokens", "embed"))`).
-Only this table knows the mesh axes ('data', 'fsdp', 'tensor', optional 'context').
+Parameters are created with parameter names (`nnx.with_partitioning(init, ("embed", "mlp"))`);
+activations are constrained with activation names, all starting with `activation_`
+(`shard.constrain(x, ("activation_batch", "activation_length", "activation_embed"))`), as in
+maxtext. The two sets have their own rules: the model width of a weight is sharded over 'fsdp',
+the model width of an activation is not (its batch is). Only this table knows the mesh axes
+('data', 'fsdp', 'tensor', optional 'context').
 
-Vocabulary:
-  batch     leading batch dim of activations
-  tokens    token/sequence dim of activations
-  embed     model width D (params: the input or output side of width D)
+Parameter names:
+  embed     model width D (the input or output side of width D)
   mlp       feed-forward hidden width, and modulation outputs (k * D)
   heads     attention projection width H * Dh
-  kv        key/value sequence (activations)
   norm      1-D scale/bias vectors of norms; head_dim: per-head RMSNorm scales
   conv_in / conv_out   channel dims of convolutions
-  None      never sharded
+
+Activation names (shard.constrain accepts only these):
+  activation_batch      leading batch dim (a batch of images or of sequences)
+  activation_length     query / token sequence dim
+  activation_kv_length  key / value sequence dim of attention
+  activation_embed      model width D: whole on every device
+  activation_heads      attention heads H
+  activation_mlp        feed-forward hidden width
+
+Data name:
+  batch     the batch dim of input batches and of the attention kernels' shard_map operands
+
+None is never sharded.
 """
 
 from __future__ import annotations
@@ -24,9 +36,7 @@ from jax.sharding import PartitionSpec
 
 # logical name -> mesh axis, tuple of mesh axes, or None (replicated)
 LOGICAL_AXIS_RULES: dict[str, object] = {
-    "batch": ("data", "fsdp"),
-    "tokens": "context",
-    "kv": None,
+    # parameters
     "embed": "fsdp",
     "mlp": "tensor",
     "heads": "tensor",
@@ -34,7 +44,22 @@ LOGICAL_AXIS_RULES: dict[str, object] = {
     "norm": None,
     "conv_in": None,
     "conv_out": "fsdp",
+    # activations
+    "activation_batch": ("data", "fsdp"),
+    "activation_length": "context",
+    "activation_kv_length": None,
+    "activation_embed": None,
+    "activation_heads": "tensor",
+    "activation_mlp": "tensor",
+    # data
+    "batch": ("data", "fsdp"),
 }
+ACTIVATION_PREFIX = "activation_"
+
+
+def is_activation(name: str | None) -> bool:
+  """True for an activation name (and None, which any array may use)."""
+  return name is None or name.startswith(ACTIVATION_PREFIX)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], mesh_axis_names: Sequence[str],

@@ -7,18 +7,25 @@ from typing import Sequence
 import jax
 import numpy as np
 
+
 from wm_jax.parallel import rules
 
 
 def constrain(x, logical_axes: Sequence[str | None]):
   """with_sharding_constraint by logical names under the current mesh; identity without one.
 
-  The mesh is the one set with `jax.set_mesh(mesh)`. On an Auto mesh this is a sharding
-  constraint (XLA may move data to meet it); on an Explicit mesh it is a `reshard`.
+  Every name is an activation name (rules.ACTIVATION_PREFIX) or None: a parameter name here
+  would take the parameter's rule. The mesh is the one set with `jax.set_mesh(mesh)`. On an Auto
+  mesh this is a sharding constraint (XLA may move data to meet it); on an Explicit mesh it is a
+  `reshard`.
   """
   if len(logical_axes) != x.ndim:
     raise ValueError(f"constrain got {len(logical_axes)} logical axes {tuple(logical_axes)} for an "
                      f"array of shape {x.shape}")
+  wrong = [name for name in logical_axes if not rules.is_activation(name)]
+  if wrong:
+    raise ValueError(f"constrain takes activation names ({rules.ACTIVATION_PREFIX}*) or None; got "
+                     f"{wrong} in {tuple(logical_axes)}")
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return x
@@ -46,3 +53,4 @@ def device_batch(batch: dict, mesh) -> dict:
       continue
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
