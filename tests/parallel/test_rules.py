@@ -68,3 +68,11 @@ def test_constrain_refuses_parameter_names_and_parameters_refuse_activation_name
   with pytest.raises(ValueError, match=r"activation names \['activation_mlp'\]"):
     mesh_lib.state_shardings(nnx.state(Bad()), mesh)
 
+
+@pytest.mark.parametrize("draw, flat", [(jax.random.normal, shard.flat_normal),
+                                        (jax.random.uniform, shard.flat_uniform)])
+def test_flat_draws_equal_the_shaped_draw(draw, flat):
+  key = jax.random.key(7)
+  shape = (2, 3, 1, 4, 5)
+  np.testing.assert_array_equal(flat(key, shape), draw(key, shape))
+  assert flat(key, shape).shape == shape and flat(key, shape).dtype == np.float32

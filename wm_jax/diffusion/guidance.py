@@ -4,8 +4,8 @@ Unconditional inputs follow OpenDWM's CTSD pipeline where wm_jax has the same in
   context, pooled  -> zeros (OpenDWM encodes the empty prompt; wm_jax gets precomputed text
                       embeddings, so the null condition is zeros, also during training dropout);
   layout           -> zeros (OpenDWM's uncondition_image_color 0);
-  camera           -> the 11 camera scalars kept; the action scalars after them (speed,
-                      steering: camera_scalars 13) set to -1000 as OpenDWM's
+  camera           -> the conditioning.CAMERA_SCALARS camera scalars kept; the action scalars
+                      after them (speed, steering: camera_scalars 13) set to -1000 as OpenDWM's
                       uncond_added_time_ids does;
   everything else  -> unchanged.
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-CAMERA_SCALARS = 11        # fps, 4 normalised intrinsics, camera z-axis (3), translation (3)
+from wm_jax.models.conditioning import CAMERA_SCALARS
+
 UNCOND_ACTION = -1000.0    # OpenDWM's value for "no action"
 ZEROED_KEYS = ("context", "pooled", "layout")
 

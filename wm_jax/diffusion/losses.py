@@ -20,23 +20,18 @@ error weighted by tau^2); 'velocity' (default) is the plain v-prediction loss of
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from wm_jax.diffusion import guidance, schedules
 from wm_jax.models import conditioning, masking
+from wm_jax.parallel import shard
 
 
 def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
   """int32 [B]: clean leading frames per sample, uniform in [0, min(max, T-1)]."""
   top = max(0, min(int(max_reference_frames), frames - 1))
   return jax.random.randint(rng, (batch,), 0, top + 1, dtype=jnp.int32)
-
-
-def _normal(rng, shape):
-  return jax.random.normal(rng, (math.prod(shape),)).reshape(shape)  # flat: fast CPU compile
 
 
 def _feature(feats, key, which):
@@ -75,7 +70,7 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   n_ref = reference_count(rng_ref, b, t, cfg.max_reference_frames)
   is_ref = jnp.arange(t)[None, :] < n_ref[:, None]  # [B, T]
   tau = jnp.broadcast_to(jnp.where(is_ref, 0.0, tau_b[:, None])[:, :, None], (b, t, v))
-  eps = _normal(rng_eps, z0.shape)
+  eps = shard.flat_normal(rng_eps, z0.shape)
   tau6 = tau[..., None, None, None]
   z_tau = (1 - tau6) * z0 + tau6 * eps
   target = eps - z0

@@ -16,10 +16,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from wm_jax.diffusion import guidance, schedules
+from wm_jax.parallel import shard
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_ref", "use_cfg"))
@@ -67,7 +67,7 @@ def euler_sample(model, noise, cond, config, *, steps=None, cfg_scale=None, ref_
   if noise is None:
     if rng is None or shape is None:
       raise ValueError("euler_sample needs `noise`, or `rng` and `shape` to draw it")
-    noise = jax.random.normal(rng, (int(np.prod(shape)),)).reshape(tuple(shape))
+    noise = shard.flat_normal(rng, shape)
   noise = jnp.asarray(noise)
   noise = jnp.asarray(noise, noise.dtype)  # an explicit dtype: no weak type in the jit cache key
   if noise.ndim != 6:

@@ -7,11 +7,11 @@ the two differ only by the sign of the output layer.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from wm_jax.parallel import shard
 
 
 def shift_tau(tau, shift: float):
@@ -26,8 +26,7 @@ def sample_tau(rng, shape, config):
 
   `config` is config.diffusion (logit_mean, logit_std, shift). logit(tau) ~ N(mean + log s, std).
   """
-  shape = tuple(shape)
-  normal = jax.random.normal(rng, (math.prod(shape),)).reshape(shape)  # flat: fast CPU compile
+  normal = shard.flat_normal(rng, shape)
   u = jax.nn.sigmoid(config.logit_mean + config.logit_std * normal)
   return shift_tau(u, float(config.shift)).astype(jnp.float32)
 

@@ -8,10 +8,14 @@ camera [B,T,V,S] (None when the model has no camera embedding or the batch no ca
 layout [B,T,V,H,W,6] float in [0, 1] (None without a layout adapter or layout),
 view_adjacency [B,V,V] bool (None when absent: every view attends to every view).
 
-Camera scalars, in OpenDWM's order (S = 11): fps; fx/H, fy/H, cx/W, cy/H (intrinsics in pixels
-of the frames, divided by image height H / width W); the camera z axis in the ego frame
-(extrinsics[:3, 2]); the camera position in the ego frame (extrinsics[:3, 3]). S = 13 appends
-the ego speed (m/s) and steering (rad) of the frame from `actions` (MaskGWM's action conditioning).
+Camera scalars, in OpenDWM's order (S = CAMERA_SCALARS = 11): fps; fx/H, fy/H, cx/W, cy/H
+(intrinsics in pixels of the frames, divided by image height H / width W); the camera z axis in
+the ego frame (extrinsics[:3, 2]); the camera position in the ego frame (extrinsics[:3, 3]).
+S = CAMERA_WITH_ACTIONS = 13 appends the ego speed (m/s) and steering (rad) of the frame from
+`actions` (MaskGWM's action conditioning). model.camera_scalars = 0: no camera embedding.
+
+VAE_FACTOR: image pixels per latent pixel (along each side); layouts and camera intrinsics are in
+image pixels, the model's latent_height / latent_width in latent pixels.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import numpy as np
 from wm_jax.data import schema
 
 VAE_FACTOR = 8
-CAMERA_SCALARS = (11, 13)
+CAMERA_SCALARS = 11          # fps, 4 normalised intrinsics, camera z axis (3), camera position (3)
+CAMERA_WITH_ACTIONS = 13     # the camera scalars, then speed and steering
+CAMERA_SCALAR_COUNTS = (0, CAMERA_SCALARS, CAMERA_WITH_ACTIONS)  # valid model.camera_scalars
+
 
 
 def _model_config(config):
@@ -40,9 +47,11 @@ def _image_size(batch: Mapping[str, Any], cfg) -> tuple[int, int]:
 
 def camera_scalars(batch: Mapping[str, Any], count: int, image_size: tuple[int, int]):
   """[B,T,V,count] float32 camera (and action) scalars; see the module docstring."""
-  if count not in CAMERA_SCALARS:
-    raise ValueError(f"camera_scalars must be one of {CAMERA_SCALARS}, got {count}")
-  for key in ("intrinsics", "extrinsics", "fps") + (("actions",) if count == 13 else ()):
+  if count not in (CAMERA_SCALARS, CAMERA_WITH_ACTIONS):
+    raise ValueError(f"camera_scalars must be {CAMERA_SCALARS} or {CAMERA_WITH_ACTIONS}, got "
+                     f"{count}")
+  needs_actions = count == CAMERA_WITH_ACTIONS
+  for key in ("intrinsics", "extrinsics", "fps") + (("actions",) if needs_actions else ()):
     if key not in batch:
       raise ValueError(f"camera_scalars={count} needs batch key {key!r}; batch has "
                        f"{sorted(batch)}")
@@ -54,7 +63,7 @@ def camera_scalars(batch: Mapping[str, Any], count: int, image_size: tuple[int, 
            k[..., 0, 0:1] / height, k[..., 1, 1:2] / height,
            k[..., 0, 2:3] / width, k[..., 1, 2:3] / height,
            e[..., :3, 2], e[..., :3, 3]]
-  if count == 13:
+  if needs_actions:
     actions = jnp.asarray(batch["actions"], jnp.float32)  # [B,T,A]: speed, steering, ...
     speed_steer = jnp.broadcast_to(actions[:, :, None, :2], k.shape[:3] + (2,))
     parts.append(speed_steer)

@@ -45,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wm_jax.models import layers, scan
+from wm_jax.models import conditioning, layers, scan
+from wm_jax.models.conditioning import VAE_FACTOR
 from wm_jax.models.embeddings import (MLPEmbedding, PatchEmbed, TimestepTextEmbedding,
                                       TIMESTEP_CHANNELS, sinusoidal)
 from wm_jax.models.layout_adapter import ImageAdapter
@@ -82,9 +83,6 @@ REMAT_POLICIES = {
     "narrow_dots_saveable": save_narrowing_dots,
 }
 
-VAE_FACTOR = 8  # image pixels per latent pixel (layout images are at image resolution)
-
-
 def _check_config(cfg):
   if cfg.temporal_attention_type not in TEMPORAL_TYPES:
     raise ValueError(f"temporal_attention_type must be one of {TEMPORAL_TYPES}, got "
@@ -95,6 +93,9 @@ def _check_config(cfg):
   if cfg.remat_policy not in REMAT_POLICIES:
     raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got "
                      f"{cfg.remat_policy!r}")
+  if cfg.camera_scalars not in conditioning.CAMERA_SCALAR_COUNTS:
+    raise ValueError(f"camera_scalars must be one of {conditioning.CAMERA_SCALAR_COUNTS}, got "
+                     f"{cfg.camera_scalars}")
   for name in ("latent_height", "latent_width"):
     if cfg[name] % cfg.patch_size:
       raise ValueError(f"{name}={cfg[name]} is not divisible by patch_size={cfg.patch_size}")

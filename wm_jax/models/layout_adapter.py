@@ -6,7 +6,7 @@
   -> zero_convs[i] (1x1, zero-initialised) -> residual i [N, H/(f*2^d), W/(f*2^d), C_i].
 
 The backbone adds residual i to its hidden states before joint block i, so the residual grid
-must equal the token grid (f * 2^downblocks == 8 * patch_size for a VAE factor of 8).
+must equal the token grid: f * 2^downblocks == conditioning.VAE_FACTOR * patch_size.
 """
 
 from __future__ import annotations

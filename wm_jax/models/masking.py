@@ -19,11 +19,12 @@ h and W are token rows/columns (latent size / patch size).
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from wm_jax.parallel.shard import flat_uniform
 
 
 @struct.dataclass
@@ -85,12 +86,6 @@ def _sample(rng, p_time, shape, kept):
   order = jnp.argsort(column + width * (rank >= kept).astype(jnp.int32), axis=-1)
   order = order.astype(jnp.int32)
   return RowMask(keep_idx=order[..., :kept], drop_idx=order[..., kept:], is_time=is_time)
-
-
-def flat_uniform(rng, shape):
-  """uniform [0,1) of `shape`, drawn flat and reshaped: the same numbers' law, but XLA:CPU compiles
-  partitionable threefry for a rank-5 shape ~10x slower than for a flat one (seconds per call site)."""
-  return jax.random.uniform(rng, (math.prod(shape),)).reshape(shape)
 
 
 def _check(x, mask: RowMask, width: int, name: str):

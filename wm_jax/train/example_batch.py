@@ -6,6 +6,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from wm_jax.data.schema import LAYOUT_CHANNELS
+from wm_jax.models.conditioning import VAE_FACTOR
+
 
 def shapes(config, batch_size: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
   """key -> (shape, dtype) of a training batch with latents for config.model."""
@@ -21,12 +24,12 @@ def shapes(config, batch_size: int | None = None) -> dict[str, tuple[tuple[int, 
       "fps": ((b,), "float32"),
       "view_adjacency": ((b, v, v), "bool"),
   }
-  text = int(m.get("text_tokens", 0) or 0)
+  text = int(m.text_tokens)
   if text:
     out["text_embeddings"] = ((b, t, v, text, int(m.joint_attention_dim)), "float32")
     out["pooled_text"] = ((b, t, v, int(m.pooled_projection_dim)), "float32")
-  if m.get("layout_adapter"):
-    out["layout"] = ((b, t, v, h * 8, w * 8, 6), "uint8")
+  if m.layout_adapter is not None:
+    out["layout"] = ((b, t, v, h * VAE_FACTOR, w * VAE_FACTOR, LAYOUT_CHANNELS), "uint8")
   return out
 
 
@@ -40,7 +43,7 @@ def random(config, batch_size: int | None = None, seed: int = 0) -> dict:
   out = {}
   for k, (s, d) in shapes(config, batch_size).items():
     if k == "intrinsics":
-      hh, ww = config.model.latent_height * 8, config.model.latent_width * 8
+      hh, ww = config.model.latent_height * VAE_FACTOR, config.model.latent_width * VAE_FACTOR
       k_mat = np.array([[ww, 0, ww / 2], [0, ww, hh / 2], [0, 0, 1]], np.float32)
       out[k] = np.broadcast_to(k_mat, s).copy()
     elif k == "extrinsics":
