@@ -9,13 +9,13 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers.models import attention as d_attention, embeddings as d_embeddings  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from configs import maskgwm_tiny  # noqa: E402
 from tests.convert.conftest import load_torch_strict as _load, random_model  # noqa: E402
+from wm_jax import defaults  # noqa: E402
 from wm_jax.convert import from_torch, param_map  # noqa: E402
 from wm_jax.models import embeddings, layers, mmdit  # noqa: E402
+from wm_jax.models.conditioning import Conditioning  # noqa: E402
 from wm_jax.models.ctsd_dit import CTSDDiT  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -78,7 +78,7 @@ def test_sd3_transformer_backbone_loads_and_matches():
     for p in ref.parameters():
       p.add_(0.05 * torch.randn_like(p))
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  cfg = maskgwm_tiny.model_config()
+  cfg = defaults.model()
   cfg.update(dict(in_channels=4, out_channels=4, num_layers=3, num_heads=HEADS, head_dim=HEAD_DIM,
                   joint_attention_dim=24, pooled_projection_dim=20, pos_embed_max_size=12,
                   sample_size=16, dual_attention_layers=[0], temporal_block_layers=[],
@@ -86,7 +86,8 @@ def test_sd3_transformer_backbone_loads_and_matches():
                   latent_height=8, latent_width=12, text_tokens=6))
   with cfg.ignore_type():
     cfg.layout_adapter = None
-  mask = ml_collections.ConfigDict(dict(enabled=False))
+  mask = defaults.mask()
+  mask.enabled = False
   factory = lambda: CTSDDiT(cfg, mask, rngs=nnx.Rngs(0))
   model = random_model(factory, seed=5)
   assert set(param_map.torch_shapes(model)) == set(sd)  # the SD3 key set, pos_embed table incl.
@@ -97,8 +98,8 @@ def test_sd3_transformer_backbone_loads_and_matches():
   ctx = rng.normal(size=(2, 1, 1, 6, 24)).astype(np.float32)
   pooled = rng.normal(size=(2, 1, 1, 20)).astype(np.float32)
   tau = np.array([[[0.3]], [[0.8]]], np.float32)
-  out = nnx.jit(lambda m, *a: m(*a))(model, jnp.asarray(lat), jnp.asarray(tau), jnp.asarray(ctx),
-                                     jnp.asarray(pooled))
+  cond = Conditioning(context=jnp.asarray(ctx), pooled=jnp.asarray(pooled))
+  out = nnx.jit(lambda m, *a: m(*a))(model, jnp.asarray(lat), jnp.asarray(tau), cond)
   with torch.no_grad():
     want = ref(hidden_states=_t(lat[:, 0, 0]).permute(0, 3, 1, 2), encoder_hidden_states=_t(ctx[:, 0, 0]),
                pooled_projections=_t(pooled[:, 0, 0]), timestep=_t(tau.reshape(2) * 1000)).sample

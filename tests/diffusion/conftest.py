@@ -3,41 +3,39 @@ known function of its inputs, the config sections the diffusion code reads, and 
 models.conditioning.model_inputs."""
 
 import jax.numpy as jnp
-import ml_collections
 import pytest
 from flax import nnx
 
-from wm_jax.diffusion import config as diffusion_config
-from wm_jax.models import mask_reconstruction
+from wm_jax import defaults
+from wm_jax.models.conditioning import Conditioning
 
 
 class FieldModel(nnx.Module):
   """Returns field(latents, timesteps, inputs): the velocity, or (velocity, features) when
-  inputs['return_features']."""
+  inputs['return_features']. inputs: the conditioning's context, pooled, camera, layout and the
+  call's row_mask, noise, return_features."""
 
   def __init__(self, field):
     self.field = field
 
-  def __call__(self, latents, timesteps, context=None, pooled=None, camera=None, layout=None,
-               view_adjacency=None, disable_temporal=None, disable_crossview=None, row_mask=None,
-               noise=None, return_features=False):
-    inputs = dict(context=context, pooled=pooled, camera=camera, layout=layout, row_mask=row_mask,
-                  noise=noise, return_features=return_features)
+  def __call__(self, latents, timesteps, cond: Conditioning, *, row_mask=None, noise=None,
+               return_features=False):
+    assert isinstance(cond, Conditioning), type(cond)
+    inputs = dict(context=cond.context, pooled=cond.pooled, camera=cond.camera,
+                  layout=cond.layout, row_mask=row_mask, noise=noise,
+                  return_features=return_features)
     return self.field(latents, timesteps, inputs)
 
 
 def _make_config(**diffusion):
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(patch_size=2))
-  config.mask = mask_reconstruction.defaults()
-  config.diffusion = diffusion_config.defaults()
+  config = defaults.config()
   config.diffusion.update(diffusion)
   return config
 
 
 def _simple_inputs(batch, config):
-  return dict(context=jnp.asarray(batch["text_embeddings"], jnp.float32),
-              pooled=jnp.asarray(batch["pooled_text"], jnp.float32))
+  return Conditioning(context=jnp.asarray(batch["text_embeddings"], jnp.float32),
+                      pooled=jnp.asarray(batch["pooled_text"], jnp.float32))
 
 
 @pytest.fixture

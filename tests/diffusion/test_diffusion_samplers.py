@@ -9,15 +9,16 @@ from flax import nnx
 
 from wm_jax.diffusion import guidance, rollout, samplers
 from wm_jax.models.buffers import Buffer
+from wm_jax.models.conditioning import Conditioning
 
 B, T, V, H, W, C, L = 2, 4, 1, 2, 2, 3, 2
 
 
 def _cond(rng=0, camera_scalars=13):
   r = np.random.default_rng(rng)
-  return dict(context=jnp.asarray(r.normal(size=(B, T, V, L, 4)), jnp.float32),
-              pooled=jnp.asarray(r.normal(size=(B, T, V, 5)), jnp.float32),
-              camera=jnp.asarray(r.normal(size=(B, T, V, camera_scalars)), jnp.float32))
+  return Conditioning(context=jnp.asarray(r.normal(size=(B, T, V, L, 4)), jnp.float32),
+                      pooled=jnp.asarray(r.normal(size=(B, T, V, 5)), jnp.float32),
+                      camera=jnp.asarray(r.normal(size=(B, T, V, camera_scalars)), jnp.float32))
 
 
 def _noise(seed=1, frames=T):
@@ -50,7 +51,7 @@ def test_cfg_combination_in_one_batched_call(field_model, make_config):
   out = samplers.euler_sample(field_model(field), _noise(), cond, make_config(), steps=3,
                               cfg_scale=g)
   assert calls == [2 * B], "cond and uncond run as one batch, traced once"
-  s_c = cond["context"].sum(axis=(3, 4)) + 10 * cond["camera"][..., 12]
+  s_c = cond.context.sum(axis=(3, 4)) + 10 * cond.camera[..., 12]
   s_u = 10 * -1000.0  # zero context; the action scalar replaced by -1000
   v = (1 + s_u) + g * (s_c - s_u)
   np.testing.assert_allclose(out, _noise() - v[..., None, None, None], rtol=1e-5, atol=1e-3)
@@ -63,18 +64,24 @@ def test_cfg_combination_in_one_batched_call(field_model, make_config):
 
 
 def test_uncond_inputs_and_condition_dropout():
-  cond = _cond()
-  cond["layout"] = jnp.ones((B, T, V, 8, 8, 6))
+  cond = _cond().replace(layout=jnp.ones((B, T, V, 8, 8, 6)),
+                         view_adjacency=jnp.ones((B, V, V), bool),
+                         disable_temporal=jnp.array([True, False]))
   un = guidance.uncond_inputs(cond)
-  assert not np.any(un["context"]) and not np.any(un["pooled"]) and not np.any(un["layout"])
-  np.testing.assert_array_equal(un["camera"][..., :11], cond["camera"][..., :11])
-  np.testing.assert_array_equal(un["camera"][..., 11:], -1000.0)
-  cam11 = _cond(camera_scalars=11)["camera"]
-  np.testing.assert_array_equal(guidance.uncond_inputs({"camera": cam11})["camera"], cam11)
+  assert not np.any(un.context) and not np.any(un.pooled) and not np.any(un.layout)
+  np.testing.assert_array_equal(un.camera[..., :11], cond.camera[..., :11])
+  np.testing.assert_array_equal(un.camera[..., 11:], -1000.0)
+  assert un.view_adjacency is cond.view_adjacency and un.disable_temporal is cond.disable_temporal
+  cam11 = _cond(camera_scalars=11).camera
+  np.testing.assert_array_equal(guidance.uncond_inputs(Conditioning(camera=cam11)).camera, cam11)
   mixed = guidance.drop_conditions(cond, jnp.array([True, False]))
-  np.testing.assert_array_equal(mixed["context"][0], 0)
-  np.testing.assert_array_equal(mixed["context"][1], cond["context"][1])
-  np.testing.assert_array_equal(mixed["camera"][0], un["camera"][0])
+  np.testing.assert_array_equal(mixed.context[0], 0)
+  np.testing.assert_array_equal(mixed.context[1], cond.context[1])
+  np.testing.assert_array_equal(mixed.camera[0], un.camera[0])
+  both = guidance.batch_with_uncond(cond)
+  assert isinstance(both, Conditioning) and both.disable_crossview is None
+  np.testing.assert_array_equal(both.camera, np.concatenate([cond.camera, un.camera]))
+  np.testing.assert_array_equal(both.disable_temporal, [True, False, True, False])
 
 
 def _ref_field(field_model, traces):
@@ -102,6 +109,12 @@ def test_reference_frames_held_clean(field_model, make_config):
     samplers.euler_sample(model, _noise(), _cond(), make_config(), n_ref=2, ref_latents=ref[:, :1])
 
 
+def test_euler_takes_a_conditioning(field_model, make_config):
+  model = field_model(lambda z, tau, _: z)
+  with pytest.raises(TypeError, match="cond must be a conditioning.Conditioning"):
+    samplers.euler_sample(model, _noise(), {"context": _cond().context}, make_config(), steps=1)
+
+
 def test_rollout_shapes_continuity_one_compile(field_model, make_config):
   traces = []
   model = _ref_field(field_model, traces)
@@ -109,9 +122,9 @@ def test_rollout_shapes_continuity_one_compile(field_model, make_config):
   total = rollout.horizon_frames(clips, T, n_ref)
   assert total == 8
   r = np.random.default_rng(0)
-  inputs = dict(context=jnp.asarray(r.normal(size=(B, total, V, L, 4)), jnp.float32),
-                camera=jnp.asarray(r.normal(size=(B, total, V, 13)), jnp.float32),
-                view_adjacency=jnp.ones((B, V, V), bool))
+  inputs = Conditioning(context=jnp.asarray(r.normal(size=(B, total, V, L, 4)), jnp.float32),
+                        camera=jnp.asarray(r.normal(size=(B, total, V, 13)), jnp.float32),
+                        view_adjacency=jnp.ones((B, V, V), bool))
   start = jnp.full((B, n_ref, V, H, W, C), 5.0)
   out = rollout.rollout(model, inputs, start, make_config(), num_clips=clips, clip_frames=T,
                         rng=jax.random.key(0), steps=3, cfg_scale=1.0, verbose=False)
@@ -121,10 +134,12 @@ def test_rollout_shapes_continuity_one_compile(field_model, make_config):
   np.testing.assert_allclose(per_frame, np.broadcast_to([5, 5, 6, 6, 7, 7, 8, 8], (B, total)),
                              atol=1e-4)
   assert len(traces) == 1, "every clip reuses one compiled sampler"
-  np.testing.assert_array_equal(rollout.clip_inputs(inputs, 4, T)["camera"],
-                                inputs["camera"][:, 4:8])
+  clip = rollout.clip_inputs(inputs, 4, T)
+  np.testing.assert_array_equal(clip.camera, inputs.camera[:, 4:8])
+  np.testing.assert_array_equal(clip.context, inputs.context[:, 4:8])
+  assert clip.view_adjacency is inputs.view_adjacency and clip.pooled is None
   with pytest.raises(ValueError, match="needs 8"):
-    rollout.rollout(model, dict(inputs, camera=inputs["camera"][:, :7]), start, make_config(),
+    rollout.rollout(model, inputs.replace(camera=inputs.camera[:, :7]), start, make_config(),
                     num_clips=clips, clip_frames=T, rng=jax.random.key(0), verbose=False)
 
 
@@ -142,7 +157,7 @@ class _ScannedConstantField(nnx.Module):
     values = jnp.asarray(np.random.default_rng(4).normal(size=(3, C)), jnp.float32)
     self.parts = nnx.vmap(_Part, in_axes=0, out_axes=0)(values)
 
-  def __call__(self, latents, timesteps, **_):
+  def __call__(self, latents, timesteps, cond):
     add = lambda v, part: v + part.w.get_value() + part.b.get_value()
     v = nnx.scan(add, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(jnp.zeros(C), self.parts)
     return jnp.broadcast_to(v, latents.shape)

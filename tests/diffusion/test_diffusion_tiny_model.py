@@ -1,4 +1,4 @@
-"""The diffusion code with the real tiny CTSDDiT (configs/maskgwm_tiny.py)."""
+"""The diffusion code with the real tiny CTSDDiT (wm_jax.defaults.model())."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import maskgwm_tiny
-from wm_jax.diffusion import config as diffusion_config
+from wm_jax import defaults
 from wm_jax.diffusion import losses, rollout, samplers
 from wm_jax.models import conditioning
 from wm_jax.models.ctsd_dit import CTSDDiT
@@ -16,13 +15,14 @@ B = 2
 
 
 def _tiny():
-  """maskgwm_tiny cut to 2 joint blocks (one temporal, one cross-view block): compile time on CPU
-  is what these tests cost, and the diffusion code does not depend on the depth."""
-  config = maskgwm_tiny.get_config()
+  """The tiny model cut to 2 joint blocks (one temporal, one cross-view block): compile time on
+  CPU is what these tests cost, and the diffusion code does not depend on the depth."""
+  config = defaults.config()
+  config.mask.decode_layers = 1
   config.model.update(dict(num_layers=2, dual_attention_layers=[0], temporal_block_layers=[0],
                            crossview_block_layers=[1]))
   config.model.layout_adapter = None
-  config.diffusion = diffusion_config.defaults(max_reference_frames=2, feature_loss_weight=0.5)
+  config.diffusion.update(max_reference_frames=2, feature_loss_weight=0.5)
   # Random weights in the real structure: building the model eagerly compiles one initializer
   # per parameter shape, which costs more CPU than everything this file tests.
   graphdef, state = nnx.split(nnx.eval_shape(lambda: CTSDDiT(config.model, config.mask,
@@ -94,8 +94,10 @@ def _check_sampler_and_rollout(config, model, batch):
   np.testing.assert_array_equal(out[:, :1], ref)
   # two clips of 4 frames with 1 reference frame: 7 frames; same shapes -> same compiled sampler
   total = rollout.horizon_frames(2, m.num_frames, 1)
-  long = {k: (jnp.concatenate([val, val[:, 1:]], 1) if k in rollout.FRAME_KEYS and val is not None
-              else val) for k, val in inputs.items()}
+  long = inputs.replace(**{name: jnp.concatenate([getattr(inputs, name),
+                                                   getattr(inputs, name)[:, 1:]], 1)
+                           for name in conditioning.FRAME_FIELDS
+                           if getattr(inputs, name) is not None})
   video = rollout.rollout(model, long, ref, config, num_clips=2, clip_frames=m.num_frames,
                           rng=jax.random.key(3), steps=2, cfg_scale=3.0, verbose=False)
   assert video.shape == (B, total) + shape[2:] and bool(jnp.all(jnp.isfinite(video)))

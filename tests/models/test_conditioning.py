@@ -1,9 +1,10 @@
-"""model_inputs: schema batch -> CTSDDiT keyword arguments."""
+"""model_inputs: schema batch -> the Conditioning of CTSDDiT."""
 
+import jax
 import numpy as np
 import pytest
 
-from configs import maskgwm_long, maskgwm_tiny
+from wm_jax import defaults
 from wm_jax.models import conditioning
 
 
@@ -25,37 +26,51 @@ def _batch(b=2, t=4, v=2, with_frames=False):
   return batch
 
 
+def _tiny():
+  return defaults.config()
+
+
 def test_camera_scalars_in_opendwm_order():
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny()
   out = conditioning.model_inputs(_batch(), cfg)
-  cam = np.asarray(out["camera"])
+  cam = np.asarray(out.camera)
   assert cam.shape == (2, 4, 2, 11)
   # image 64x128 from the layout: fx/H, fy/H, cx/W, cy/H
   np.testing.assert_allclose(cam[0, 0, 0], [12.0, 100 / 64, 90 / 64, 60 / 128, 30 / 64,
                                             0.0, 0.6, 0.8, 1.5, -0.2, 1.6], rtol=1e-6)
-  frames = conditioning.model_inputs(_batch(with_frames=True), cfg)["camera"]
+  frames = conditioning.model_inputs(_batch(with_frames=True), cfg).camera
   np.testing.assert_allclose(np.asarray(frames)[0, 0, 0, 1:5], [100 / 40, 90 / 40, 60 / 120,
                                                                 30 / 40], rtol=1e-6)
 
 
 def test_context_zeros_layout_scaling_adjacency():
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny()
   out = conditioning.model_inputs(_batch(), cfg)
-  assert out["context"].shape == (2, 4, 2, 8, 32) and not np.asarray(out["context"]).any()
-  assert out["pooled"].shape == (2, 4, 2, 32)
-  assert out["layout"].dtype == np.float32 and float(out["layout"].max()) == 1.0
-  assert out["view_adjacency"].dtype == bool
+  assert isinstance(out, conditioning.Conditioning)
+  assert out.context.shape == (2, 4, 2, 8, 32) and not np.asarray(out.context).any()
+  assert out.pooled.shape == (2, 4, 2, 32)
+  assert out.layout.dtype == np.float32 and float(out.layout.max()) == 1.0
+  assert out.view_adjacency.dtype == bool
+  assert out.disable_temporal is None and out.disable_crossview is None
   batch = _batch()
   for key in ("intrinsics", "layout", "view_adjacency"):
     del batch[key]
   out = conditioning.model_inputs(batch, cfg)
-  assert out["camera"] is None and out["layout"] is None and out["view_adjacency"] is None
+  assert out.camera is None and out.layout is None and out.view_adjacency is None
+
+
+def test_conditioning_is_a_pytree_of_its_present_fields():
+  out = conditioning.model_inputs(_batch(), _tiny())
+  assert len(jax.tree.leaves(out)) == 5  # context, pooled, camera, layout, view_adjacency
+  first = jax.tree.map(lambda x: x[:1], out)
+  assert isinstance(first, conditioning.Conditioning) and first.camera.shape[0] == 1
+  assert first.disable_temporal is None and first.disable_crossview is None
 
 
 def test_action_scalars_for_13():
-  cfg = maskgwm_long.get_config()
-  cfg.model.latent_height, cfg.model.latent_width = 8, 16
-  cam = np.asarray(conditioning.model_inputs(_batch(v=1), cfg)["camera"])
+  cfg = _tiny()
+  cfg.model.camera_scalars = conditioning.CAMERA_WITH_ACTIONS
+  cam = np.asarray(conditioning.model_inputs(_batch(v=1), cfg).camera)
   assert cam.shape == (2, 4, 1, 13)
   np.testing.assert_allclose(cam[1, 3, 0, 11:], [5.0, 0.1], rtol=1e-6)
   batch = _batch(v=1)
@@ -65,7 +80,7 @@ def test_action_scalars_for_13():
 
 
 def test_bad_batches():
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny()
   with pytest.raises(ValueError, match="latents"):
     conditioning.model_inputs({"frames": np.zeros((1, 1, 1, 8, 8, 3), np.uint8)}, cfg)
   with pytest.raises(ValueError, match="unknown batch keys"):

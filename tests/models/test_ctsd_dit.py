@@ -14,11 +14,13 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import maskgwm_long, maskgwm_mview, maskgwm_tiny
+from configs import maskgwm_long, maskgwm_mview
+from wm_jax import defaults
 from wm_jax.convert import param_map
 from wm_jax.diffusion import losses
-from wm_jax.models import masking
-from wm_jax.models.ctsd_dit import CTSDDiT, PAPER_ONLY_PARAMS
+from wm_jax.models import conditioning, masking, scan
+from wm_jax.models.conditioning import VAE_FACTOR
+from wm_jax.models.ctsd_dit import CTSDDiT, Layer, PAPER_ONLY_PARAMS
 
 TSV = "tests/data_files/opendwm_ctsd35_layout_mask_params.tsv"
 # The parameters MaskGWM's paper adds to OpenDWM's tree (Eq. 5 time modulation of the 12
@@ -63,9 +65,16 @@ def test_long_config_tree_has_action_scalars_and_no_crossview():
 # tiny model: built once
 
 
+def _tiny_config():
+  """The tiny model (wm_jax.defaults) with a mask decoder of one joint block."""
+  cfg = defaults.config()
+  cfg.mask.decode_layers = 1
+  return cfg
+
+
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny_config()
   model = nnx.jit(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)))()
   return cfg, model
 
@@ -83,15 +92,21 @@ def _inputs(cfg, batch=2, seed=0):
       context=rng.normal(size=lead + (m.text_tokens, m.joint_attention_dim)).astype(np.float32),
       pooled=rng.normal(size=lead + (m.pooled_projection_dim,)).astype(np.float32),
       camera=rng.normal(size=lead + (m.camera_scalars,)).astype(np.float32),
-      layout=rng.uniform(size=lead + (m.latent_height * 8, m.latent_width * 8, 6)).astype(
-          np.float32),
+      layout=rng.uniform(size=lead + (m.latent_height * VAE_FACTOR, m.latent_width * VAE_FACTOR,
+                                      6)).astype(np.float32),
       view_adjacency=np.array([[[True, False], [True, True]]] * batch),
   )
 
 
+CALL_KEYS = ("row_mask", "noise", "return_features")  # keyword arguments beside the conditioning
+
+
 def _forward(model, inputs):
+  """model(latents, timesteps, Conditioning(the other fields), row_mask=, noise=, ...)."""
   kw = dict(inputs)
-  return model(kw.pop("latents"), kw.pop("timesteps"), **kw)
+  latents, timesteps = kw.pop("latents"), kw.pop("timesteps")
+  call = {key: kw.pop(key) for key in CALL_KEYS if key in kw}
+  return model(latents, timesteps, conditioning.Conditioning(**kw), **call)
 
 
 def _both_kinds_mask(cfg, batch):
@@ -120,6 +135,52 @@ def test_inference_equals_model_without_mask_module(tiny):
   ref = forward(plain, inputs)
   assert out.shape == inputs["latents"].shape and out.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+def test_layers_are_assembled_from_the_opendwm_lists(tiny):
+  cfg, model = tiny
+  m = cfg.model
+  assert model.runs is None
+  for i in range(m.num_layers):
+    layer = model.layer(i)
+    assert isinstance(layer, Layer) and layer.joint is model.transformer_blocks[i]
+    for kind, members, lists in (
+        ("temporal", m.temporal_block_layers,
+         (model.time_pos_embeds, model.temporal_transformer_blocks, model.time_mixers)),
+        ("crossview", m.crossview_block_layers,
+         (model.view_pos_embeds, model.crossview_transformer_blocks, model.view_mixers))):
+      pos, block, mixer = (getattr(layer, f) for f in scan.PARTS[kind])
+      if i in members:
+        j = list(members).index(i)
+        assert (pos, block, mixer) == tuple(part[j] for part in lists), (i, kind)
+      else:
+        assert (pos, block, mixer) == (None, None, None), (i, kind)
+
+
+def test_disabled_video_blocks_equal_a_model_without_them(tiny):
+  """disable_temporal / disable_crossview set for every sample: each AlphaBlender keeps its
+  spatial input, so the model computes what one without temporal and cross-view blocks does."""
+  cfg, model = tiny
+  without = cfg.model.copy_and_resolve_references()
+  without.update(temporal_block_layers=(), crossview_block_layers=())
+  spatial = nnx.eval_shape(lambda: CTSDDiT(without, None, rngs=nnx.Rngs(1)))
+  nnx.update(spatial, nnx.filter_state(nnx.state(model), lambda path, _: path[0] in
+                                       set(nnx.state(spatial).keys())))
+  inputs = _inputs(cfg, batch=2)
+  forward = nnx.jit(_forward)
+  ref = forward(spatial, inputs)
+  off = forward(model, dict(inputs, disable_temporal=np.ones(2, bool),
+                            disable_crossview=np.ones(2, bool)))
+  np.testing.assert_array_equal(np.asarray(off), np.asarray(ref))
+  on = forward(model, inputs)
+  assert float(jnp.max(jnp.abs(on - ref))) > 1e-3  # the video blocks do change the output
+
+
+def test_cond_must_be_a_conditioning(tiny):
+  cfg, model = tiny
+  inputs = _inputs(cfg, batch=1)
+  with pytest.raises(TypeError, match="cond must be a conditioning.Conditioning"):
+    model(inputs["latents"], inputs["timesteps"], {"context": inputs["context"]})
 
 
 def _perturb_zero_inits(model, scale=0.02):
@@ -176,7 +237,7 @@ def test_tiny_overfits_one_batch(tiny):
   """loss_fn (rectified flow + mask path) on one fixed batch with one fixed rng (same tau, noise,
   mask every step): the loss falls more than 10x within 100 Adam steps (about 55 are needed)."""
   _, model = tiny
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny_config()
   model = nnx.clone(model)
   inputs = _inputs(cfg, batch=1, seed=7)
   batch = {"latents": inputs["latents"], "layout": (inputs["layout"] * 255).astype(np.uint8),
@@ -217,8 +278,10 @@ def test_tiny_overfits_one_batch(tiny):
     ("camera", lambda d: d.update(camera=d["camera"][..., :10]), "camera"),
     ("layout", lambda d: d.update(layout=d["layout"][..., :32, :, :]), "layout"),
     ("adjacency", lambda d: d.update(view_adjacency=d["view_adjacency"][:, :1]), "view_adjacency"),
-    ("mask without noise", lambda d: d.update(row_mask=_both_kinds_mask(maskgwm_tiny.get_config(),
-                                                                        2)), "noise"),
+    ("disable_temporal", lambda d: d.update(disable_temporal=np.zeros(3, bool)),
+     "disable_temporal"),
+    ("mask without noise", lambda d: d.update(row_mask=_both_kinds_mask(_tiny_config(), 2)),
+     "noise"),
 ])
 def test_bad_inputs_raise(tiny, name, change, match):
   cfg, model = tiny
@@ -233,16 +296,17 @@ def test_bad_inputs_raise(tiny, name, change, match):
     ("temporal_attention_type", "sideways", "temporal_attention_type"),
     ("remat_policy", "everything", "remat_policy"),
     ("temporal_block_layers", [7], "outside"),
+    ("camera_scalars", 12, r"camera_scalars must be one of \(0, 11, 13\)"),
 ])
 def test_bad_model_config_raises(field, value, match):
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny_config()
   cfg.model[field] = value
   with pytest.raises(ValueError, match=match):
     nnx.eval_shape(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)))
 
 
 def test_fractional_kept_width_raises():
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny_config()
   cfg.mask.ratio = 0.3  # 0.3 * 8 tokens is not whole
   with pytest.raises(ValueError, match="0.3"):
     nnx.eval_shape(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)))
@@ -250,7 +314,7 @@ def test_fractional_kept_width_raises():
 
 @pytest.mark.slow
 def test_remat_policies_give_the_same_gradients():
-  cfg = maskgwm_tiny.get_config()
+  cfg = _tiny_config()
   cfg.model.update(num_layers=2, dual_attention_layers=[0], temporal_block_layers=[0],
                    crossview_block_layers=[1], camera_scalars=0)
   cfg.model.layout_adapter = None

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import maskgwm_long, maskgwm_mview, maskgwm_tiny
+from configs import maskgwm_long, maskgwm_mview
+from wm_jax import defaults
 from wm_jax.convert import checkpoints, param_map
 from wm_jax.models import masking, scan
-from wm_jax.models.ctsd_dit import CTSDDiT
+from wm_jax.models.conditioning import VAE_FACTOR, Conditioning
+from wm_jax.models.ctsd_dit import CTSDDiT, Layer
 from wm_jax.train import flops
 
 
@@ -54,7 +56,8 @@ def test_long_and_mview_trace_about_half_their_layers():
 def _config():
   """tiny with 6 layers, [T, X] x 2 in layers 1-4: the layout residual of layer 1 enters a stacked
   run (zeros for its other layers); the mask decoder is the last block."""
-  cfg = maskgwm_tiny.get_config()
+  cfg = defaults.config()
+  cfg.mask.decode_layers = 1
   cfg.model.update(num_layers=6, dual_attention_layers=[0], temporal_block_layers=[1, 3, 5],
                    crossview_block_layers=[2, 4])
   assert cfg.mask.decode_layers == 1 and len(cfg.model.layout_adapter.channels) == 2
@@ -66,15 +69,17 @@ def _inputs(cfg, batch=2):
   rng = np.random.default_rng(0)
   lead = (batch, m.num_frames, m.num_views)
   f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)
-  return dict(
-      latents=f32(*lead, m.latent_height, m.latent_width, m.in_channels),
-      timesteps=rng.uniform(size=lead).astype(np.float32),
+  latents = f32(*lead, m.latent_height, m.latent_width, m.in_channels)
+  timesteps = rng.uniform(size=lead).astype(np.float32)
+  cond = Conditioning(
       context=f32(*lead, m.text_tokens, m.joint_attention_dim),
       pooled=f32(*lead, m.pooled_projection_dim),
       camera=f32(*lead, m.camera_scalars),
-      layout=rng.uniform(size=lead + (m.latent_height * 8, m.latent_width * 8, 6)).astype(
-          np.float32),
-      view_adjacency=np.array([[[True, False], [True, True]]] * batch))
+      layout=rng.uniform(size=lead + (m.latent_height * VAE_FACTOR, m.latent_width * VAE_FACTOR,
+                                      6)).astype(np.float32),
+      view_adjacency=np.array([[[True, False], [True, True]]] * batch),
+      disable_temporal=np.arange(batch) % 2 == 1)
+  return latents, timesteps, cond
 
 
 def _perturb(model):
@@ -102,20 +107,26 @@ def test_pair_has_stacked_runs(pair):
   _, _, scanned = pair
   assert [tuple(run) for run in scanned.runs] == [(0, 1, 1), (1, 2, 2), (5, 1, 1)]
   assert not hasattr(scanned, "transformer_blocks")
+  # each run position holds one stacked Layer with the parts its layers have
+  layer = scanned.layer_runs[1][0]
+  assert isinstance(layer, Layer) and layer.temporal is not None and layer.crossview is None
+  assert layer.joint.attn.to_q.kernel.get_value().shape[0] == 2
+  with pytest.raises(ValueError, match="unscanned"):
+    scanned.layer(0)
 
 
 def test_scanned_forward_and_gradients_equal_unscanned(pair):
   cfg, plain, scanned = pair
-  inputs = _inputs(cfg)
+  latents, timesteps, cond = _inputs(cfg)
   m = cfg.model
   shape = (2, m.num_frames, m.num_views, m.latent_height // m.patch_size,
            m.latent_width // m.patch_size)
   row_mask = masking.sample_row_mask(jax.random.key(1), *shape, cfg.mask.ratio, p_time=0.5)
-  noise = np.random.default_rng(1).normal(size=inputs["latents"].shape).astype(np.float32)
+  noise = np.random.default_rng(1).normal(size=latents.shape).astype(np.float32)
 
   def loss(model):
-    kw = dict(inputs, row_mask=row_mask, noise=noise)
-    y, feats = model(kw.pop("latents"), kw.pop("timesteps"), return_features=True, **kw)
+    y, feats = model(latents, timesteps, cond, row_mask=row_mask, noise=noise,
+                     return_features=True)
     return jnp.mean(jnp.square(y)) + jnp.mean(jnp.square(feats["reconstructed"])), (y, feats)
 
   # the masked training path (encoder at the kept width, mask module, decoder) goes through every
@@ -138,8 +149,8 @@ def test_scanned_forward_and_gradients_equal_unscanned(pair):
 def test_analytic_flops_count_through_the_scan(pair):
   cfg, plain, scanned = pair
   inputs = _inputs(cfg, batch=1)
-  fwd = lambda model, kw: model(kw.pop("latents"), kw.pop("timesteps"), **kw)
-  counts = [flops.forward_flops(nnx.jit(fwd), model, dict(inputs)) for model in (plain, scanned)]
+  fwd = lambda model, inputs: model(*inputs)
+  counts = [flops.forward_flops(nnx.jit(fwd), model, inputs) for model in (plain, scanned)]
   assert counts[0] > 0
   assert counts[1] == pytest.approx(counts[0], rel=1e-6)
 

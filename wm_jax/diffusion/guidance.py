@@ -8,6 +8,7 @@ Unconditional inputs follow OpenDWM's CTSD pipeline where wm_jax has the same in
                       after them (speed, steering: camera_scalars 13) set to -1000 as OpenDWM's
                       uncond_added_time_ids does;
   everything else  -> unchanged.
+All functions take and return a conditioning.Conditioning.
 """
 
 from __future__ import annotations
@@ -15,41 +16,39 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from wm_jax.models.conditioning import CAMERA_SCALARS
+from wm_jax.models.conditioning import CAMERA_SCALARS, Conditioning
 
 UNCOND_ACTION = -1000.0    # OpenDWM's value for "no action"
-ZEROED_KEYS = ("context", "pooled", "layout")
+ZEROED_FIELDS = ("context", "pooled", "layout")
 
 
-def uncond_inputs(inputs: dict) -> dict:
-  """The unconditional counterpart of the model keyword arguments `inputs`."""
-  out = dict(inputs)
-  for key in ZEROED_KEYS:
-    if out.get(key) is not None:
-      out[key] = jnp.zeros_like(out[key])
-  camera = out.get("camera")
-  if camera is not None and camera.shape[-1] > CAMERA_SCALARS:
-    out["camera"] = jnp.asarray(camera).at[..., CAMERA_SCALARS:].set(UNCOND_ACTION)
-  return out
+def uncond_inputs(cond: Conditioning) -> Conditioning:
+  """The unconditional counterpart of `cond`."""
+  changes = {name: jnp.zeros_like(getattr(cond, name)) for name in ZEROED_FIELDS
+             if getattr(cond, name) is not None}
+  if cond.camera is not None and cond.camera.shape[-1] > CAMERA_SCALARS:
+    changes["camera"] = jnp.asarray(cond.camera).at[..., CAMERA_SCALARS:].set(UNCOND_ACTION)
+  return cond.replace(**changes)
 
 
-def drop_conditions(inputs: dict, drop) -> dict:
-  """Per sample: the unconditional inputs where drop[b], else the inputs. drop: bool [B]."""
-  uncond = uncond_inputs(inputs)
-  out = dict(inputs)
-  for key in ZEROED_KEYS + ("camera",):
-    if inputs.get(key) is not None:
-      cond = jnp.asarray(inputs[key])
-      keep = jnp.reshape(drop, drop.shape + (1,) * (cond.ndim - 1))
-      out[key] = jnp.where(keep, uncond[key], cond).astype(cond.dtype)
-  return out
+def drop_conditions(cond: Conditioning, drop) -> Conditioning:
+  """Per sample: the unconditional inputs where drop[b], else `cond`. drop: bool [B]."""
+  uncond = uncond_inputs(cond)
+  changes = {}
+  for name in ZEROED_FIELDS + ("camera",):
+    value = getattr(cond, name)
+    if value is not None:
+      value = jnp.asarray(value)
+      keep = jnp.reshape(drop, drop.shape + (1,) * (value.ndim - 1))
+      changes[name] = jnp.where(keep, getattr(uncond, name), value).astype(value.dtype)
+  return cond.replace(**changes)
 
 
-def batch_with_uncond(inputs: dict) -> dict:
-  """[cond; uncond] stacked on the batch axis (every input has a leading batch dim)."""
-  uncond = uncond_inputs(inputs)
+def batch_with_uncond(cond: Conditioning) -> Conditioning:
+  """[cond; uncond] stacked on the batch axis (every field has a leading batch dim)."""
+  uncond = uncond_inputs(cond)
   return jax.tree.map(lambda c, u: jnp.concatenate([jnp.asarray(c), jnp.asarray(u)], 0),
-                      inputs, uncond)
+                      cond, uncond)
 
 
 def combine(v_cond, v_uncond, scale):

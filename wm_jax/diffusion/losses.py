@@ -8,7 +8,8 @@ eps - z0 (schedules.py). With probability uncond_prob a sample's conditions are 
 unconditional ones (guidance.py) so that classifier-free guidance has something to contrast.
 
 When training with config.mask.enabled, a RowMask is drawn (M_time with probability p_time) and the
-model runs its mask-reconstruction path (row_mask + noise). With feature_loss_weight lambda > 0 the
+model runs its mask-reconstruction path (row_mask + noise, keyword arguments next to the
+conditioning). With feature_loss_weight lambda > 0 the
 model is also asked for features (return_features=True): feats['reconstructed'] is the mask
 module's full-width output [B,T,V,h,W,D]; the target is feats['encoder_target'] if the model
 returns it, else feats['reconstructed'] of a second, unmasked forward, under stop_gradient. The
@@ -46,10 +47,12 @@ def _masked_mean(values, weight):
 
 
 def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
-  """(loss, metrics) for one batch. `model(latents, timesteps, **inputs)` as CTSDDiT.
+  """(loss, metrics) for one batch. `model(latents, timesteps, cond, row_mask=, noise=,
+  return_features=)` as CTSDDiT.
 
   batch: schema dict with 'latents' [B,T,V,h,w,C] (already VAE-scaled) and conditioning keys.
-  inputs_fn(batch, config) -> model keyword arguments; default models.conditioning.model_inputs.
+  inputs_fn(batch, config) -> the model's conditioning.Conditioning; default
+  models.conditioning.model_inputs.
   """
   cfg = config.diffusion
   if cfg.loss_target not in ("velocity", "x0"):
@@ -61,9 +64,7 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   if z0.ndim != 6:
     raise ValueError(f"batch['latents'] must be [B,T,V,h,w,C], got shape {tuple(z0.shape)}")
   b, t, v, h, w, _ = z0.shape
-  inputs = dict((inputs_fn or conditioning.model_inputs)(batch, config))
-  inputs.pop("latents", None)
-  inputs.pop("timesteps", None)
+  cond = (inputs_fn or conditioning.model_inputs)(batch, config)
   rng_tau, rng_ref, rng_eps, rng_drop, rng_mask = jax.random.split(rng, 5)
 
   tau_b = schedules.sample_tau(rng_tau, (b,), cfg)
@@ -76,23 +77,22 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   target = eps - z0
 
   if train and cfg.uncond_prob > 0:
-    inputs = guidance.drop_conditions(inputs, jax.random.uniform(rng_drop, (b,)) < cfg.uncond_prob)
+    cond = guidance.drop_conditions(cond, jax.random.uniform(rng_drop, (b,)) < cfg.uncond_prob)
 
-  mask_cfg = config.get("mask")
-  row_mask = None
-  kwargs = dict(inputs)
-  if train and mask_cfg is not None and mask_cfg.enabled:
+  mask_cfg = config.mask
+  row_mask = noise = None
+  if train and mask_cfg.enabled:
     p = config.model.patch_size
     row_mask = masking.sample_row_mask(rng_mask, b, t, v, h // p, w // p, mask_cfg.ratio,
                                        mask_cfg.p_time)
-    kwargs.update(row_mask=row_mask, noise=eps)
+    noise = eps
   lam = float(cfg.feature_loss_weight)
   with_features = row_mask is not None and lam > 0
 
   if with_features:
-    pred, feats = model(z_tau, tau, return_features=True, **kwargs)
+    pred, feats = model(z_tau, tau, cond, row_mask=row_mask, noise=noise, return_features=True)
   else:
-    pred = model(z_tau, tau, **kwargs)
+    pred = model(z_tau, tau, cond, row_mask=row_mask, noise=noise)
   pred = pred.astype(jnp.float32)
   err = jnp.square(pred - target)
   if cfg.loss_target == "x0":
@@ -113,7 +113,7 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
     if "encoder_target" in feats:
       ref_feats = feats["encoder_target"]
     else:
-      _, plain = model(z_tau, tau, return_features=True, **inputs)
+      _, plain = model(z_tau, tau, cond, return_features=True)
       ref_feats = _feature(plain, "reconstructed", "unmasked")
     ref_feats = jax.lax.stop_gradient(ref_feats.astype(jnp.float32))
     grid = tuple(row_mask.keep_idx.shape[:4]) + (row_mask.width,)

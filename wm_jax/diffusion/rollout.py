@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.diffusion import samplers
-
-FRAME_KEYS = ("context", "pooled", "camera", "layout")  # inputs with a frame axis (axis 1)
+from wm_jax.models.conditioning import FRAME_FIELDS, Conditioning
 
 
 def horizon_frames(num_clips: int, clip_frames: int, n_ref: int) -> int:
@@ -22,20 +21,19 @@ def horizon_frames(num_clips: int, clip_frames: int, n_ref: int) -> int:
   return n_ref + num_clips * (clip_frames - n_ref)
 
 
-def clip_inputs(inputs: dict, start: int, clip_frames: int) -> dict:
-  """The model inputs of frames [start, start + clip_frames); frame-free inputs unchanged."""
-  out = dict(inputs)
-  for key in FRAME_KEYS:
-    if out.get(key) is not None:
-      out[key] = jax.lax.slice_in_dim(out[key], start, start + clip_frames, axis=1)
-  return out
+def clip_inputs(inputs: Conditioning, start: int, clip_frames: int) -> Conditioning:
+  """The conditioning of frames [start, start + clip_frames); frame-free fields unchanged."""
+  return inputs.replace(**{
+      name: jax.lax.slice_in_dim(getattr(inputs, name), start, start + clip_frames, axis=1)
+      for name in FRAME_FIELDS if getattr(inputs, name) is not None})
 
 
-def rollout(model, inputs: dict, context_latents, config, *, num_clips: int, clip_frames: int,
-            rng, steps=None, cfg_scale=None, verbose: bool = True):
+def rollout(model, inputs: Conditioning, context_latents, config, *, num_clips: int,
+            clip_frames: int, rng, steps=None, cfg_scale=None, verbose: bool = True):
   """Latents [B, n_ref + num_clips*(T - n_ref), V, h, w, C] for a long horizon.
 
-  inputs: model keyword arguments whose FRAME_KEYS span the whole horizon (horizon_frames).
+  inputs: the conditioning.Conditioning whose FRAME_FIELDS span the whole horizon
+    (horizon_frames).
   context_latents [B, n_ref, V, h, w, C]: the clean frames the rollout starts from (n_ref >= 1).
   clip_frames: T, the frames per sampler call (the model's clip length).
   """
@@ -47,10 +45,11 @@ def rollout(model, inputs: dict, context_latents, config, *, num_clips: int, cli
     raise ValueError(f"rollout needs 1 <= n_ref < clip_frames, got n_ref={n_ref}, "
                      f"clip_frames={clip_frames}")
   total = horizon_frames(num_clips, clip_frames, n_ref)
-  for key in FRAME_KEYS:
-    if inputs.get(key) is not None and inputs[key].shape[1] != total:
-      raise ValueError(f"inputs[{key!r}] has {inputs[key].shape[1]} frames; a rollout of "
-                       f"{num_clips} clips of {clip_frames} frames with n_ref={n_ref} needs {total}")
+  for name in FRAME_FIELDS:
+    value = getattr(inputs, name)
+    if value is not None and value.shape[1] != total:
+      raise ValueError(f"inputs.{name} has {value.shape[1]} frames; a rollout of {num_clips} "
+                       f"clips of {clip_frames} frames with n_ref={n_ref} needs {total}")
   new = clip_frames - n_ref
   shape = (context_latents.shape[0], clip_frames) + tuple(context_latents.shape[2:])
   frames = [context_latents]

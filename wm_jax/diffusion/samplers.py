@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wm_jax.diffusion import guidance, schedules
+from wm_jax.models.conditioning import Conditioning
 from wm_jax.parallel import shard
 
 
@@ -29,7 +30,7 @@ def _euler(graphdef, state, x, cond, ref, sigmas, cfg_scale, *, n_ref, use_cfg):
   hold = is_ref[..., None, None, None]
   if n_ref:
     x = x.at[:, :n_ref].set(ref.astype(x.dtype))
-  inputs = guidance.batch_with_uncond(cond) if use_cfg else cond
+  cond = guidance.batch_with_uncond(cond) if use_cfg else cond
 
   def step(i, x):
     # merged (fresh Variables) inside the loop body: NNX transforms in the model (nnx.scan of
@@ -38,10 +39,10 @@ def _euler(graphdef, state, x, cond, ref, sigmas, cfg_scale, *, n_ref, use_cfg):
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
     tau = jnp.broadcast_to(jnp.where(is_ref, 0.0, sigma), (b, t, v)).astype(jnp.float32)
     if use_cfg:
-      out = model(jnp.concatenate([x, x]), jnp.concatenate([tau, tau]), **inputs)
+      out = model(jnp.concatenate([x, x]), jnp.concatenate([tau, tau]), cond)
       vel = guidance.combine(out[:b], out[b:], cfg_scale)
     else:
-      vel = model(x, tau, **inputs)
+      vel = model(x, tau, cond)
     moved = x + (sigma_next - sigma) * vel.astype(x.dtype)
     return jnp.where(hold, x, moved)
 
@@ -52,10 +53,10 @@ def euler_sample(model, noise, cond, config, *, steps=None, cfg_scale=None, ref_
                  n_ref: int = 0, rng=None, shape=None):
   """Samples latents [B,T,V,h,w,C].
 
-  model: called as model(latents, timesteps [B,T,V], **cond) (CTSDDiT's inference forward).
+  model: called as model(latents, timesteps [B,T,V], cond) (CTSDDiT's inference forward).
   noise: the starting noise [B,T,V,h,w,C]; or None to draw it from `rng` with `shape`.
-  cond: model keyword arguments (context, pooled, camera, layout, view_adjacency, ...), each with
-    a leading batch dim B.
+  cond: the conditioning.Conditioning (conditioning.model_inputs), every field with a leading
+    batch dim B.
   config: the full config (uses config.diffusion.shift, sample_steps, cfg_scale).
   steps, cfg_scale: override the config; cfg_scale 1 runs no unconditional branch (0 samples
     unconditionally, through the same batched call).
@@ -81,7 +82,10 @@ def euler_sample(model, noise, cond, config, *, steps=None, cfg_scale=None, ref_
       got = None if ref_latents is None else tuple(ref_latents.shape)
       raise ValueError(f"ref_latents must have shape {want} for n_ref={n_ref}, got {got}")
   ref = jnp.asarray(ref_latents, noise.dtype) if n_ref else jnp.zeros((), noise.dtype)
+  if not isinstance(cond, Conditioning):
+    raise TypeError(f"cond must be a conditioning.Conditioning (conditioning.model_inputs "
+                    f"builds one), got {type(cond).__name__}")
   sigmas = jnp.asarray(schedules.sigma_schedule(steps, float(cfg.shift)))
   graphdef, state = nnx.split(model)
-  return _euler(graphdef, state, noise, dict(cond), ref, sigmas, jnp.float32(cfg_scale),
+  return _euler(graphdef, state, noise, cond, ref, sigmas, jnp.float32(cfg_scale),
                 n_ref=n_ref, use_cfg=cfg_scale != 1.0)

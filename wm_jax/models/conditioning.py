@@ -1,12 +1,18 @@
-"""Schema batch -> the conditioning keyword arguments of CTSDDiT.
+"""Schema batch -> the conditioning of CTSDDiT, one pytree.
 
-    kwargs = model_inputs(batch, config)      # config: the full config or config.model
-    v = model(noisy_latents, tau, **kwargs)
+    cond = model_inputs(batch, config)        # config: the full config or config.model
+    v = model(noisy_latents, tau, cond)
 
-Returned keys: context [B,T,V,L,Dj], pooled [B,T,V,P] (zeros when the batch has no text),
-camera [B,T,V,S] (None when the model has no camera embedding or the batch no cameras),
-layout [B,T,V,H,W,6] float in [0, 1] (None without a layout adapter or layout),
-view_adjacency [B,V,V] bool (None when absent: every view attends to every view).
+Conditioning fields (None where absent; every array has the leading batch dim B):
+  context [B,T,V,L,Dj]   text embeddings (model_inputs: zeros when the batch has no text)
+  pooled [B,T,V,P]       pooled text (model_inputs: zeros when the batch has no text)
+  camera [B,T,V,S]       camera (and action) scalars, S = model.camera_scalars (None when the model
+                         has no camera embedding or the batch no cameras)
+  layout [B,T,V,H,W,6]   condition image, float in [0, 1] at image resolution (None without a
+                         layout adapter or layout)
+  view_adjacency [B,V,V] bool: view i's rows attend to view j's (None: every view to every view)
+  disable_temporal [B], disable_crossview [B]  bool: switch a sample's temporal / cross-view
+                         blocks off (None: on; model_inputs leaves them None)
 
 Camera scalars, in OpenDWM's order (S = CAMERA_SCALARS = 11): fps; fx/H, fy/H, cx/W, cy/H
 (intrinsics in pixels of the frames, divided by image height H / width W); the camera z axis in
@@ -24,6 +30,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from wm_jax.data import schema
 
@@ -32,6 +39,21 @@ CAMERA_SCALARS = 11          # fps, 4 normalised intrinsics, camera z axis (3), 
 CAMERA_WITH_ACTIONS = 13     # the camera scalars, then speed and steering
 CAMERA_SCALAR_COUNTS = (0, CAMERA_SCALARS, CAMERA_WITH_ACTIONS)  # valid model.camera_scalars
 
+
+@struct.dataclass
+class Conditioning:
+  """The conditioning inputs of CTSDDiT (see the module docstring); a pytree, None where absent."""
+  context: Any = None
+  pooled: Any = None
+  camera: Any = None
+  layout: Any = None
+  view_adjacency: Any = None
+  disable_temporal: Any = None
+  disable_crossview: Any = None
+
+
+# fields with a frame axis (axis 1)
+FRAME_FIELDS = ("context", "pooled", "camera", "layout")
 
 
 def _model_config(config):
@@ -70,8 +92,8 @@ def camera_scalars(batch: Mapping[str, Any], count: int, image_size: tuple[int, 
   return jnp.concatenate(parts, -1)
 
 
-def model_inputs(batch: Mapping[str, Any], config) -> dict:
-  """The conditioning keyword arguments of CTSDDiT for a schema batch with 'latents'."""
+def model_inputs(batch: Mapping[str, Any], config) -> Conditioning:
+  """The Conditioning of CTSDDiT for a schema batch with 'latents'."""
   cfg = _model_config(config)
   if "latents" not in batch:
     raise ValueError(f"model_inputs needs batch['latents'] (VAE-encoded); batch has "
@@ -83,25 +105,23 @@ def model_inputs(batch: Mapping[str, Any], config) -> dict:
   if latents.ndim != 6:
     raise ValueError(f"batch['latents'] must be [B,T,V,h,w,C], got shape {tuple(latents.shape)}")
   b, t, v = latents.shape[:3]
-  out: dict[str, Any] = {}
   if "text_embeddings" in batch:
-    out["context"] = jnp.asarray(batch["text_embeddings"])
+    context = jnp.asarray(batch["text_embeddings"])
   else:
-    out["context"] = jnp.zeros((b, t, v, cfg.text_tokens, cfg.joint_attention_dim), jnp.float32)
+    context = jnp.zeros((b, t, v, cfg.text_tokens, cfg.joint_attention_dim), jnp.float32)
   if "pooled_text" in batch:
-    out["pooled"] = jnp.asarray(batch["pooled_text"])
+    pooled = jnp.asarray(batch["pooled_text"])
   else:
-    out["pooled"] = jnp.zeros((b, t, v, cfg.pooled_projection_dim), jnp.float32)
-  out["camera"] = None
+    pooled = jnp.zeros((b, t, v, cfg.pooled_projection_dim), jnp.float32)
+  camera = None
   if cfg.camera_scalars and "intrinsics" in batch and "extrinsics" in batch:
-    out["camera"] = camera_scalars(batch, cfg.camera_scalars, _image_size(batch, cfg))
-  out["layout"] = None
-  if cfg.get("layout_adapter", None) is not None and "layout" in batch:
-    layout = batch["layout"]
-    if np.dtype(layout.dtype) == np.uint8:
-      out["layout"] = jnp.asarray(layout, jnp.float32) / 255.0
-    else:
-      out["layout"] = jnp.asarray(layout, jnp.float32)
-  out["view_adjacency"] = (jnp.asarray(batch["view_adjacency"], bool)
-                           if "view_adjacency" in batch else None)
-  return out
+    camera = camera_scalars(batch, cfg.camera_scalars, _image_size(batch, cfg))
+  layout = None
+  if cfg.layout_adapter is not None and "layout" in batch:
+    layout = jnp.asarray(batch["layout"], jnp.float32)
+    if np.dtype(batch["layout"].dtype) == np.uint8:
+      layout = layout / 255.0
+  view_adjacency = (jnp.asarray(batch["view_adjacency"], bool)
+                    if "view_adjacency" in batch else None)
+  return Conditioning(context=context, pooled=pooled, camera=camera, layout=layout,
+                      view_adjacency=view_adjacency)

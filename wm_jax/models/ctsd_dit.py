@@ -1,14 +1,17 @@
 """CTSDDiT: the spatio-temporal cross-view MMDiT of MaskGWM / OpenDWM (CTSD-3.5), channels last.
 
     model = CTSDDiT(config.model, config.mask, rngs=nnx.Rngs(0))
-    v = model(latents [B,T,V,h,w,C], tau [B,T,V], context=[B,T,V,L,Dj], pooled=[B,T,V,P], ...)
+    cond = conditioning.model_inputs(batch, config)          # a conditioning.Conditioning
+    v = model(latents [B,T,V,h,w,C], tau [B,T,V], cond)
+    v, feats = model(latents, tau, cond, row_mask=mask, noise=eps, return_features=True)
 
 Per (frame, view) image: patch embedding + cropped 2-D sin-cos positions, SD3 conditioning
-vector from tau*1000 and pooled text, MMDiT joint blocks with the (context-embedded) text. After
-joint block i: a temporal block if i in temporal_block_layers, then a row-wise cross-view block if
-i in crossview_block_layers (each with its frame/view index MLP, the camera embedding, and an
-AlphaBlender). The layout adapter's residual j is added before joint block j. Output:
-AdaLayerNormContinuous, proj_out, unpatchify -> velocity [B,T,V,h,w,C] (dtype of latents).
+vector from tau*1000 and pooled text, then the layer stack. Layer i (class Layer) is MMDiT joint
+block i with the (context-embedded) text, then a temporal block if i in temporal_block_layers,
+then a row-wise cross-view block if i in crossview_block_layers (each with its frame/view index
+MLP, the camera embedding, and an AlphaBlender). The layout adapter's residual j is added before
+layer j. Output: AdaLayerNormContinuous, proj_out, unpatchify -> velocity [B,T,V,h,w,C] (dtype of
+latents).
 
 Mask reconstruction (training only, row_mask + noise given): tokens are gathered to the K kept
 columns of every row after the patch embedding (layout residuals with the same indices); joint,
@@ -27,9 +30,12 @@ remat_policy (per joint / temporal / cross-view block and the mask module, nnx.r
 of the same names), 'narrow_dots_saveable' (save_narrowing_dots: weight matmuls except the MLP
 up-projections).
 
-scan_layers=True stores runs of identical layers stacked under `layer_runs` and applies each run
-with nnx.scan (wm_jax.models.scan: which runs, and how their paths map to the canonical names);
-the function computed is the same. Conversion and OpenDWM keys always use the canonical names.
+Unscanned (scan_layers=False), the parts of the layers live in OpenDWM's lists
+(transformer_blocks, temporal_transformer_blocks, time_mixers, ...; scan.FIELDS) and `layer(i)`
+assembles Layer i from them; the stack applies the layers one by one. scan_layers=True stores
+runs of identical layers as stacked Layers under `layer_runs` and applies each run with nnx.scan
+(wm_jax.models.scan: which runs, and how their paths map to the canonical names); the function
+computed is the same. Conversion and OpenDWM keys always use the canonical names.
 
 Parameter paths joined with '.' are OpenDWM's state_dict keys (wm_jax.convert.param_map);
 PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5).
@@ -38,14 +44,14 @@ PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wm_jax.models import conditioning, layers, scan
+from wm_jax.models import conditioning, layers, mask_reconstruction, masking, scan
 from wm_jax.models.conditioning import VAE_FACTOR
 from wm_jax.models.embeddings import (MLPEmbedding, PatchEmbed, TimestepTextEmbedding,
                                       TIMESTEP_CHANNELS, sinusoidal)
@@ -83,7 +89,9 @@ REMAT_POLICIES = {
     "narrow_dots_saveable": save_narrowing_dots,
 }
 
-def _check_config(cfg):
+def _check_config(cfg, mask_config):
+  """ValueError naming the field for a model config (and enabled mask config, or None) that
+  CTSDDiT cannot build."""
   if cfg.temporal_attention_type not in TEMPORAL_TYPES:
     raise ValueError(f"temporal_attention_type must be one of {TEMPORAL_TYPES}, got "
                      f"{cfg.temporal_attention_type!r}")
@@ -103,146 +111,262 @@ def _check_config(cfg):
     bad = [i for i in cfg[name] if not 0 <= i < cfg.num_layers]
     if bad:
       raise ValueError(f"{name} has layers {bad} outside 0..{cfg.num_layers - 1}")
+  adapter = cfg.layout_adapter
+  if adapter is not None:
+    dim = cfg.num_heads * cfg.head_dim
+    downs = sum(bool(d) for d in adapter.is_downblocks)
+    grid = adapter.downscale_factor * 2 ** downs
+    if grid != VAE_FACTOR * cfg.patch_size:
+      raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with "
+                       f"{downs} downblocks gives a grid 1/{grid} of the image, but the token "
+                       f"grid is 1/{VAE_FACTOR * cfg.patch_size}")
+    if any(c != dim for c in adapter.channels):
+      raise ValueError(f"layout adapter channels {list(adapter.channels)} must all equal the "
+                       f"model width {dim}")
+    if len(adapter.channels) > cfg.num_layers:
+      raise ValueError(f"layout adapter has {len(adapter.channels)} residuals for "
+                       f"{cfg.num_layers} joint blocks")
+  if mask_config is not None:
+    decode = int(mask_config.decode_layers)
+    if not 0 < decode < cfg.num_layers:
+      raise ValueError(f"mask decode_layers={decode} must be in 1..{cfg.num_layers - 1} for "
+                       f"{cfg.num_layers} joint blocks")
 
 
-def _mask_enabled(mask_config) -> bool:
-  return mask_config is not None and bool(mask_config.get("enabled", False))
+def _remat(fn, policy_name: str):
+  """fn under nnx.remat with the named policy (fn itself for 'none'); fn takes positional
+  arguments only."""
+  if policy_name == "none":
+    return fn
+  return nnx.remat(fn, policy=REMAT_POLICIES[policy_name])
+
+
+# hidden states [B, T, V, h, w, D] between layers
+LAYER_AXES = ("activation_batch", None, None, None, None, "activation_embed")
+# the video kinds in the order their parts are created (the order fixes the initial values)
+KINDS = ("crossview", "temporal")
+
+
+class LayerInputs(NamedTuple):
+  """What every layer reads besides its hidden state and context; built once per forward."""
+  temb: jax.Array                # [N, D] conditioning vector (N = B*T*V)
+  time_emb: jax.Array            # [B, T, V, D] its timestep part (the temporal blocks' Eq. 5)
+  camera: jax.Array | None       # [B, T, V, D] camera embedding
+  frame_index: jax.Array         # [T, D] sinusoidal frame indices
+  view_index: jax.Array          # [V, D] sinusoidal view indices
+  view_adjacency: jax.Array | None
+  disable_temporal: jax.Array | None
+  disable_crossview: jax.Array | None
+  temporal_kind: str             # temporal_attention_type
+  remat_policy: str              # REMAT_POLICIES key, applied per block
+
+
+class Layer(nnx.Module):
+  """Layer i of the stack: joint block i, then the temporal block after it (if i is in
+  temporal_block_layers), then the row-wise cross-view block (if i is in crossview_block_layers).
+
+  Attribute names are scan.FIELDS, the parts of a video block scan.PARTS (index MLP, block,
+  AlphaBlender); absent parts are None. A scanned model stores stacked Layers; an unscanned one
+  stores the parts in OpenDWM's lists and assembles a Layer per call (CTSDDiT.layer).
+  """
+
+  def __init__(self, joint, *, time_pos_embed=None, temporal=None, time_mixer=None,
+               view_pos_embed=None, crossview=None, view_mixer=None):
+    self.joint = joint
+    self.time_pos_embed, self.temporal, self.time_mixer = time_pos_embed, temporal, time_mixer
+    self.view_pos_embed, self.crossview, self.view_mixer = view_pos_embed, crossview, view_mixer
+
+  def __call__(self, x, ctx, residual, side: LayerInputs):
+    """x [B,T,V,h,w',D] (w' = K on the masked encoder path), ctx [N,L,D], residual (layout
+    adapter) like x or None -> (x, ctx). The last joint block returns no context: ctx is kept."""
+    if residual is not None:
+      x = x + residual.astype(x.dtype)
+    b, t, v, h, w, dim = x.shape
+    joint = _remat(lambda blk, xs, cs, te: blk(xs, cs, te), side.remat_policy)
+    new_ctx, xs = joint(self.joint, x.reshape(b * t * v, h * w, dim), ctx, side.temb)
+    x = xs.reshape(b, t, v, h, w, dim)
+    if self.temporal is not None:
+      kind = side.temporal_kind
+      temporal = _remat(
+          lambda blk, mix, pos, xs, idx, cam, te, dis: temporal_step(
+              blk, mix, pos, xs, kind=kind, index_emb=idx, cond_emb=cam, time_emb=te,
+              disabled=dis), side.remat_policy)
+      x = temporal(self.temporal, self.time_mixer, self.time_pos_embed, x, side.frame_index,
+                   side.camera, side.time_emb, side.disable_temporal)
+    if self.crossview is not None:
+      crossview = _remat(
+          lambda blk, mix, pos, xs, idx, cam, adj, dis: crossview_step(
+              blk, mix, pos, xs, index_emb=idx, cond_emb=cam, view_adjacency=adj, disabled=dis),
+          side.remat_policy)
+      x = crossview(self.crossview, self.view_mixer, self.view_pos_embed, x, side.view_index,
+                    side.camera, side.view_adjacency, side.disable_crossview)
+    x = constrain(x, LAYER_AXES)
+    return x, (ctx if new_ctx is None else new_ctx)
 
 
 class CTSDDiT(nnx.Module):
 
   def __init__(self, model_config, mask_config=None, *, rngs: nnx.Rngs):
+    """mask_config: config.mask; None or enabled=False builds no mask module."""
     cfg = model_config
-    _check_config(cfg)
+    mask_config = mask_config if mask_config is not None and mask_config.enabled else None
+    _check_config(cfg, mask_config)
     rngs = layers.KeyStream(rngs)
     self.cfg = _Static(cfg)
-    prec = layers.Precision.from_config(cfg)
-    self.prec = prec
-    dim = cfg.num_heads * cfg.head_dim
-    self.dim = dim
-    impl = cfg.get("attention_impl", "auto")
+    self.prec = prec = layers.Precision.from_config(cfg)
+    self.dim = dim = cfg.num_heads * cfg.head_dim
     self.temporal_layers = tuple(int(i) for i in cfg.temporal_block_layers)
     self.crossview_layers = tuple(int(i) for i in cfg.crossview_block_layers)
+    self.decode_layers, self.kept_width = 0, None
+    if mask_config is not None:
+      self.decode_layers = int(mask_config.decode_layers)
+      self.kept_width = masking.kept_width(cfg.latent_width // cfg.patch_size,
+                                           float(mask_config.ratio))
+    self.runs = self._layer_runs() if cfg.scan_layers else None
 
+    # Parameters are created in this order (it fixes the initial values of a seed).
     self.pos_embed = PatchEmbed(cfg.in_channels, dim, cfg.patch_size, cfg.pos_embed_max_size,
-                                cfg.get("sample_size", 128) // cfg.patch_size, rngs=rngs,
-                                prec=prec)
+                                cfg.sample_size // cfg.patch_size, rngs=rngs, prec=prec)
     self.time_text_embed = TimestepTextEmbedding(dim, cfg.pooled_projection_dim, rngs=rngs,
                                                  prec=prec)
     self.context_embedder = layers.linear(cfg.joint_attention_dim, dim, (None, "embed"),
                                           rngs=rngs, prec=prec)
-    self.decode_layers, self.kept_width = 0, None
-    if _mask_enabled(mask_config):
-      from wm_jax.models import masking
-      self.kept_width = masking.kept_width(cfg.latent_width // cfg.patch_size,
-                                           float(mask_config.ratio))
-      self.decode_layers = int(mask_config.decode_layers)
-      if not 0 < self.decode_layers < cfg.num_layers:
-        raise ValueError(f"mask decode_layers={self.decode_layers} must be in "
-                         f"1..{cfg.num_layers - 1} for {cfg.num_layers} joint blocks")
-    adapter = cfg.get("layout_adapter", None)
-    self.runs = None
-    if cfg.get("scan_layers", False):
-      # layout residuals are not part of a signature: a run that has some gets zeros elsewhere
-      signatures = [(i in tuple(cfg.dual_attention_layers), i == cfg.num_layers - 1,
-                     i in self.temporal_layers, i in self.crossview_layers)
-                    for i in range(cfg.num_layers)]
-      first_decoder = cfg.num_layers - self.decode_layers
-      self.runs = scan.layer_runs(signatures, boundaries=(first_decoder,) * bool(self.decode_layers))
-    joint_block = lambda i, keys: JointTransformerBlock(
-        dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=prec,
-        context_pre_only=i == cfg.num_layers - 1, dual_attention=i in tuple(cfg.dual_attention_layers),
-        qk_norm=cfg.qk_norm, impl=impl)
     if self.runs is None:
-      self.transformer_blocks = nnx.List([joint_block(i, rngs) for i in range(cfg.num_layers)])
+      self.transformer_blocks = nnx.List([self._joint_block(i, rngs)
+                                          for i in range(cfg.num_layers)])
     self.norm_out = AdaLayerNormContinuous(dim, dim, rngs=rngs, prec=prec)
     self.proj_out = layers.linear(dim, cfg.patch_size ** 2 * cfg.out_channels, ("embed", None),
                                   rngs=rngs, prec=prec)
-
-    image_adapter = None
-    if adapter is not None:
-      downs = sum(bool(d) for d in adapter.is_downblocks)
-      if adapter.downscale_factor * 2 ** downs != VAE_FACTOR * cfg.patch_size:
-        grid = adapter.downscale_factor * 2 ** downs
-        raise ValueError(f"layout adapter: downscale_factor={adapter.downscale_factor} with "
-                         f"{downs} downblocks gives a grid 1/{grid} of the image, but the token "
-                         f"grid is 1/{VAE_FACTOR * cfg.patch_size}")
-      if any(c != dim for c in adapter.channels):
-        raise ValueError(f"layout adapter channels {list(adapter.channels)} must all equal the "
-                         f"model width {dim}")
-      if len(adapter.channels) > cfg.num_layers:
-        raise ValueError(f"layout adapter has {len(adapter.channels)} residuals for "
-                         f"{cfg.num_layers} joint blocks")
-      image_adapter = ImageAdapter(
-          adapter.in_channels, adapter.channels, adapter.is_downblocks, adapter.num_res_blocks,
-          adapter.downscale_factor, adapter.get("use_zero_convs", True), rngs=rngs, prec=prec)
-    self.condition_image_adapter = image_adapter
-
+    adapter = cfg.layout_adapter
+    self.condition_image_adapter = None if adapter is None else ImageAdapter(
+        adapter.in_channels, adapter.channels, adapter.is_downblocks, adapter.num_res_blocks,
+        adapter.downscale_factor, adapter.use_zero_convs, rngs=rngs, prec=prec)
     self.view_embedding = (MLPEmbedding(cfg.camera_scalars * TIMESTEP_CHANNELS, dim, dim,
                                         rngs=rngs, prec=prec) if cfg.camera_scalars else None)
-
-    video_block = lambda keys, **kw: VTSelfAttentionBlock(
-        dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=prec, qk_norm=cfg.qk_norm, impl=impl, **kw)
-    index_mlp = lambda keys: MLPEmbedding(dim, 4 * dim, dim, rngs=keys, prec=prec,
-                                          axes=("embed", "mlp", "embed"))
-    mixer = lambda: AlphaBlender(cfg.merge_factor, prec=prec)
-    time_modulation = cfg.get("time_modulation", True)
-    if self.runs is not None:
-      def layer(i, keys):
-        temporal = crossview = None
-        if i in self.crossview_layers:
-          crossview = (index_mlp(keys), video_block(keys), mixer())
-        if i in self.temporal_layers:
-          temporal = (index_mlp(keys), video_block(keys, time_modulation=time_modulation), mixer())
-        return ScannedLayer(joint_block(i, keys), temporal, crossview)
-
-      def stacked(i, repeats):
-        make = nnx.vmap(lambda key: layer(i, layers.KeyStream.from_key(key)), in_axes=0,
-                        out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
-        return make(jax.random.split(rngs.params(), repeats))
-
-      self.layer_runs = nnx.List([
-          nnx.List([stacked(run.start + k, run.repeats) for k in range(run.period)])
-          for run in self.runs])
+    if self.runs is None:
+      # OpenDWM's lists (scan.FIELDS): part j of a kind belongs to the j-th layer having that kind
+      for kind in KINDS:
+        if self.layers_with(kind):
+          for field in scan.PARTS[kind]:
+            setattr(self, scan.FIELDS[field][0], nnx.List([
+                self._part(kind, field, rngs) for _ in self.layers_with(kind)]))
     else:
-      if self.crossview_layers:
-        self.view_pos_embeds = nnx.List([index_mlp(rngs) for _ in self.crossview_layers])
-        self.crossview_transformer_blocks = nnx.List([video_block(rngs)
-                                                      for _ in self.crossview_layers])
-        self.view_mixers = nnx.List([mixer() for _ in self.crossview_layers])
-      if self.temporal_layers:
-        self.time_pos_embeds = nnx.List([index_mlp(rngs) for _ in self.temporal_layers])
-        self.temporal_transformer_blocks = nnx.List([
-            video_block(rngs, time_modulation=time_modulation) for _ in self.temporal_layers])
-        self.time_mixers = nnx.List([mixer() for _ in self.temporal_layers])
-
-    mask_module = None
-    if _mask_enabled(mask_config):
-      from wm_jax.models import mask_reconstruction  # the mask helper's module
-      mask_module = mask_reconstruction.MaskModule(
-          dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
-          rngs=rngs, attention_impl=impl, dtype=prec.dtype, param_dtype=prec.param_dtype)
-    self.mask_module = mask_module
+      self.layer_runs = nnx.List([
+          nnx.List([self._stacked_layer(run.start + k, run.repeats, rngs)
+                    for k in range(run.period)]) for run in self.runs])
+    self.mask_module = None if mask_config is None else mask_reconstruction.MaskModule(
+        dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
+        rngs=rngs, attention_impl=cfg.attention_impl, dtype=prec.dtype,
+        param_dtype=prec.param_dtype)
 
   # ---------------------------------------------------------------------------------------------
-  def _remat(self, fn):
-    policy_name = self.cfg.remat_policy
-    if policy_name == "none":
-      return fn
-    return nnx.remat(fn, policy=REMAT_POLICIES[policy_name])
+  # the layer stack
 
-  def __call__(self, latents, timesteps, context=None, pooled=None, camera=None, layout=None,
-               view_adjacency=None, disable_temporal=None, disable_crossview=None, row_mask=None,
-               noise=None, return_features: bool = False):
+  def layers_with(self, kind: str) -> tuple[int, ...]:
+    """The layers with a temporal (kind 'temporal') or cross-view ('crossview') block."""
+    return self.temporal_layers if kind == "temporal" else self.crossview_layers
+
+  def _layer_runs(self):
+    """scan.layer_runs of this stack: a layer's signature is what it has (layout residuals are
+    not part of it: a run with some gets zeros elsewhere); the first decoder layer starts a run."""
     cfg = self.cfg
-    self._check_inputs(latents, timesteps, context, pooled, camera, layout, view_adjacency,
-                       disable_temporal, disable_crossview, row_mask, noise)
+    signatures = [(i in cfg.dual_attention_layers, i == cfg.num_layers - 1,
+                   i in self.temporal_layers, i in self.crossview_layers)
+                  for i in range(cfg.num_layers)]
+    first_decoder = cfg.num_layers - self.decode_layers
+    return scan.layer_runs(signatures, boundaries=(first_decoder,) * bool(self.decode_layers))
+
+  def _joint_block(self, i: int, keys) -> JointTransformerBlock:
+    cfg = self.cfg
+    return JointTransformerBlock(
+        self.dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=self.prec,
+        context_pre_only=i == cfg.num_layers - 1, dual_attention=i in cfg.dual_attention_layers,
+        qk_norm=cfg.qk_norm, impl=cfg.attention_impl)
+
+  def _part(self, kind: str, field: str, keys):
+    """A new module for `field` of scan.PARTS[kind]: index MLP, video block or AlphaBlender."""
+    cfg, dim, prec = self.cfg, self.dim, self.prec
+    index_mlp, block, _ = scan.PARTS[kind]
+    if field == index_mlp:
+      return MLPEmbedding(dim, 4 * dim, dim, rngs=keys, prec=prec, axes=("embed", "mlp", "embed"))
+    if field == block:
+      return VTSelfAttentionBlock(dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=prec,
+                                  qk_norm=cfg.qk_norm, impl=cfg.attention_impl,
+                                  time_modulation=kind == "temporal" and cfg.time_modulation)
+    return AlphaBlender(cfg.merge_factor, prec=prec)
+
+  def _new_layer(self, i: int, keys) -> Layer:
+    parts = {field: self._part(kind, field, keys) for kind in KINDS if i in self.layers_with(kind)
+             for field in scan.PARTS[kind]}
+    return Layer(self._joint_block(i, keys), **parts)
+
+  def _stacked_layer(self, i: int, repeats: int, rngs) -> Layer:
+    """The run's layers i, i + period, ... (`repeats` of them, all shaped like layer i; one key
+    each), their parameters stacked on a leading axis."""
+    make = nnx.vmap(lambda key: self._new_layer(i, layers.KeyStream.from_key(key)), in_axes=0,
+                    out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+    return make(jax.random.split(rngs.params(), repeats))
+
+  def layer(self, i: int) -> Layer:
+    """Layer i of an unscanned model, assembled from OpenDWM's lists (scan.FIELDS)."""
+    if self.runs is not None:
+      raise ValueError("CTSDDiT.layer(i) assembles a layer of an unscanned model; this one stores "
+                       "its layers stacked in layer_runs (scan_layers=True)")
+    parts = {}
+    for kind in KINDS:
+      members = self.layers_with(kind)
+      if i in members:
+        parts.update({field: getattr(self, scan.FIELDS[field][0])[members.index(i)]
+                      for field in scan.PARTS[kind]})
+    return Layer(self.transformer_blocks[i], **parts)
+
+  def _apply_layers(self, x, ctx, residuals, side: LayerInputs, start: int, stop: int):
+    """Layers start..stop-1 on (x, ctx); residuals[i] enters before layer i (if i < len). A
+    scanned model applies its runs in that range (runs never cross start or stop)."""
+    if self.runs is None:
+      for i in range(start, stop):
+        x, ctx = self.layer(i)(x, ctx, residuals[i] if i < len(residuals) else None, side)
+      return x, ctx
+    for run, units in zip(self.runs, self.layer_runs):
+      if not start <= run.start < stop:
+        continue
+      res = None
+      if run.start < len(residuals):  # zeros (x + 0 == x) where a layer of the run has none
+        pad = lambda i: residuals[i] if i < len(residuals) else jnp.zeros(x.shape, x.dtype)
+        res = jnp.stack([jnp.stack([pad(run.layer(r, k)) for k in range(run.period)])
+                         for r in range(run.repeats)])
+
+      def step(carry, units, res_r):
+        x, ctx = carry
+        for k, layer in enumerate(units):
+          x, ctx = layer(x, ctx, None if res_r is None else res_r[k], side)
+        return x, ctx
+
+      x, ctx = nnx.scan(step, in_axes=(nnx.Carry, 0, 0 if res is not None else None),
+                        out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: None}
+                        )((x, ctx), units, res)
+    return x, ctx
+
+  # ---------------------------------------------------------------------------------------------
+  def __call__(self, latents, timesteps, cond: conditioning.Conditioning | None = None, *,
+               row_mask: masking.RowMask | None = None, noise=None,
+               return_features: bool = False):
+    """Velocity [B,T,V,h,w,C] (dtype of latents), and the features dict if return_features.
+
+    latents [B,T,V,h,w,C]; timesteps [B,T,V] in [0, 1]; cond: a conditioning.Conditioning (None:
+    no conditions; absent context / pooled text are zeros). row_mask and noise [B,T,V,h,w,C]
+    (the eps of the noisy latents), both or neither: the training-only mask-reconstruction path.
+    """
+    cond = conditioning.Conditioning() if cond is None else cond
+    self._check_inputs(latents, timesteps, cond, row_mask, noise)
+    cfg = self.cfg
     out_dtype = latents.dtype
     dtype = self.prec.dtype or jnp.result_type(latents.dtype, jnp.float32)
     b, t, v, hl, wl, c = latents.shape
     p, dim = cfg.patch_size, self.dim
     h, w = hl // p, wl // p
     n = b * t * v
+    context, pooled = cond.context, cond.pooled
     if context is None:
       context = jnp.zeros((b, t, v, cfg.text_tokens, cfg.joint_attention_dim), dtype)
     if pooled is None:
@@ -252,90 +376,37 @@ class CTSDDiT(nnx.Module):
     ctx0 = self.context_embedder(context.reshape(n, *context.shape[3:]).astype(dtype))
     temb, t_only = self.time_text_embed(timesteps.reshape(n).astype(jnp.float32),
                                         pooled.reshape(n, -1).astype(dtype), dtype=dtype)
-    temb_btv = temb.reshape(b, t, v, dim)
-    t_only = t_only.reshape(b, t, v, dim)
     cam_emb = None
-    if camera is not None and self.view_embedding is not None:
-      cam_in = sinusoidal(camera.astype(jnp.float32), TIMESTEP_CHANNELS).reshape(b, t, v, -1)
+    if cond.camera is not None:
+      cam_in = sinusoidal(cond.camera.astype(jnp.float32), TIMESTEP_CHANNELS).reshape(b, t, v, -1)
       cam_emb = self.view_embedding(cam_in.astype(dtype))
     residuals = []
-    if layout is not None and self.condition_image_adapter is not None:
-      residuals = self.condition_image_adapter(layout.astype(dtype))
+    if cond.layout is not None:
+      residuals = self.condition_image_adapter(cond.layout.astype(dtype))
 
-    masked = row_mask is not None
     first_decoder = cfg.num_layers - self.decode_layers  # == num_layers without a mask module
-    if masked:
-      from wm_jax.models import masking
+    if row_mask is not None:
       x = masking.gather_rows(x, row_mask)
       residuals = [masking.gather_rows(r, row_mask) if i < first_decoder else r
                    for i, r in enumerate(residuals)]
-
-    frame_index = sinusoidal(jnp.arange(t), dim)
-    view_index = sinusoidal(jnp.arange(v), dim)
-    # nnx.remat takes positional arguments only
-    joint = self._remat(lambda blk, xs, cs, te: blk(xs, cs, te))
-    kind = cfg.temporal_attention_type
-    temporal = self._remat(
-        lambda blk, mix, pos, xs, idx, cam, te, dis: temporal_step(
-            blk, mix, pos, xs, kind=kind, index_emb=idx, cond_emb=cam, time_emb=te, disabled=dis))
-    crossview = self._remat(
-        lambda blk, mix, pos, xs, idx, cam, adj, dis: crossview_step(
-            blk, mix, pos, xs, index_emb=idx, cond_emb=cam, view_adjacency=adj, disabled=dis))
-    def layer(joint_block, temporal_parts, crossview_parts, x, ctx, residual):
-      """Joint block (+ temporal, + cross-view) on x [B,T,V,h,w',D]; returns (x, context)."""
-      if residual is not None:
-        x = x + residual.astype(x.dtype)
-      width = x.shape[4]
-      new_ctx, xs = joint(joint_block, x.reshape(n, h * width, dim), ctx, temb)
-      x = xs.reshape(b, t, v, h, width, dim)
-      if temporal_parts is not None:
-        pos, block, mix = temporal_parts
-        x = temporal(block, mix, pos, x, frame_index, cam_emb, t_only, disable_temporal)
-      if crossview_parts is not None:
-        pos, block, mix = crossview_parts
-        x = crossview(block, mix, pos, x, view_index, cam_emb, view_adjacency, disable_crossview)
-      x = constrain(x, ("activation_batch", None, None, None, None, "activation_embed"))
-      # the last block (context_pre_only) returns no context: keep the carry's structure
-      return x, (ctx if new_ctx is None else new_ctx)
+    side = LayerInputs(
+        temb=temb, time_emb=t_only.reshape(b, t, v, dim), camera=cam_emb,
+        frame_index=sinusoidal(jnp.arange(t), dim), view_index=sinusoidal(jnp.arange(v), dim),
+        view_adjacency=cond.view_adjacency, disable_temporal=cond.disable_temporal,
+        disable_crossview=cond.disable_crossview, temporal_kind=cfg.temporal_attention_type,
+        remat_policy=cfg.remat_policy)
 
     feats = {}
-
-    def enter_decoder(x):
+    x, ctx = self._apply_layers(x, ctx0, residuals, side, 0, first_decoder)
+    if self.mask_module is not None:
       feats["encoder"] = x
-      if masked:  # under the blocks' remat policy too: its side blocks run at full width
-        x = self._remat(lambda module, *args: module(*args))(
+      if row_mask is not None:  # under the blocks' remat policy too: its side blocks run at width W
+        x = _remat(lambda module, *args: module(*args), cfg.remat_policy)(
             self.mask_module, x, row_mask, noise.astype(dtype), timesteps.astype(jnp.float32),
-            temb_btv, ctx0.reshape(b, t, v, *ctx0.shape[1:]), self.pos_embed.cropped(h, w).astype(dtype))
+            temb.reshape(b, t, v, dim), ctx0.reshape(b, t, v, *ctx0.shape[1:]),
+            self.pos_embed.cropped(h, w).astype(dtype))
       feats["reconstructed"] = x
-      return x
-
-    ctx = ctx0
-    if self.runs is None:
-      for i, block in enumerate(self.transformer_blocks):
-        if i == first_decoder:
-          x = enter_decoder(x)
-        x, ctx = layer(block, self._video_parts(i, "temporal"), self._video_parts(i, "crossview"),
-                       x, ctx, residuals[i] if i < len(residuals) else None)
-    else:
-      for run, units in zip(self.runs, self.layer_runs):
-        if run.start == first_decoder:
-          x = enter_decoder(x)
-        res = None
-        if run.start < len(residuals):  # zeros (x + 0 == x) where a layer of the run has none
-          pad = lambda i: residuals[i] if i < len(residuals) else jnp.zeros(x.shape, x.dtype)
-          res = jnp.stack([jnp.stack([pad(run.layer(r, k)) for k in range(run.period)])
-                           for r in range(run.repeats)])
-
-        def step(carry, units, res_r):
-          x, ctx = carry
-          for k, unit in enumerate(units):
-            x, ctx = layer(unit.joint, unit.parts("temporal"), unit.parts("crossview"), x, ctx,
-                           None if res_r is None else res_r[k])
-          return x, ctx
-
-        x, ctx = nnx.scan(step, in_axes=(nnx.Carry, 0, 0 if res is not None else None),
-                          out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: None}
-                          )((x, ctx), units, res)
+    x, ctx = self._apply_layers(x, ctx, residuals, side, first_decoder, cfg.num_layers)
     feats["final"] = x
     y = self.proj_out(self.norm_out(x.reshape(n, h * w, dim), temb))
     y = y.reshape(b, t, v, h, w, p, p, cfg.out_channels)
@@ -343,19 +414,12 @@ class CTSDDiT(nnx.Module):
     y = y.astype(out_dtype)
     return (y, feats) if return_features else y
 
-  def _video_parts(self, i: int, kind: str):
-    """(index MLP, block, mixer) of the temporal / cross-view block after joint block i, or None
-    (unscanned layout: the canonical lists of scan.FIELDS)."""
-    layer_list = self.temporal_layers if kind == "temporal" else self.crossview_layers
-    if i not in layer_list:
-      return None
-    j = layer_list.index(i)
-    return tuple(getattr(self, scan.FIELDS[field][0])[j] for field in scan.PARTS[kind])
-
   # ---------------------------------------------------------------------------------------------
-  def _check_inputs(self, latents, timesteps, context, pooled, camera, layout, view_adjacency,
-                    disable_temporal, disable_crossview, row_mask, noise):
+  def _check_inputs(self, latents, timesteps, cond, row_mask, noise):
     cfg = self.cfg
+    if not isinstance(cond, conditioning.Conditioning):
+      raise TypeError(f"cond must be a conditioning.Conditioning (conditioning.model_inputs "
+                      f"builds one), got {type(cond).__name__}")
     if latents.ndim != 6:
       raise ValueError(f"latents must be [B,T,V,h,w,C] (rank 6), got shape {tuple(latents.shape)}")
     b, t, v, hl, wl, c = latents.shape
@@ -376,19 +440,18 @@ class CTSDDiT(nnx.Module):
       if not np.all((tau >= 0) & (tau <= 1)):
         bad = tau[~((tau >= 0) & (tau <= 1))]
         raise ValueError(f"timesteps must lie in [0, 1]; got values such as {bad.ravel()[:4]}")
+    layout_channels = (None if self.condition_image_adapter is None
+                       else cfg.layout_adapter.in_channels)
     shapes = {
-        "context": (context, lead + (None, cfg.joint_attention_dim)),
-        "pooled": (pooled, lead + (cfg.pooled_projection_dim,)),
-        "camera": (camera, lead + (cfg.camera_scalars,)),
-        "layout": (layout, lead + (hl * VAE_FACTOR, wl * VAE_FACTOR, None)),
-        "view_adjacency": (view_adjacency, (b, v, v)),
-        "disable_temporal": (disable_temporal, (b,)),
-        "disable_crossview": (disable_crossview, (b,)),
+        "context": (cond.context, lead + (None, cfg.joint_attention_dim)),
+        "pooled": (cond.pooled, lead + (cfg.pooled_projection_dim,)),
+        "camera": (cond.camera, lead + (cfg.camera_scalars,)),
+        "layout": (cond.layout, lead + (hl * VAE_FACTOR, wl * VAE_FACTOR, layout_channels)),
+        "view_adjacency": (cond.view_adjacency, (b, v, v)),
+        "disable_temporal": (cond.disable_temporal, (b,)),
+        "disable_crossview": (cond.disable_crossview, (b,)),
         "noise": (noise, tuple(latents.shape)),
     }
-    if self.condition_image_adapter is not None:
-      shapes["layout"] = (layout, lead + (hl * VAE_FACTOR, wl * VAE_FACTOR,
-                                          cfg.layout_adapter.in_channels))
     for name, (value, expected) in shapes.items():
       if value is None:
         continue
@@ -396,9 +459,9 @@ class CTSDDiT(nnx.Module):
       if len(got) != len(expected) or any(e is not None and g != e for g, e in zip(got, expected)):
         shown = tuple("*" if e is None else e for e in expected)
         raise ValueError(f"{name} must have shape {shown}, got {got}")
-    if camera is not None and self.view_embedding is None:
+    if cond.camera is not None and self.view_embedding is None:
       raise ValueError("camera scalars given, but the model config has camera_scalars=0")
-    if layout is not None and self.condition_image_adapter is None:
+    if cond.layout is not None and self.condition_image_adapter is None:
       raise ValueError("layout given, but the model config has no layout_adapter")
     if (row_mask is None) != (noise is None):
       raise ValueError("the mask-reconstruction path needs both row_mask and noise; got "
@@ -412,22 +475,6 @@ class CTSDDiT(nnx.Module):
       if tuple(row_mask.keep_idx.shape) != want_idx:
         raise ValueError(f"row_mask.keep_idx must have shape {want_idx}, got "
                          f"{tuple(row_mask.keep_idx.shape)}")
-
-
-class ScannedLayer(nnx.Module):
-  """One layer of a scanned run: joint block i and the temporal / cross-view parts after it.
-
-  Its attribute names are wm_jax.models.scan.FIELDS (the conversion to canonical names)."""
-
-  def __init__(self, joint, temporal=None, crossview=None):
-    self.joint = joint
-    self.time_pos_embed, self.temporal, self.time_mixer = temporal or (None, None, None)
-    self.view_pos_embed, self.crossview, self.view_mixer = crossview or (None, None, None)
-
-  def parts(self, kind: str):
-    """(index MLP, block, mixer) for kind 'temporal' or 'crossview', or None."""
-    pos, block, mixer = (getattr(self, field) for field in scan.PARTS[kind])
-    return None if block is None else (pos, block, mixer)
 
 
 class _Static:

@@ -29,7 +29,7 @@ import numpy as np
 
 RUNS = "layer_runs"
 
-# scanned unit field -> (canonical list name, group whose layers index that list)
+# Layer field (models.ctsd_dit.Layer) -> (canonical list name, group whose layers index that list)
 FIELDS = {
     "joint": ("transformer_blocks", "joint"),
     "temporal": ("temporal_transformer_blocks", "temporal"),
