@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from wm_jax.convert import param_map
+from wm_jax.convert.to_torch import paper_only_keys
 from wm_jax.models import scan
 
 # Parts of the CTSD model a diffusers SD3 transformer does not have (regex over PyTorch keys).
@@ -103,7 +104,6 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], target, *, source: str = "o
   target they come from `init()` (a function building the real model), except paper-only
   parameters, which are zeros (their init).
   """
-  from wm_jax.convert.to_torch import paper_only_keys
   if source not in ("opendwm", "sd3"):
     raise ValueError(f"source must be 'opendwm' or 'sd3', got {source!r}")
   model_keys = set(param_map.torch_shapes(target))

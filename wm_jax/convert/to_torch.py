@@ -19,19 +19,18 @@ import numpy as np
 from flax import nnx
 
 from wm_jax.convert import opendwm_config, param_map
+from wm_jax.models.ctsd_dit import PAPER_ONLY_PARAMS, CTSDDiT
 
 DTYPES = {"float32": np.float32, "fp32": np.float32, "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": np.float16, "fp16": np.float16}
 
 
 def paper_only_keys(keys) -> list[str]:
-  from wm_jax.models.ctsd_dit import PAPER_ONLY_PARAMS
   patterns = [re.compile(p) for p in PAPER_ONLY_PARAMS]
   return sorted(k for k in keys if any(p.fullmatch(k) for p in patterns))
 
 
 def abstract_model(model_cfg, mask_cfg):
-  from wm_jax.models.ctsd_dit import CTSDDiT
   return nnx.eval_shape(lambda: CTSDDiT(model_cfg, mask_cfg, rngs=nnx.Rngs(0)))
 
 

@@ -1,4 +1,4 @@
-"""Model FLOPs for MFU (DESIGN.md 'Performance accounting').
+"""Model FLOPs for MFU.
 
 Training FLOPs = 3 x forward matmul FLOPs (forward, and two matmuls per matmul in the backward
 pass). The forward count is exact for the program the model runs: it walks the jaxpr of the loss
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import jax
+from flax import nnx
 
 # Dense peak FLOP/s per chip, by jax device_kind prefix (bf16 for accelerators).
 PEAK_FLOPS = {
@@ -85,7 +86,6 @@ def train_flops(forward: float) -> float:
 def loss_of_params(graphdef, loss_fn, config):
   """(params, rest, batch) -> scalar loss of loss_fn(model, batch, rng, config, train=True), the
   model merged inside the trace (with fresh Variables, as the train step does)."""
-  from flax import nnx
 
   def loss(params, rest, batch):
     model = nnx.merge(graphdef, params, rest, copy=True)

@@ -13,6 +13,8 @@ import math
 
 import jax
 
+from wm_jax.train import flops
+
 
 def tree_bytes(tree) -> int:
   """Bytes of every array (or ShapeDtypeStruct) leaf of a pytree."""
@@ -42,7 +44,6 @@ def saved_residual_bytes(fn, params, *args) -> tuple[int, int]:
 def loss_residual_bytes(graphdef, params, rest, loss_fn, batch, config) -> tuple[int, int]:
   """saved_residual_bytes of loss_fn(model, batch, rng, config, train=True) w.r.t. the params, with
   the model merged inside the trace as the train step does."""
-  from wm_jax.train import flops
   loss = flops.loss_of_params(graphdef, loss_fn, config)
   return saved_residual_bytes(loss, flops.abstract(params), flops.abstract(rest),
                               flops.abstract(batch))

@@ -21,14 +21,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from wm_jax.parallel.shard import batch_sharding, device_batch
 from wm_jax.train import optim
 from wm_jax.train.state import TrainState
 
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dim over data*fsdp, the rest replicated; a prefix for every batch leaf."""
-  from wm_jax.parallel import rules
-  return NamedSharding(mesh, rules.logical_to_spec(("batch",), mesh.axis_names))
+__all__ = ["batch_sharding", "device_batch", "make_train_step", "step_body"]
 
 
 def step_body(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, config):
@@ -94,19 +91,3 @@ def make_train_step(graphdef, loss_fn, tx, config, mesh: Mesh, state_shardings, 
         return jitted.lower(state, batch)
 
   return Step()
-
-
-def device_batch(batch: dict, mesh: Mesh) -> dict:
-  """Per-process numpy batch -> global jax.Arrays sharded on the batch dim (multi-host safe).
-
-  Non-numeric entries (strings, objects) are dropped: they are for logging, not for the model.
-  """
-  import numpy as np
-  sharding = batch_sharding(mesh)
-  out = {}
-  for key, value in batch.items():
-    value = np.asarray(value)
-    if value.dtype.kind not in "biuf" and value.dtype.name != "bfloat16":
-      continue
-    out[key] = jax.make_array_from_process_local_data(sharding, value)
-  return out
