@@ -4,23 +4,23 @@ import jax
 import numpy as np
 import pytest
 
-from wm_jax.diffusion import config as diffusion_config
+from wm_jax import defaults
 from wm_jax.diffusion import schedules
 
 
 def test_defaults():
-  cfg = diffusion_config.defaults()
+  cfg = defaults.diffusion()
   assert (cfg.logit_mean, cfg.logit_std, cfg.shift) == (0.0, 1.0, 1.0)
   assert (cfg.max_reference_frames, cfg.feature_loss_weight) == (3, 0.0)
   assert (cfg.sample_steps, cfg.cfg_scale, cfg.loss_target) == (30, 4.0, "velocity")
-  assert diffusion_config.defaults(shift=3.0).shift == 3.0
+  assert defaults.from_dict({"diffusion": {"shift": 3.0}}).diffusion.shift == 3.0
   with pytest.raises(ValueError, match="shfit"):
-    diffusion_config.defaults(shfit=3.0)
+    defaults.from_dict({"diffusion": {"shfit": 3.0}})
 
 
 @pytest.mark.parametrize("mean,std,shift", [(0.0, 1.0, 1.0), (0.5, 0.6, 3.0)])
 def test_logit_normal_with_shift_statistics(mean, std, shift):
-  cfg = diffusion_config.defaults()
+  cfg = defaults.diffusion()
   cfg.update(dict(logit_mean=mean, logit_std=std, shift=shift))
   tau = schedules.sample_tau(jax.random.key(0), (200, 200), cfg)
   assert tau.shape == (200, 200) and tau.dtype == np.float32

@@ -1,12 +1,23 @@
 """Analytic FLOPs (3x forward matmuls, from the jaxpr) against XLA's cost analysis of the compiled
 train step, on abstract shapes only (lower + compile, nothing is executed)."""
 
+import copy
+
 import jax
 import numpy as np
 import pytest
 
+from wm_jax import defaults
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import flops
+from wm_jax.train import example_batch, flops
+from wm_jax.train import run as run_lib
+
+
+def _tiny():
+  """The tiny model (wm_jax.defaults) with a mask decoder of one joint block."""
+  config = defaults.config()
+  config.mask.decode_layers = 1
+  return config
 
 
 def _analytic_vs_xla(config, devices):
@@ -16,27 +27,22 @@ def _analytic_vs_xla(config, devices):
   on the tiny config it agrees with the compiled step's to 1%. remat is off so that XLA does not
   count the recomputed forward (analytic model FLOPs never do), and layers are unscanned (the
   analytic count multiplies through scans: tests/models/test_scan.py)."""
-  from wm_jax.diffusion import config as diffusion_config
-  from wm_jax.train import config as train_config, loop
-  config = train_config.fill(config)
-  config.diffusion = diffusion_config.defaults()
   config.model.remat_policy = "none"
   config.model.scan_layers = False  # XLA's cost analysis counts a scan (while) body once
   config.train.batch_size = 1
   config.mesh.data = 1
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  s = loop.setup(config, mesh)
-  state, batch = loop.abstract_inputs(s, config, mesh)
-  cost = s.step_fn.lower(state, batch).cost_analysis()
+  run = run_lib.build(config, mesh=mesh_lib.make_mesh(config.mesh, devices))
+  state, batch = run.abstract_inputs()
+  cost = run.step_fn.lower(state, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  analytic = flops.train_flops(flops.loss_forward_flops(s.graphdef, s.abstract.params,
-                                                        s.abstract.rest, s.loss_fn, batch, config))
+  analytic = flops.train_flops(flops.loss_forward_flops(run.graphdef, run.abstract.params,
+                                                        run.abstract.rest, run.loss_fn, batch,
+                                                        config))
   return analytic, float(cost["flops"])
 
 
 def test_tiny_flops_match_xla_cost_analysis(cpu_devices):
-  from configs import maskgwm_tiny
-  analytic, xla = _analytic_vs_xla(maskgwm_tiny.get_config(), cpu_devices[:1])
+  analytic, xla = _analytic_vs_xla(_tiny(), cpu_devices[:1])
   assert abs(analytic / xla - 1) < 0.10, (analytic, xla)
 
 
@@ -70,18 +76,15 @@ def test_jaxpr_counter_scan_cond_and_conv():
 def test_grad_program_flops_count_remat_recomputation():
   """loss_grad_flops counts what the gradient program executes: about 3x the forward without
   remat, plus at most one forward of recomputation with a policy; 'full' recomputes the most."""
-  import copy
-  from tools.bench_suites.train import load_config
-  from wm_jax.train import example_batch, loop
-  base = load_config("configs/maskgwm_tiny.py")
+  base = _tiny()
   base.train.batch_size = 1
   base.mesh.update(data=1, fsdp=1, tensor=1)
   executed, forward = {}, None
   for policy in ("none", "narrow_dots_saveable", "full"):
     config = copy.deepcopy(base)
     config.model.remat_policy = policy
-    s = loop.setup(config, mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))
-    args = (s.graphdef, s.abstract.params, s.abstract.rest, s.loss_fn,
+    run = run_lib.build(config, mesh=mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))
+    args = (run.graphdef, run.abstract.params, run.abstract.rest, run.loss_fn,
             example_batch.abstract(config), config)
     forward = flops.loss_forward_flops(*args)
     executed[policy] = flops.loss_grad_flops(*args)

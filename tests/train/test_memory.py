@@ -5,9 +5,11 @@ import copy
 import jax
 import jax.numpy as jnp
 
-from tools.bench_suites.train import load_config
+from wm_jax import defaults
+from wm_jax.models.ctsd_dit import REMAT_POLICIES
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import example_batch, loop, memory
+from wm_jax.train import example_batch, memory
+from wm_jax.train import run as run_lib
 
 
 def test_residuals_of_a_small_function():
@@ -26,17 +28,19 @@ def _activation_bytes(config, masked):
   config = copy.deepcopy(config)
   config.mask.enabled = masked
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
-  s = loop.setup(config, mesh)
+  run = run_lib.build(config, mesh=mesh)
   with jax.set_mesh(mesh):
-    saved, inputs = memory.loss_residual_bytes(s.graphdef, s.abstract.params, s.abstract.rest,
-                                               s.loss_fn, example_batch.abstract(config), config)
+    saved, inputs = memory.loss_residual_bytes(run.graphdef, run.abstract.params,
+                                               run.abstract.rest, run.loss_fn,
+                                               example_batch.abstract(config), config)
   return saved - inputs
 
 
 def test_remat_full_covers_the_mask_module():
   """With remat 'full' the masked step keeps about what the unmasked one keeps (block inputs):
   the mask module's full-width side blocks are recomputed too, not saved (they were: 3.4x)."""
-  config = load_config("configs/maskgwm_tiny.py")
+  config = defaults.config()  # the tiny model, with a mask decoder of one joint block
+  config.mask.decode_layers = 1
   config.train.batch_size = 1
   config.mesh.update(data=1, fsdp=1, tensor=1)
   config.model.remat_policy = "full"
@@ -47,7 +51,6 @@ def test_remat_full_covers_the_mask_module():
 
 
 def test_narrow_dots_policy_recomputes_the_mlp_up_projection():
-  from wm_jax.models.ctsd_dit import REMAT_POLICIES
   tokens, d = 8, 16
   w_up = jax.ShapeDtypeStruct((d, 4 * d), jnp.float32)
   w_down = jax.ShapeDtypeStruct((4 * d, d), jnp.float32)
