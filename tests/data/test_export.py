@@ -44,6 +44,33 @@ def _matrix(rotation, translation):
   return m
 
 
+def _quaternion_yaw(q) -> np.ndarray:
+  """Yaw about z (rad) of quaternions [...,4] (w, x, y, z), the nuScenes order."""
+  w, x, y, z = np.moveaxis(np.asarray(q, np.float64), -1, 0)
+  return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def _nuscenes_boxes_to_ego(translation, size_wlh, rotation, classes, track_ids, world_from_ego):
+  """Rows [N,10] of the batch contract from nuScenes sample_annotation fields.
+
+  translation [N,3] and rotation [N,4] (w, x, y, z) are global; size_wlh [N,3] is nuScenes'
+  (width, length, height); classes [N] are class indices (class_index of the category name);
+  world_from_ego [4,4] is the ego pose of the image the boxes go with. Rows are valid (= 1).
+  """
+  translation = np.asarray(translation, np.float64).reshape(-1, 3)
+  n = len(translation)
+  size = np.asarray(size_wlh, np.float64).reshape(n, 3)
+  ego_from_world = np.linalg.inv(np.asarray(world_from_ego, np.float64))
+  xyz = translation @ ego_from_world[:3, :3].T + ego_from_world[:3, 3]
+  ego_yaw = np.arctan2(world_from_ego[1][0], world_from_ego[0][0])
+  yaw = _quaternion_yaw(np.asarray(rotation, np.float64).reshape(n, 4)) - ego_yaw
+  yaw = np.mod(yaw + np.pi, 2 * np.pi) - np.pi
+  return np.concatenate([xyz, size[:, [1, 0, 2]], yaw[:, None],
+                         np.asarray(classes, np.float64).reshape(n, 1),
+                         np.asarray(track_ids, np.float64).reshape(n, 1), np.ones((n, 1))],
+                        1).astype(np.float32)
+
+
 def _camera_chain(tables, channel):
   """CAM sample_data rows of the scene in time order, following prev/next from the first sample."""
   sd = _by_token(tables["sample_data"])
@@ -141,10 +168,9 @@ def test_boxes_round_trip(exported):
     np.testing.assert_allclose(boxes[j, 3:6], [l, w, h], atol=1e-4)
     assert abs(np.angle(np.exp(1j * (boxes[j, 6] - yaw)))) < 1e-4
     assert boxes[j, 7] == cls
-    # The shared converter (used by readers of real nuScenes) gives the same row.
-    row = layout_render.nuscenes_boxes_to_ego(ann["translation"], ann["size"], ann["rotation"],
-                                              [cls], [boxes[j, 8]],
-                                              _matrix(pose["rotation"], pose["translation"]))[0]
+    # A second conversion of the raw fields (quaternion yaw, wlh -> lwh) gives the same row.
+    row = _nuscenes_boxes_to_ego(ann["translation"], ann["size"], ann["rotation"], [cls],
+                                 [boxes[j, 8]], _matrix(pose["rotation"], pose["translation"]))[0]
     np.testing.assert_allclose(row[:6], boxes[j, :6], atol=1e-4)
     assert abs(np.angle(np.exp(1j * (row[6] - boxes[j, 6])))) < 1e-4 and row[7] == boxes[j, 7]
     matched += 1

@@ -22,7 +22,7 @@ def test_valid_record_returns_sizes():
 
 def test_batched():
   batch = {k: np.stack([v, v]) for k, v in _record().items()}
-  assert schema.validate_batch(batch)["B"] == 2
+  assert schema.validate(batch, batched=True)["B"] == 2
 
 
 @pytest.mark.parametrize("key,value,match", [

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wm_jax import defaults
 from wm_jax.convert import param_map
 from wm_jax.train import flops
 from wm_jax.models import mask_reconstruction as mr
@@ -19,7 +20,7 @@ B, T, V, H, W, D, HEADS, C, P, L = 2, 3, 2, 2, 4, 32, 2, 4, 2, 3
 
 
 def test_param_names_and_shapes_equal_opendwm():
-  cfg = mr.defaults()
+  cfg = defaults.mask()
   module = nnx.eval_shape(lambda: mr.MaskModule(1536, 24, 64, 16, 2, cfg, rngs=nnx.Rngs(0)))
   # the converter's one naming rule over what checkpoints carry (params + buffers)
   ours = {"mask_module." + k: v for k, v in param_map.torch_shapes(module).items()}
@@ -38,7 +39,7 @@ def test_param_names_and_shapes_equal_opendwm():
 
 
 def test_defaults():
-  cfg = mr.defaults()
+  cfg = defaults.mask()
   assert (cfg.enabled, cfg.ratio, cfg.p_time, cfg.decode_layers, cfg.side_blocks, cfg.pos_table) == (
       True, 0.25, 0.5, 5, 1, "3d_sincos")
 
@@ -53,7 +54,7 @@ def test_sincos_table_matches_diffusers():
 def _random_module(seed=0):
   """A MaskModule with numpy-random weights: the same module, without compiling an initializer
   per parameter shape (which dominates this file's CPU time); the tests are about the forward."""
-  abstract = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, mr.defaults(),
+  abstract = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, defaults.mask(),
                                                   rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
@@ -196,7 +197,7 @@ def test_precision_reaches_every_layer(setup):
   stored in param_dtype and the forward computes in dtype."""
   _, _, mask, kept, x = setup
   bf16 = jnp.dtype(jnp.bfloat16)
-  module = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, mr.defaults(),
+  module = nnx.eval_shape(lambda: mr.MaskModule(D, HEADS, D // HEADS, C, P, defaults.mask(),
                                                 rngs=nnx.Rngs(0), dtype=bf16, param_dtype=bf16))
   stored = {".".join(map(str, p)): v.dtype for p, v in nnx.to_flat_state(nnx.state(module))}
   assert {k: v for k, v in stored.items() if v != bf16} == {}
@@ -213,7 +214,7 @@ def test_bad_shapes_raise(setup):
   with pytest.raises(ValueError, match="noise"):
     module.noise_features(x["noise"][..., :3])
   with pytest.raises(ValueError, match="dim=30"):
-    mr.MaskModule(30, 2, 16, C, P, mr.defaults(), rngs=nnx.Rngs(0))
+    mr.MaskModule(30, 2, 16, C, P, defaults.mask(), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.torch

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from tests.train import toy
-from wm_jax.parallel import mesh as mesh_lib
+from wm_jax.parallel import mesh as mesh_lib, shard
 from wm_jax.train import optim, state as state_lib, step as step_lib
 
 
@@ -24,7 +24,7 @@ def _run(mesh_shape, devices, steps=2, **train):
   fn = step_lib.make_train_step(graphdef, toy.loss_fn, tx, cfg, mesh, full_sh)
   losses = []
   for i in range(steps):
-    st, m = fn(st, step_lib.device_batch(toy.batch(i), mesh))
+    st, m = fn(st, shard.device_batch(toy.batch(i), mesh))
     losses.append(float(m["loss"]))
   return losses, st, param_sh
 
@@ -66,11 +66,11 @@ def test_nan_guard_skips_update_and_counts(cpu_devices):
   before = jax.tree.map(np.asarray, st.params)
   bad = toy.batch(0)
   bad["latents"][0, 0, 0, 0, 0, 0] = np.nan
-  st2, m = fn(st, step_lib.device_batch(bad, mesh))
+  st2, m = fn(st, shard.device_batch(bad, mesh))
   assert int(st2.skipped) == 1 and int(st2.step) == 1 and float(m["update_ok"]) == 0.0
   for a, b in zip(jax.tree.leaves(st2.params), jax.tree.leaves(before)):
     np.testing.assert_array_equal(np.asarray(a), b)
-  st3, m = fn(st2, step_lib.device_batch(toy.batch(1), mesh))
+  st3, m = fn(st2, shard.device_batch(toy.batch(1), mesh))
   assert int(st3.skipped) == 1 and float(m["update_ok"]) == 1.0
   assert not np.array_equal(np.asarray(st3.params["up"]["kernel"].get_value()), before["up"]["kernel"].get_value())
 
@@ -86,7 +86,7 @@ def test_step_runs_nnx_scan_and_remat_inside_the_model(cpu_devices, policy):
   model = nnx.merge(graphdef, st.params, st.rest, copy=True)
   assert model.layers.up.kernel.get_value().shape == (3, 32, 64)
   batch = toy.batch(0)
-  st2, m = fn(st, step_lib.device_batch(batch, mesh))
+  st2, m = fn(st, shard.device_batch(batch, mesh))
   rng = jax.random.fold_in(jax.random.key(int(cfg.train.seed) + 1), 0)
   want, _ = toy.loss_fn(model, batch, rng, cfg)
   np.testing.assert_allclose(float(m["loss"]), float(want), rtol=1e-5)

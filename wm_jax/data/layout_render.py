@@ -72,33 +72,6 @@ def class_index(category: str) -> int:
   return -1
 
 
-def quaternion_yaw(q) -> np.ndarray:
-  """Yaw about z (rad) of quaternions [...,4] (w, x, y, z), the nuScenes order."""
-  w, x, y, z = np.moveaxis(np.asarray(q, np.float64), -1, 0)
-  return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
-def nuscenes_boxes_to_ego(translation, size_wlh, rotation, classes, track_ids, world_from_ego):
-  """Rows [N,10] of the batch contract from nuScenes sample_annotation fields.
-
-  translation [N,3] and rotation [N,4] (w, x, y, z) are global; size_wlh [N,3] is nuScenes'
-  (width, length, height); classes [N] are class indices (class_index of the category name);
-  world_from_ego [4,4] is the ego pose of the image the boxes go with. Rows are valid (= 1).
-  """
-  translation = np.asarray(translation, np.float64).reshape(-1, 3)
-  n = len(translation)
-  size = np.asarray(size_wlh, np.float64).reshape(n, 3)
-  ego_from_world = np.linalg.inv(np.asarray(world_from_ego, np.float64))
-  xyz = translation @ ego_from_world[:3, :3].T + ego_from_world[:3, 3]
-  ego_yaw = np.arctan2(world_from_ego[1][0], world_from_ego[0][0])
-  yaw = quaternion_yaw(np.asarray(rotation, np.float64).reshape(n, 4)) - ego_yaw
-  yaw = np.mod(yaw + np.pi, 2 * np.pi) - np.pi
-  return np.concatenate([xyz, size[:, [1, 0, 2]], yaw[:, None],
-                         np.asarray(classes, np.float64).reshape(n, 1),
-                         np.asarray(track_ids, np.float64).reshape(n, 1), np.ones((n, 1))],
-                        1).astype(np.float32)
-
-
 def box_corners(boxes: np.ndarray) -> np.ndarray:
   """Corners [N,8,3] of boxes [N,>=7] (x, y, z, l, w, h, yaw) in the boxes' frame."""
   boxes = np.asarray(boxes, np.float64)

@@ -117,8 +117,3 @@ def validate(record: Mapping[str, Any], *, batched: bool = False, source: str | 
   if "fps" in record and np.any(np.asarray(record["fps"]) <= 0):
     raise SchemaError(f"'fps' must be positive, got {np.asarray(record['fps']).tolist()}{where}")
   return sizes
-
-
-def validate_batch(batch: Mapping[str, Any], **kwargs) -> dict[str, int]:
-  """`validate` for a batch (leading batch dim on every key)."""
-  return validate(batch, batched=True, **kwargs)

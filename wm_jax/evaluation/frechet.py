@@ -22,7 +22,7 @@ two stats (other hosts, other shards of a dataset) merge exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -222,16 +222,3 @@ def module_extractor(model, feature_fn: Callable, mesh=None) -> ShardedExtractor
   from flax import nnx
   graphdef, state = nnx.split(model)
   return ShardedExtractor(lambda st, x: feature_fn(nnx.merge(graphdef, st), x), state, mesh)
-
-
-def stream_stats(extract: Callable, batches: Iterable, dim: int, log_every: int = 0):
-  """Feeds every batch through `extract` and folds its features into RunningStats (per process).
-
-  Returns (stats merged over processes, number of batches)."""
-  stats = RunningStats(dim)
-  count = 0
-  for count, batch in enumerate(batches, 1):
-    stats.update(extract(batch))
-    if log_every and count % log_every == 0:
-      print(f"[eval] features: {count} batches, {stats.n} rows", flush=True)
-  return stats.allgather_merge(), count

@@ -248,5 +248,3 @@ def row_keep_to_flat(keep_idx, width: int):
   rows = jnp.arange(keep_idx.shape[-2], dtype=jnp.int32)[:, None] * width
   return (keep_idx.astype(jnp.int32) + rows).reshape(*keep_idx.shape[:-2], -1)
 
-
-IMPLS = tuple(LIMITS)

@@ -446,10 +446,6 @@ def _flash_bwd(plan, target, scale, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _seq_axis(target):
-  return 2 if target.layout == "bhsd" else 1
-
-
 def _take_seq(target, x, idx):
   """x [target layout] rows idx [B, K] along the sequence axis."""
   if target.layout == "bhsd":

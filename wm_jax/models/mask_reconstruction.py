@@ -56,7 +56,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -66,28 +65,6 @@ from wm_jax.models import attention, layers, masking
 MLP_RATIO = 4
 QK_NORM_EPS = 1e-5  # diffusers Attention default eps for its RMSNorm
 LAYER_NORM_EPS = 1e-6
-
-
-def defaults(**overrides) -> ml_collections.ConfigDict:
-  """config.mask: row-wise mask reconstruction (training only); overrides e.g. decode_layers=1."""
-  config = ml_collections.ConfigDict(dict(
-      enabled=True,
-      ratio=0.25,        # r: each token row keeps K = (1 - r) * W tokens
-      p_time=0.5,        # probability a sample gets M_time (else M_spatial)
-      decode_layers=5,   # final joint blocks run at full width after the module (OpenDWM: 5)
-      side_blocks=1,     # blocks per branch (OpenDWM interpolater_layer)
-      # position of the mask tokens: '3d_sincos' = OpenDWM's (frame, row, column) table built
-      # here (the backbone's pos_embed argument is then not used); 'backbone' = the [h,W,D] or
-      # [T,h,W,D] table the caller passes as pos_embed
-      pos_table="3d_sincos",
-  ))
-  unknown = sorted(set(overrides) - set(config))
-  if unknown:
-    raise ValueError(f"unknown config.mask keys {unknown}; known: {sorted(config)}")
-  config.update(overrides)
-  return config
-
-
 POS_TABLES = ("3d_sincos", "backbone")
 
 

@@ -70,6 +70,3 @@ def merge(graphdef, state: TrainState, use_ema: bool = False) -> nnx.Module:
   params = state.ema if (use_ema and state.ema is not None) else state.params
   return nnx.merge(graphdef, params, state.rest)
 
-
-def param_count(state: TrainState) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(state.params)))

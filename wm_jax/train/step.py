@@ -21,11 +21,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wm_jax.parallel.shard import batch_sharding, device_batch
+from wm_jax.parallel.shard import batch_sharding
 from wm_jax.train import optim
 from wm_jax.train.state import TrainState
 
-__all__ = ["batch_sharding", "device_batch", "make_train_step", "step_body"]
+__all__ = ["make_train_step", "step_body"]
 
 
 def step_body(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, config):

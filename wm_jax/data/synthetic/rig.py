@@ -110,17 +110,3 @@ def make_rig(name: str, image_size: tuple[int, int]) -> Rig:
     es.append(e)
   return Rig(name, cameras, (h, w), np.asarray(ks, np.float32), np.asarray(es, np.float32),
              _adjacency(cameras))
-
-
-def scale_intrinsics(k: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-  """Intrinsics [...,3,3] for an image resized from `from_size` to `to_size` (both (H, W)).
-
-  Rows 0 and 1 scale by W and H ratios separately (pixel-centre convention above), so this also
-  serves real nuScenes images resized with a different aspect ratio.
-  """
-  sy = to_size[0] / from_size[0]
-  sx = to_size[1] / from_size[1]
-  k = np.array(k, dtype=np.float32, copy=True)
-  k[..., 0, :] *= sx
-  k[..., 1, :] *= sy
-  return k
