@@ -50,14 +50,13 @@ builtins.__import__ = guard
 import jax
 from tools.bench_suites.train import load_config
 from wm_jax.parallel import mesh as mesh_lib
-from wm_jax.train import loop
+from wm_jax.train import run as run_lib
 
 config = load_config("configs/maskgwm_tiny.py")
 config.train.batch_size = 1
 config.mesh.update(data=1, fsdp=1, tensor=1)
-mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
-s = loop.setup(config, mesh)
-s.step_fn.lower(*loop.abstract_inputs(s, config, mesh))
+run = run_lib.build(config, mesh=mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))
+run.step_fn.lower(*run.abstract_inputs())
 print("lowered without", [m for m in ("tensorflow", "clu.metric_writers") if m in sys.modules])
 '''
 

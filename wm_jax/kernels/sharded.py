@@ -2,7 +2,8 @@
 
 A pallas_call is opaque to XLA's partitioner, so under a mesh the kernels run inside shard_map
 with specs from the logical axis rules (wm_jax/parallel/rules.py): q/k/v [B, S, H, D] as
-('batch', None, 'heads', None) -> batch over ('data', 'fsdp'), heads over 'tensor'. Mask arrays
+('activation_batch', None, 'activation_heads', None) -> batch over ('data', 'fsdp'), heads over
+'tensor', as the attention activations around the kernel are constrained. Mask arrays
 with a batch dim (SegmentIds, a batched BlockMask table, gather indices) follow the batch;
 unbatched tables are replicated. The sequence stays whole on every shard (a 'context'-sharded
 sequence is gathered; ring attention is not implemented). Without a mesh, or when called inside
@@ -18,7 +19,7 @@ import jax
 from wm_jax.kernels import masks as masks_lib
 from wm_jax.parallel import rules
 
-QKV_AXES = ("batch", None, "heads", None)
+QKV_AXES = ("activation_batch", None, "activation_heads", None)
 
 
 def current_mesh():
@@ -42,7 +43,7 @@ def unsupported_reason(q, mask):
   if mesh is None:
     return None
   spec = rules.logical_to_spec(QKV_AXES, mesh.axis_names)
-  for dim, name, entry in ((0, "batch", spec[0]), (2, "heads", spec[2])):
+  for dim, name, entry in ((0, "activation_batch", spec[0]), (2, "activation_heads", spec[2])):
     n = _shards(mesh, entry)
     if q.shape[dim] % n:
       return (f"{name} {q.shape[dim]} is not divisible by the {n} shards of mesh axes {entry} "
@@ -58,11 +59,11 @@ def _mask_leaves(mask):
     if isinstance(spec, masks_lib.BlockMask):
       batched = jax.numpy.ndim(spec.allowed) == 3
       leaves.append(spec.allowed)
-      axes.append(("batch", None, None) if batched else (None, None))
+      axes.append(("activation_batch", None, None) if batched else (None, None))
       makers.append((1, lambda arrs, s=spec: masks_lib.BlockMask(s.block_size, arrs[0])))
     elif isinstance(spec, masks_lib.SegmentIds):
       leaves += [spec.q, spec.kv]
-      axes += [("batch", None)] * 2
+      axes += [("activation_batch", None)] * 2
       makers.append((2, lambda arrs: masks_lib.SegmentIds(arrs[0], arrs[1])))
     else:
       makers.append((0, lambda arrs, s=spec: s))
@@ -88,7 +89,7 @@ def over_mesh(run, q, k, v, mask, extra=()):
   leaves, leaf_axes, rebuild = _mask_leaves(mask)
   to_spec = lambda logical: rules.logical_to_spec(logical, mesh.axis_names)
   qkv = to_spec(QKV_AXES)
-  extra_specs = [to_spec(("batch",) + (None,) * (jax.numpy.ndim(x) - 1)) for x in extra]
+  extra_specs = [to_spec(("activation_batch",) + (None,) * (jax.numpy.ndim(x) - 1)) for x in extra]
   n_leaves = len(leaves)
 
   def per_shard(q, k, v, *arrays):

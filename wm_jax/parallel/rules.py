@@ -23,7 +23,7 @@ Activation names (shard.constrain accepts only these):
   activation_mlp        feed-forward hidden width
 
 Data name:
-  batch     the batch dim of input batches and of the attention kernels' shard_map operands
+  batch     the batch dim of input batches (shard.batch_sharding)
 
 None is never sharded.
 """
