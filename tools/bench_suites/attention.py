@@ -7,7 +7,7 @@
 One JSON line per (config, case, impl, pass) with ms (median of --iters), TFLOP/s and, for
 kernel impls, `speedup_vs_xla` (XLA ms / impl ms of the same line set). FLOPs are analytic:
 forward 4 * B * H * Sq * Sk * D * (fraction of pairs the mask allows); forward+backward 3x that
-(DESIGN.md: masked-out attention and recomputation are not counted).
+(docs/design.md, performance accounting: masked-out attention and recomputation are not counted).
 
 Cases, from a config's video shape (latent = image / 8, tokens = latent / patch 2):
   spatial_joint   one sequence per (frame, view): h*w image tokens + text tokens (SD3 joint attn)
@@ -154,7 +154,7 @@ def run(args):
           yield {**base, "impl": impl, "skipped": str(e)}
           continue
         # spatial_masked: kernels both with the gather folded into their loads and after an XLA
-        # gather (the comparison issue 6 asks for); xla always gathers first.
+        # gather, to show what the folded gather saves; xla always gathers first.
         kernel = impl in attn.PALLAS
         variants = [True, False] if keep is not None and kernel else [True]
         for fused in variants:

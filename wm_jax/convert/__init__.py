@@ -1,10 +1,11 @@
-"""wm_jax <-> PyTorch checkpoints (OpenDWM, diffusers).
+"""wm_jax <-> PyTorch weights (OpenDWM, diffusers): PyTorch I/O only; native checkpoints are
+wm_jax.train.checkpoint's.
 
   param_map.py       the one name-and-layout rule (NNX path joined with '.' = PyTorch key; kernel/
                      scale/embedding -> weight; kernels transposed), used in both directions
   opendwm_config.py  config.model / config.mask <-> OpenDWM's model config names
-  checkpoints.py     Orbax: read train checkpoints (params/EMA + rest, no optimizer state) and
-                     params checkpoints; write params checkpoints; load_into(model, dir)
+  checkpoints.py     state_from_flat: converted {path: array} weights -> a model's state
+  vae_weights.py     diffusers AutoencoderKL weights (folder or .safetensors) -> models.vae
   to_torch.py        export to an OpenDWM state_dict (shape-checked, paper-only policy) and
                      safetensors (fp32 / bf16 / fp16)
   from_torch.py      read .safetensors / .pth (weights_only) and convert OpenDWM or diffusers SD3

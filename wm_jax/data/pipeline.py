@@ -17,7 +17,7 @@ Bad records (corrupt image, missing file, NaN action, wrong shape, ...) raise
 dropped instead and counted in `iterator.bad_records`, which is also part of the iterator state
 (bad_records.py says how the count crosses worker processes).
 
-Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the train helper
+Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the train loop
 saves it with Orbax and a restored iterator continues with the same next batch.
 """
 

@@ -1,9 +1,10 @@
 """Action controllability: does the ego motion implied by generated videos follow the actions?
 
-Follows seed 004 (sec. 5.5): sweep one action over a range with the diffusion noise fixed, measure
-the scene motion each generated video implies, and report the Spearman rank correlation between
-the commanded action and the measured motion, plus the fraction of scenes whose motion has the
-expected sign among those whose motion exceeds a detection threshold.
+As the compact world-action model's paper tests controllability (its sec. 5.5): sweep one action
+over a range with the diffusion noise fixed, measure the scene motion each generated video
+implies, and report the Spearman rank correlation between the commanded action and the measured
+motion, plus the fraction of scenes whose motion has the expected sign among those whose motion
+exceeds a detection threshold.
 
 Motion is measured from the pixels only (no model internals), between consecutive frames:
   * horizontal shift (steering / yaw): whole-frame phase correlation (Hann window, parabolic
