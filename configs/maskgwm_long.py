@@ -33,7 +33,8 @@ def get_config(arg=None):
       dtype="bfloat16", remat_policy="dots_saveable",
       scan_layers=True)                # traces 13 of the 24 layers with the mask decoder, 12 without
   config.model.layout_adapter = None
-  config.mask.enabled = arg != "nomask"  # r = 0.25: 24 of 32 tokens per row, 5 decoder blocks
+  config.mask.enabled = arg != "nomask"  # r = 0.25: 24 of 32 tokens per row
+  config.mask.decode_layers = 5          # as OpenDWM
   config.diffusion.shift = 3.0         # SD3/SD3.5 sizes
   config.vae.preset = "sd3"            # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)
   config.train.update(learning_rate=5e-5, warmup_steps=1000, schedule="constant")

@@ -35,7 +35,8 @@ def get_config(arg=None):
   config.model.layout_adapter.update(
       in_channels=6, channels=[1536] * 6, is_downblocks=[True] + [False] * 5, num_res_blocks=2,
       downscale_factor=8, use_zero_convs=True)
-  config.mask.enabled = arg != "nomask"
+  config.mask.enabled = arg != "nomask"  # r = 0.25: 21 of 28 tokens per row
+  config.mask.decode_layers = 5          # as OpenDWM
   config.diffusion.shift = 3.0         # SD3/SD3.5 sizes
   config.vae.preset = "sd3"            # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)
   config.train.update(learning_rate=5e-5, warmup_steps=1000, schedule="constant")

@@ -25,8 +25,8 @@ def get_config(arg=None):
   arg = arg or ""
   if arg not in VARIANTS:
     raise ValueError(f"maskgwm_tiny variant {arg!r}; choose one of {VARIANTS}")
-  config = defaults.config()           # model: the tiny sizes
-  config.mask.decode_layers = 1        # of 4 joint blocks; the encoder runs 3 at width K = 6 of 8
+  config = defaults.config()           # model and mask: the tiny sizes; the mask module sits
+                                       # before the last of the 4 joint blocks (decode_layers 1)
   config.mask.enabled = arg != "nomask"
   config.data.update(rig="front2", num_frames=4, image_height=64, image_width=128)
   return config

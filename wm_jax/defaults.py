@@ -68,7 +68,8 @@ def mask() -> ConfigDict:
   c.enabled = True
   c.ratio = 0.25          # r: each token row keeps K = (1 - r) * W tokens
   c.p_time = 0.5          # probability a sample gets M_time (else M_spatial)
-  c.decode_layers = 5     # final joint blocks run at full width after the module (OpenDWM: 5)
+  c.decode_layers = 1     # final joint blocks run at full width after the module (of the tiny
+                          # model's 4; OpenDWM's 24-layer models: 5)
   c.side_blocks = 1       # blocks per branch (OpenDWM interpolater_layer)
   # position of the mask tokens: '3d_sincos' = OpenDWM's (frame, row, column) table; 'backbone' =
   # the table the backbone passes as pos_embed

@@ -41,7 +41,15 @@ def test_param_names_and_shapes_equal_opendwm():
 def test_defaults():
   cfg = defaults.mask()
   assert (cfg.enabled, cfg.ratio, cfg.p_time, cfg.decode_layers, cfg.side_blocks, cfg.pos_table) == (
-      True, 0.25, 0.5, 5, 1, "3d_sincos")
+      True, 0.25, 0.5, 1, 1, "3d_sincos")
+
+
+def test_the_default_config_builds_its_model_with_the_mask_module():
+  """defaults.config() is a whole, valid config: its model (the tiny sizes) builds, mask on."""
+  from wm_jax.models.ctsd_dit import CTSDDiT
+  c = defaults.config()
+  model = nnx.eval_shape(lambda: CTSDDiT(c.model, c.mask, rngs=nnx.Rngs(0)))
+  assert model.mask_module is not None and model.decode_layers == c.mask.decode_layers == 1
 
 
 @pytest.mark.torch

@@ -44,23 +44,23 @@ def to_opendwm(model, mask=None) -> dict:
   out["caption_projection_dim"] = dim
   out["dual_attention_layers"] = _ints(model.dual_attention_layers)
   out["qk_norm_on_additional_modules"] = model.qk_norm
-  cameras = int(model.get("camera_scalars", 0) or 0)
+  cameras = int(model.camera_scalars)
   out["perspective_modeling_type"] = "implicit" if cameras else ""
   out["projection_class_embeddings_input_dim"] = cameras * TIMESTEP_CHANNELS if cameras else None
-  remat = model.get("remat_policy", "none") != "none"
+  remat = model.remat_policy != "none"
   for kind in ("crossview", "temporal"):
-    layers = _ints(model.get(f"{kind}_block_layers"))
+    layers = _ints(model[f"{kind}_block_layers"])
     out[f"enable_{kind}"] = bool(layers)
-    out[f"{kind}_attention_type"] = model.get(f"{kind}_attention_type") if layers else None
+    out[f"{kind}_attention_type"] = model[f"{kind}_attention_type"] if layers else None
     out[f"{kind}_block_layers"] = layers
     out[f"{kind}_gradient_checkpointing"] = remat
   out["mixer_type"] = "AlphaBlender"
-  adapter = model.get("layout_adapter")
+  adapter = model.layout_adapter
   out["condition_image_adapter_config"] = (
       None if adapter is None else
       {k: (list(adapter[k]) if isinstance(adapter[k], (list, tuple)) else adapter[k])
        for k in ADAPTER_KEYS if k in adapter})
-  if mask is not None and mask.get("enabled", False):
+  if mask is not None and mask.enabled:
     out["mask_module"] = {
         "_class_name": MASK_CLASS,
         "num_heads": int(model.num_heads),

@@ -65,7 +65,7 @@ def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
 
 def opendwm_model_config(model_cfg, mask_cfg, *, dropped_paper_params: bool = False) -> dict:
   """The model config JSON in OpenDWM's names; refuses models OpenDWM cannot express."""
-  if model_cfg.get("time_modulation", False) and not dropped_paper_params:
+  if model_cfg.time_modulation and not dropped_paper_params:
     raise ValueError("config.model.time_modulation=True (paper-only Eq. 5 parameters): OpenDWM "
                      "has no such option")
   return opendwm_config.to_opendwm(model_cfg, mask_cfg)

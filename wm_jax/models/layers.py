@@ -27,7 +27,7 @@ class Precision:
   def from_config(cls, config) -> "Precision":
     def as_dtype(name):
       return None if name in (None, "", "none") else jnp.dtype(name)
-    return cls(as_dtype(config.get("dtype", None)), as_dtype(config.get("param_dtype", "float32")))
+    return cls(as_dtype(config["dtype"]), as_dtype(config["param_dtype"]))
 
 
 class KeyStream:

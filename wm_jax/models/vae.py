@@ -63,13 +63,13 @@ LOGVAR_RANGE = (-30.0, 20.0)
 def resolve(config) -> dict:
   """A plain dict of every field: preset values overridden by the non-None fields of `config`."""
   config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  preset = config.get("preset", "tiny")
-  if preset not in PRESETS:
-    raise ValueError(f"unknown VAE preset {preset!r}; known: {sorted(PRESETS)}")
   base = defaults.vae().to_dict()
   unknown = sorted(set(config) - set(base))
   if unknown:
     raise ValueError(f"unknown config.vae field(s) {unknown}; known: {sorted(base)}")
+  preset = {**base, **config}["preset"]
+  if preset not in PRESETS:
+    raise ValueError(f"unknown VAE preset {preset!r}; known: {sorted(PRESETS)}")
   out = {**base, **PRESETS[preset]}
   out.update({k: v for k, v in config.items() if v is not None})
   out["block_out_channels"] = tuple(int(c) for c in out["block_out_channels"])

@@ -37,7 +37,7 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   """Global-norm clipping then AdamW. config.train.mu_dtype='bfloat16' stores Adam's first moment
   in bf16 (a quarter less optimizer-state memory with fp32 params; the second moment stays fp32)."""
   c = train_config
-  mu_dtype = c.get("mu_dtype", "")
+  mu_dtype = c.mu_dtype
   if mu_dtype not in MU_DTYPES:
     raise ValueError(f"config.train.mu_dtype={mu_dtype!r}; expected one of {sorted(MU_DTYPES)}")
   parts = []

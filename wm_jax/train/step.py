@@ -32,8 +32,8 @@ def step_body(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, con
   """The pure (state, batch) -> (state, metrics) function, before jit."""
   tc = config.train
   schedule = optim.make_schedule(tc)
-  ema_decay = float(tc.get("ema_decay", 0.0))
-  guard = bool(tc.get("nan_guard", True))
+  ema_decay = float(tc.ema_decay)
+  guard = bool(tc.nan_guard)
   base_key = jax.random.key(int(tc.seed) + 1)
 
   def body(state: TrainState, batch):
