@@ -112,9 +112,6 @@ def restore_model(config, checkpoint: str, *, params: str = "auto"):
   weights of the newest restorable step of the training workdir `checkpoint`, sharded over the
   run's mesh (train/run.py). params: 'ema' (an error when the run kept none), 'params', or
   'auto' (the EMA copy when the run kept one). info: {'workdir', 'step', 'params'}."""
-  if config is None:
-    config = run_lib.saved_config(checkpoint)
-    print(f"[eval] config from the checkpoint in {checkpoint}", flush=True)
   return run_lib.restore(checkpoint, config=config, params=params)
 
 

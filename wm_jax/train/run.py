@@ -185,7 +185,9 @@ def saved_config(workdir: str):
 def restore(workdir: str, *, config=None, params: str = "auto", mesh: Mesh | None = None):
   """(run, model, info): the run of the config saved in `workdir` (or `config`) and its newest
   restorable weights, sharded over the run's mesh. info: {'workdir', 'step', 'params'}."""
-  config = saved_config(workdir) if config is None else config
+  if config is None:
+    config = saved_config(workdir)
+    print(f"[run] config from the checkpoint in {ckpt_lib.directory(workdir)}", flush=True)
   run = build(config, mesh=mesh, donate=False, training=False)
   step, model, which = run.restore_weights(workdir, params=params)
   print(f"[run] restored the {which} of step {step} from {ckpt_lib.directory(workdir)}",
