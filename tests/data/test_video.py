@@ -1,6 +1,7 @@
 """Video-folder reader: clip indexing, fps resampling, resize/crop, errors."""
 
 import os
+import shutil
 
 import imageio.v2 as imageio
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from wm_jax import defaults
 from wm_jax.data import pipeline, schema, sources, video
+from tests.data import mp4
 
 
 def _write(path, n, fps, size=(48, 64), offset=0):
@@ -100,3 +102,29 @@ def test_clip_deep_in_a_video_is_read_by_seeking(tmp_path):
   frames = src[28]["frames"][:, 0].reshape(2, -1, 3).mean(1)  # frames 112 and 114
   np.testing.assert_allclose(frames[:, 0], [112 % 32 * 8, 114 % 32 * 8], atol=3)
   np.testing.assert_allclose(frames[:, 1], [3 * 60, 3 * 60], atol=3)
+
+
+def test_unreadable_videos_are_skipped_and_counted_or_named(tmp_path):
+  root = str(tmp_path)
+  _write(f"{root}/good.mp4", 6, 10, size=(16, 16))
+  mp4.write_random_clips(root, 1, 6)
+  data = open(f"{root}/clip0.mp4", "rb").read()
+  open(f"{root}/truncated.mp4", "wb").write(data[:len(data) // 2])
+  os.remove(f"{root}/clip0.mp4")
+  open(f"{root}/notes.mp4", "w").write("not a video\n")
+  c = defaults.data()
+  c.update(source="video", path=root, num_frames=2, fps=10, image_height=8, image_width=8,
+           shuffle=False, num_epochs=1, drop_remainder=False)
+  with pytest.raises(ValueError, match=r"cannot read video .*notes.mp4"):
+    sources.make_source(c, "all")
+  c.skip_bad_records = True
+  it = pipeline.make_iterator(c, batch_size=2, split="all", process_index=0, process_count=1)
+  assert sum(len(b["frames"]) for b in it) == 3  # good.mp4: frames 0-1, 2-3, 4-5
+  assert it.bad_records == 2
+  notes = "\n".join(it.bad_record_notes)
+  assert "notes.mp4" in notes and "truncated.mp4" in notes
+  only_bad = str(tmp_path / "none")
+  os.makedirs(only_bad)
+  shutil.copy(f"{root}/notes.mp4", only_bad)
+  with pytest.raises(ValueError, match=r"no readable videos under .*none.*notes.mp4"):
+    video.VideoClipSource(only_bad, num_frames=2, fps=10, image_size=(8, 8), skip_bad_files=True)

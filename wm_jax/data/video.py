@@ -10,12 +10,18 @@ video read at 10 fps keeps every third frame; fps above the video's rate would r
 raises unless allow_upsample. Frames are resized to cover the target size, keeping the aspect
 ratio, and centre-cropped.
 
+A file that cannot be read (truncated, not a video) raises ValueError naming it when the source is
+built. With skip_bad_files (config.data.skip_bad_records) it is left out of the clips instead and
+stands as one index after the clips whose reading raises that error, so the pipeline skips and
+counts it like any other bad record (records.py, bad_records.py) once per epoch.
+
 Also home of the image helpers the nuScenes reader shares: `resize_crop` and `crop_intrinsics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Sequence
 
@@ -79,8 +85,10 @@ def probe(path: str) -> VideoInfo:
       n = int(reader.count_frames())
     finally:
       reader.close()
-  except (OSError, RuntimeError, KeyError, IndexError) as e:
-    raise ValueError(f"cannot read video {path}: {type(e).__name__}: {e}") from e
+  except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+    detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # not ffmpeg's banner
+    raise ValueError(f"cannot read video {path}: {type(e).__name__}: {detail}") from e
   if not fps > 0 or n <= 0:
     raise ValueError(f"video {path} reports fps={fps} and {n} frames")
   return VideoInfo(path, fps, n)
@@ -113,7 +121,8 @@ class VideoClipSource:
 
   def __init__(self, root: str, *, num_frames: int, fps: float, image_size: tuple[int, int],
                clip_stride: int = 0, files: Sequence[str] | None = None,
-               allow_upsample: bool = False, name: str | None = None):
+               allow_upsample: bool = False, skip_bad_files: bool = False,
+               name: str | None = None):
     if num_frames < 1 or fps <= 0:
       raise ValueError(f"need num_frames >= 1 and fps > 0, got {num_frames}, {fps}")
     self.root, self.num_frames, self.fps = root, int(num_frames), float(fps)
@@ -124,7 +133,18 @@ class VideoClipSource:
       files = list_videos(root)
     if not files:
       raise ValueError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
-    self.videos = [probe(f) for f in files]
+    self.videos, self.bad_files = [], []  # bad_files: (path, message) of unreadable files
+    for f in files:
+      try:
+        self.videos.append(probe(f))
+      except (OSError, ValueError) as e:
+        if not skip_bad_files:
+          raise
+        logging.warning("skipping unreadable video: %s", e)
+        self.bad_files.append((f, str(e)))
+    if not self.videos:
+      raise ValueError(f"no readable videos under {root}; unreadable: "
+                       f"{[path for path, _ in self.bad_files]}")
     self.clips = []  # (video index, start time in seconds)
     for vi, info in enumerate(self.videos):
       if self.fps > info.fps * 1.01 and not allow_upsample:
@@ -151,10 +171,11 @@ class VideoClipSource:
                        f"(val_fraction={config.val_fraction})")
     return cls(config.path, num_frames=config.num_frames, fps=config.fps,
                image_size=(config.image_height, config.image_width),
-               clip_stride=config.clip_stride, files=files, name=f"video:{config.path}:{split}")
+               clip_stride=config.clip_stride, files=files,
+               skip_bad_files=config.skip_bad_records, name=f"video:{config.path}:{split}")
 
   def __len__(self):
-    return len(self.clips)
+    return len(self.clips) + len(self.bad_files)
 
   def frame_indices(self, index: int) -> np.ndarray:
     vi, start = self.clips[index]
@@ -163,8 +184,10 @@ class VideoClipSource:
 
   def __getitem__(self, index):
     index = int(index)
-    if not 0 <= index < len(self.clips):
-      raise IndexError(f"{self.name}: clip index {index} out of range [0, {len(self.clips)})")
+    if not 0 <= index < len(self):
+      raise IndexError(f"{self.name}: clip index {index} out of range [0, {len(self)})")
+    if index >= len(self.clips):  # an unreadable file (skip_bad_files)
+      raise ValueError(self.bad_files[index - len(self.clips)][1])
     info = self.videos[self.clips[index][0]]
     frames = read_frames(info.path, self.frame_indices(index))
     frames = np.stack([resize_crop(f, self.image_size)[0] for f in frames])[:, None]
