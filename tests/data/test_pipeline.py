@@ -1,6 +1,13 @@
 """The Grain pipeline: shuffle, process sharding, checkpointable state, validation, bad records."""
 
 import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -160,3 +167,113 @@ def test_list_source_feeds_the_pipeline_and_names_its_bad_records():
   assert _ids(next(it)) == [0, 1]
   with pytest.raises(records.BadRecordError, match="source='mem' index=2"):
     next(it)
+
+
+def test_batches_and_state_do_not_depend_on_worker_count():
+  """Worker processes only read: the batches, the bad-record count and the state are those of
+  worker_count=0, and a state saved at one worker_count restores at another."""
+  config = lambda workers: _config(worker_count=workers, skip_bad_records=True)
+  make = lambda workers: pipeline.make_iterator(config(workers), batch_size=3, seed=4,
+                                                process_index=0, process_count=1,
+                                                source=_Source(11, bad={5: "nan"}))
+  it0 = make(0)
+  head = [_ids(next(it0)) for _ in range(2)]
+  state0 = json.loads(json.dumps(it0.get_state()))
+  tail = [_ids(next(it0)) for _ in range(3)]  # crosses the epoch boundary (11 records)
+  it2 = make(2)
+  assert [_ids(next(it2)) for _ in range(2)] == head
+  assert json.loads(json.dumps(it2.get_state())) == state0
+  it2.close()
+  it2 = make(2)
+  it2.set_state(state0)  # saved at worker_count=0
+  assert [_ids(next(it2)) for _ in range(3)] == tail
+  assert it2.bad_records == it0.bad_records == 2  # record 5 in both epochs
+  state2 = it2.get_state()
+  it2.close()
+  it0 = make(0)
+  it0.set_state(state2)  # saved at worker_count=2
+  assert it0.get_state() == state2
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+import numpy as np
+from wm_jax import defaults
+from wm_jax.data import pipeline, sources
+c = defaults.data()
+c.update(worker_count=2, read_threads=1, read_buffer=2)
+records = [{"frames": np.zeros((2, 1, 4, 6, 3), np.uint8), "fps": np.float32(12.0),
+            "actions": np.zeros((2, 4), np.float32)} for _ in range(8)]
+it = pipeline.make_iterator(c, batch_size=2, process_index=0, process_count=1,
+                            source=sources.ListSource(records))
+next(it)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _children(pid):
+  """Pids of the live (not zombie) processes whose parent is `pid`."""
+  out = []
+  for name in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+      continue
+    if int(fields[1]) == pid and fields[0] != "Z":
+      out.append(int(name))
+  return out
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_trainer():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  trainer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_ORPHAN_SCRIPT)], cwd=root,
+                             env=env, stdout=subprocess.PIPE, text=True)
+  try:
+    assert select.select([trainer.stdout], [], [], 120)[0], "the trainer did not start its workers"
+    assert trainer.stdout.readline().strip() == "ready"
+    children = _children(trainer.pid)  # 2 workers and the multiprocessing resource tracker
+    commands = [open(f"/proc/{p}/cmdline", "rb").read() for p in children]
+    assert sum(b"spawn_main" in c for c in commands) == 2, commands
+  finally:
+    trainer.kill()
+    trainer.wait()
+  deadline = time.time() + 10
+  while any(_alive(p) for p in children) and time.time() < deadline:
+    time.sleep(0.1)
+  left = [p for p in children if _alive(p)]
+  for p in left:
+    os.kill(p, signal.SIGKILL)
+  assert not left, f"processes {left} outlived the killed trainer {trainer.pid}"
+
+
+def test_states_of_the_earlier_layout_restore_or_refuse_clearly():
+  make = lambda: pipeline.make_iterator(_config(), batch_size=3, seed=7, process_index=0,
+                                        process_count=1, source=_Source(10))
+  it = make()
+  next(it), next(it)
+  expected = [_ids(next(it)) for _ in range(2)]
+  earlier = {"parent": {"parent": {"next_index": 6}, "pending": 0, "note": ""},
+             "bad_records": 1, "bad_record_notes": ["n"]}  # as saved with worker_count=0
+  it = make()
+  it.set_state(earlier)
+  assert [_ids(next(it)) for _ in range(2)] == expected and it.bad_records == 1
+  shard = {"parent": {"next_index": 3}, "pending": 0, "note": ""}
+  earlier["parent"] = {"next_index_in_cycle": 0, "next_index_in_datasets": 2,
+                       "iterators_in_use_indices": [0, 1], "iterators_in_use_states": [shard] * 2,
+                       "exhausted": [0, 0], "future_states": {}}  # worker_count=2
+  with pytest.raises(ValueError, match="saved with worker_count=2 by an earlier pipeline"):
+    make().set_state(earlier)
+  with pytest.raises(ValueError, match="unrecognised data iterator state with keys"):
+    make().set_state({"bad_records": 0, "bad_record_notes": []})

@@ -4,24 +4,37 @@
     it = make_iterator(config.data, batch_size=8, seed=0)        # checkpointable iterator
     batch = next(it); state = it.get_state(); it.set_state(state)
     it.bad_records, it.bad_record_notes                          # skipped records (skip option)
+    it.close()                                                   # stops read threads, workers
 
 Order of operations (every process builds the same pipeline):
   source[i] (sources.py) -> validate (records.CheckedSource: schema.validate, naming source and
   index) -> global shuffle with one seed (the same permutation on every process, reshuffled per
   epoch) -> repeat -> take every `process_count`-th element starting at `process_index` (disjoint
-  shards) -> read threads -> drop bad records (skip option; bad_records.DropBad) -> batch ->
-  optional multiprocess prefetch (`worker_count`) -> count dropped records (bad_records.Report).
+  shards): this process's record stream -> read threads, in `worker_count` worker processes when
+  set (worker w reads stream positions w, w + worker_count, ...; Grain interleaves them back into
+  stream order) -> drop and count bad records, batch (bad_records.ReportingIterator, in this
+  process).
+
+Workers only read records, so the batches, the bad-record count and the iterator state do not
+depend on worker_count, and a state saved at one worker_count restores at another. A worker
+process ends by itself when the process that started it is gone (a trainer killed with SIGKILL),
+and with the workers the multiprocessing resource tracker ends too.
 
 Bad records (corrupt image, missing file, NaN action, wrong shape, ...) raise
 `records.BadRecordError` naming the source and index. With `config.skip_bad_records` they are
-dropped instead and counted in `iterator.bad_records`, which is also part of the iterator state
-(bad_records.py says how the count crosses worker processes).
+dropped instead and counted in `iterator.bad_records`, which is also part of the iterator state.
 
-Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the train loop
-saves it with Orbax and a restored iterator continues with the same next batch.
+Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the position in
+the record stream and the bad-record count. The train loop saves it with Orbax and a restored
+iterator continues with the same next batch.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
 
 from absl import flags
 import grain
@@ -68,17 +81,49 @@ def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int 
   if len(checked) < process_count:
     raise ValueError(f"source {checked.name!r} has {len(checked)} records, fewer than "
                      f"process_count={process_count}")
-  ds = grain.MapDataset.source(checked)
+  stream = grain.MapDataset.source(checked)
   if config.shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(config.num_epochs or None)
-  ds = ds[process_index::process_count]
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                            prefetch_buffer_size=config.read_buffer))
-  it = bad_records.DropBad(it).batch(batch_size, drop_remainder=config.drop_remainder)
-  if config.worker_count > 0:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, pytest)
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
-  return iter(bad_records.Report(it))
+    stream = stream.shuffle(seed=seed)
+  stream = stream.repeat(config.num_epochs or None)
+  stream = stream[process_index::process_count]
+  read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer)
+  workers = int(config.worker_count)
+  if workers < 0:
+    raise ValueError(f"worker_count must be >= 0, got {workers}")
+  if workers and not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, pytest)
+    flags.FLAGS.mark_as_parsed()
+  # Each worker queues `worker_buffer_size` batches' worth of its records.
+  options = grain.MultiprocessingOptions(
+      num_workers=workers,
+      per_worker_buffer_size=config.worker_buffer_size * -(-batch_size // max(workers, 1)))
+  watch = functools.partial(_exit_with_parent, os.getpid())
+
+  def records_from(position):
+    """This process's records (and bad markers) from stream position `position` on."""
+    it = stream[position:].to_iter_dataset(read)
+    if workers:
+      it = it.mp_prefetch(options, worker_init_fn=watch)
+    return iter(it)
+
+  return bad_records.ReportingIterator(records_from, batch_size=batch_size,
+                                       drop_remainder=config.drop_remainder)
+
+
+_PARENT_POLL_S = 0.2  # how often a worker checks that its parent process is alive
+
+
+def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """Worker init: ends this worker process as soon as the process that started it is gone.
+
+  A killed parent's children are re-parented by the OS, so getppid() stops being `parent_pid`. A
+  poll rather than prctl(PR_SET_PDEATHSIG): Grain starts workers from a thread pool, and that
+  signal fires when the starting thread ends, not the process.
+  """
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(_PARENT_POLL_S)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="wm-jax-parent-watch", daemon=True).start()
