@@ -129,6 +129,8 @@ def data() -> ConfigDict:
   c.use_can_bus = True  # actions from can_bus/*.json when present, else from ego poses
   c.wheelbase = 2.588  # m (Renault Zoe, nuScenes); steering from yaw rate when no CAN bus
   c.steering_ratio = 16.0  # CAN steering-wheel angle / road-wheel angle
+  c.image_size_mismatch = "rescale"  # image size != sample_data width/height (a downscaled copy):
+                                    # 'rescale' the intrinsics to the image | 'error'
   c.locations = ()  # keep only logs from these locations (e.g. 'boston-seaport'); () = all
   c.val_locations = ()  # domain split: validation from these locations instead
   c.val_fraction = 0.15  # nuScenes/video without location split: share of scenes/files in val
@@ -140,7 +142,7 @@ def data() -> ConfigDict:
   c.read_threads = 4  # grain.ReadOptions
   c.read_buffer = 16
   c.worker_count = 0  # >0: grain mp_prefetch with that many processes
-  c.worker_buffer_size = 2
+  c.worker_buffer_size = 2  # batches' worth of records each worker process queues
   return c
 
 

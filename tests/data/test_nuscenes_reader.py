@@ -10,6 +10,7 @@ pedestrian stands still, a cone is annotated in the first two keyframes only. Im
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -273,3 +274,48 @@ def test_pipeline_names_source_and_index_or_skips(tmp_path):
   assert len(batches) == 1  # clips [0,6] (bad: frame 6 of CAM_BACK missing) and [12,18]
   assert batches[0]["frames"][0, 0, 0, 0, 0, 0] == 96
   assert batches[0]["layout"].shape == (1, 2, 2, 18, 32, 6)
+
+
+def _downscaled_copy(src_root, dst_root, size):
+  """A copy of the set with every image resized to `size` (H, W); the tables stay as they are
+  (sample_data width/height and the intrinsics still describe the full-size images)."""
+  shutil.copytree(src_root, dst_root)
+  for dirpath, _, names in os.walk(f"{dst_root}/sweeps"):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      with Image.open(path) as im:
+        small = im.convert("RGB").resize(size[::-1], Image.BILINEAR)
+      small.save(path)
+  return dst_root
+
+
+def test_downscaled_images_rescale_the_calibration_or_raise(root, tmp_path):
+  full = _source(root, image_size=(9, 16))[0]
+  for size in ((18, 32), (9, 16)):  # half and quarter size copies, as users make them
+    small_root = _downscaled_copy(root, str(tmp_path / f"{size[0]}"), size)
+    small = _source(small_root, image_size=(9, 16))[0]
+    np.testing.assert_allclose(small["intrinsics"], full["intrinsics"], atol=1e-5)
+    np.testing.assert_allclose(small["intrinsics"][0, 0], np.array(K_NATIVE) * [[.25], [.25], [1]],
+                               atol=1e-5)
+    np.testing.assert_array_equal(small["layout"], full["layout"])
+    np.testing.assert_array_equal(small["view_adjacency"], full["view_adjacency"])
+  with pytest.raises(ValueError, match=r"sweeps/CAM_FRONT/000.png is 16x9 but .*sample_data.json"
+                                       r"\[\d+\] .* 64x36 .*clip 0 frame 0 view CAM_FRONT"):
+    _source(small_root, image_size=(9, 16), image_size_mismatch="error")[0]
+  _source(root, image_size=(9, 16), image_size_mismatch="error")[0]  # full size: no mismatch
+
+
+def test_image_size_mismatch_config_and_cropped_images(root, tmp_path):
+  with pytest.raises(ValueError, match="image_size_mismatch must be 'rescale' or 'error', got 'x'"):
+    _source(root, image_size_mismatch="x")
+  small_root = _downscaled_copy(root, str(tmp_path / "half"), (18, 32))
+  c = defaults.data()
+  c.update(source="nuscenes", path=small_root, version="v1.0-test", views=("CAM_FRONT",),
+           num_frames=2, fps=2, keyframes_only=True, image_height=9, image_width=16,
+           max_boxes=4, val_fraction=0.0, image_size_mismatch="error")
+  with pytest.raises(records.BadRecordError, match=r"000.png is 32x18 but"):
+    pipeline.make_dataset(c, split="train", seed=0)[0]
+  # A crop (another aspect ratio) cannot be told from the calibration: an error in either mode.
+  crop_root = _downscaled_copy(root, str(tmp_path / "crop"), (30, 64))
+  with pytest.raises(ValueError, match=r"000.png is 64x30 .* aspect ratio"):
+    _source(crop_root)[0]

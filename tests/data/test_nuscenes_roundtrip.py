@@ -11,6 +11,7 @@ import os
 import shutil
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from wm_jax import defaults
@@ -160,3 +161,28 @@ def test_truncated_table_names_the_file(exported, tmp_path):
   root, _ = _corrupt(exported[0], str(tmp_path / "bad"), "json")
   with pytest.raises(ValueError, match=rf"{VERSION}/ego_pose.json is not valid JSON"):
     _source(root)
+
+
+def test_quarter_size_copy_reads_with_the_rigs_calibration(exported, tmp_path):
+  """A 6-camera export whose images were shrunk to a quarter afterwards (tables untouched) reads
+  back with the same intrinsics and layout as the full-size export, or raises in 'error' mode."""
+  root = str(tmp_path / "small")
+  shutil.copytree(exported[0], root)
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      if name.endswith(".png"):
+        path = os.path.join(dirpath, name)
+        with Image.open(path) as im:
+          im.convert("RGB").resize((SIZE[1] // 4, SIZE[0] // 4), Image.BILINEAR).save(path)
+  out = (SIZE[0] // 4, SIZE[1] // 4)
+  full = _source(exported[0], keyframes_only=True, fps=2, num_frames=SAMPLES, image_size=out)[0]
+  small = _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES, image_size=out)[0]
+  rig = rig_lib.make_rig("nuscenes6", out)
+  np.testing.assert_allclose(small["intrinsics"],
+                             np.broadcast_to(rig.intrinsics, (SAMPLES, 6, 3, 3)), atol=1e-5)
+  np.testing.assert_array_equal(small["layout"], full["layout"])
+  np.testing.assert_array_equal(small["view_adjacency"], rig.view_adjacency)
+  with pytest.raises(ValueError, match=rf"is {SIZE[1] // 4}x{SIZE[0] // 4} but .*"
+                                       rf"{SIZE[1]}x{SIZE[0]}"):
+    _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES, image_size=out,
+            image_size_mismatch="error")[0]

@@ -16,7 +16,11 @@ nearest frame of that camera (at most one camera period away, else an error). Cl
 `num_frames` timeline frames every `clip_stride` frames (default: non-overlapping).
 
 Per frame t and view v:
-  intrinsics  calibrated_sensor.camera_intrinsic, adjusted for the resize + centre crop;
+  intrinsics  calibrated_sensor.camera_intrinsic, adjusted for the resize + centre crop. The
+              intrinsics hold for images of the size sample_data.width/height records (1600x900
+              for nuScenes cameras); an image on disk of another size (a downscaled copy) has them
+              scaled by its size over that size (image_size_mismatch='rescale', the default) or
+              raises (image_size_mismatch='error'). Another aspect ratio (a crop) always raises;
   extrinsics  ego-from-camera from calibrated_sensor (translation, rotation quaternion w,x,y,z);
   ego_pose    world-from-ego of the first view's frame (each camera frame has its own ego_pose);
   boxes       sample_annotation moved into the ego frame of frame t. Keyframes use their sample's
@@ -40,7 +44,8 @@ Per frame t and view v:
   view_adjacency  cameras whose horizontal fields of view overlap (or the same camera).
 
 Errors name the file and the index: a missing or truncated table, a token that a row refers to
-but no table holds, a non-finite pose or calibration, a missing or unreadable image.
+but no table holds, a non-finite pose or calibration, a missing or unreadable image, an image of
+another size than its calibration (in 'error' mode, or cropped).
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ TABLES = ("scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "se
           "sample_annotation", "instance", "category", "log")
 CAMERA_RING = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT",
                "CAM_FRONT_LEFT")
+# What an image of another size than its calibration (sample_data width/height) does.
+IMAGE_SIZE_MISMATCH = ("rescale", "error")
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,11 +197,15 @@ class ClipSource:
                clip_stride: int = 0, box_mode: str = "interpolate", max_boxes: int = 32,
                layout: bool = True, use_can_bus: bool = True, wheelbase: float = 2.588,
                steering_ratio: float = 16.0, scenes: Sequence[str] | None = None,
-               name: str | None = None):
+               image_size_mismatch: str = "rescale", name: str | None = None):
     if box_mode not in ("interpolate", "nearest"):
       raise ValueError(f"box_mode must be 'interpolate' or 'nearest', got {box_mode!r}")
+    if image_size_mismatch not in IMAGE_SIZE_MISMATCH:
+      raise ValueError(f"image_size_mismatch must be 'rescale' or 'error', got "
+                       f"{image_size_mismatch!r}")
     if not views:
       raise ValueError("views must name at least one camera channel")
+    self.image_size_mismatch = image_size_mismatch
     self.root, self.views = root, tuple(views)
     self.num_frames, self.fps = int(num_frames), float(fps)
     self.image_size = tuple(int(s) for s in image_size)
@@ -246,6 +257,7 @@ class ClipSource:
                box_mode=config.box_mode, max_boxes=config.max_boxes, layout=config.layout,
                use_can_bus=config.use_can_bus, wheelbase=config.wheelbase,
                steering_ratio=config.steering_ratio,
+               image_size_mismatch=config.image_size_mismatch,
                scenes=split_scenes(config.path, config.version, split, config),
                name=f"nuscenes:{config.path}/{config.version}:{split}")
 
@@ -384,16 +396,39 @@ class ClipSource:
     return record
 
   def _image(self, sd, where):
+    """(image [H,W,3], affine [2,3]): the image resized and cropped to `image_size`, and the map
+    from pixel coordinates of the calibrated image (sample_data width x height) to it."""
+    row = self.tables.where("sample_data", sd["token"])
     path = os.path.join(self.root, sd["filename"])
     if not os.path.exists(path):
-      raise FileNotFoundError(f"nuScenes image {path} is missing ({where}, "
-                              f"{self.tables.where('sample_data', sd['token'])})")
+      raise FileNotFoundError(f"nuScenes image {path} is missing ({where}, {row})")
     try:
       with Image.open(path) as im:
         image = np.asarray(im.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as e:
       raise ValueError(f"nuScenes image {path} cannot be decoded ({where}): {e}") from e
-    return video.resize_crop(image, self.image_size)
+    scale = self._calibration_scale(sd, image.shape[:2], path, f"{row} width/height", where)
+    image, affine = video.resize_crop(image, self.image_size)
+    return image, affine @ np.diag([scale[0], scale[1], 1.0])
+
+  def _calibration_scale(self, sd, actual, path, row, where) -> tuple[float, float]:
+    """(sx, sy): actual image size over the size its calibration is for (sample_data width and
+    height); raises on a missing calibrated size, another aspect ratio, or in 'error' mode."""
+    h, w = actual
+    ch, cw = sd.get("height"), sd.get("width")
+    if not (isinstance(cw, (int, float)) and isinstance(ch, (int, float)) and cw > 0 and ch > 0):
+      raise ValueError(f"nuScenes {row} is {sd.get('width')!r}x{sd.get('height')!r}: a camera "
+                       f"frame needs its calibrated image size to check {path} ({where})")
+    if (w, h) == (cw, ch):
+      return 1.0, 1.0
+    sizes = f"nuScenes image {path} is {w}x{h} but its calibration ({row}) is for {cw}x{ch}"
+    if abs(w * ch / cw - h) > 1.0:  # more than rounding: cropped, not resized
+      raise ValueError(f"{sizes}, another aspect ratio: a cropped image cannot be matched to "
+                       f"its intrinsics ({where})")
+    if self.image_size_mismatch == "error":
+      raise ValueError(f"{sizes} ({where}); data.image_size_mismatch='rescale' scales the "
+                       "intrinsics to the image size")
+    return w / cw, h / ch
 
   def _annotation_boxes(self, sample_token):
     """{instance token: (translation, rotation, size, ann row)} of a keyframe."""
