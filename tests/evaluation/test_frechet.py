@@ -120,3 +120,21 @@ def test_sharded_extraction_on_8_devices(cpu_devices):
   stats, n_batches = _stream_stats(ext, [x[:8], x[8:]], dim=5)
   assert n_batches == 2 and stats.n == 11
   np.testing.assert_allclose(stats.mean, got.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_round_off_below_zero_is_clamped_to_exactly_zero():
+  # Fewer samples than dims: the matrix square root's round-off made this about -3e-6.
+  x = _features(2, 20, 64)
+  assert frechet.frechet_from_features(x, x) == 0.0
+  s = frechet.RunningStats.from_features(x)
+  merged = frechet.RunningStats(64)
+  for chunk in np.array_split(x, 3):
+    merged.update(chunk)
+  assert frechet.frechet_from_stats(s, merged) == 0.0
+
+
+def test_a_clearly_negative_distance_is_an_error():
+  # A covariance with a negative eigenvalue is no covariance: tr(C) + tr(C) - 2 tr(C) < 0.
+  bad = np.diag([1.0, -1.0])
+  with pytest.raises(ValueError, match=r"Frechet distance -2 is negative beyond round-off"):
+    frechet.frechet_distance(np.zeros(2), bad, np.zeros(2), bad)

@@ -10,6 +10,11 @@ C1 C2 this never returns complex values or fails on singular covariances (fewer 
 feature dims), so no eps-offset retry is needed; on well-conditioned inputs it agrees with the
 sqrtm form to round-off (tested).
 
+The distance is >= 0 in exact arithmetic. Round-off (mostly the square roots of eigenvalues that
+are 0 but come out as ~eps * |C|^2) can take it below 0 by at most about
+dim * sqrt(eps) * (tr(C1) + tr(C2)); such a value is returned as 0. Anything further below 0 is
+no round-off (a covariance that is not positive semi-definite, corrupt statistics) and raises.
+
 KID (Binkowski et al. 2018): unbiased MMD^2 with the polynomial kernel k(x,y) = (x.y/d + 1)^3,
 averaged over `num_subsets` random subsets of `subset_size` rows of each set (defaults 100 x 1000
 as torch-fidelity / the KID paper's code); mean and std over subsets are returned.
@@ -39,8 +44,17 @@ def _psd_sqrt(c):
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
+def _input_eps(*arrays) -> float:
+  """Machine epsilon of the least precise float input (float64's for non-float inputs)."""
+  eps = [np.finfo(np.asarray(a).dtype).eps for a in arrays
+         if np.issubdtype(np.asarray(a).dtype, np.floating)]
+  return float(max(eps, default=np.finfo(np.float64).eps))
+
+
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-  """Frechet distance between two Gaussians, in float64 (symmetric eigen form, see module doc)."""
+  """Frechet distance between two Gaussians, in float64 (symmetric eigen form, see module doc).
+  A round-off negative is returned as 0; a larger negative raises ValueError with the numbers."""
+  eps = _input_eps(mu1, cov1, mu2, cov2)
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
   if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != mu1.shape * 2:
@@ -54,7 +68,16 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
   eig = np.linalg.eigvalsh((m + m.T) / 2)
   tr_covmean = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean)
+  tr1, tr2 = np.trace(cov1), np.trace(cov2)
+  dist = float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
+  if dist >= 0.0:
+    return dist
+  tol = len(mu1) * np.sqrt(eps) * (abs(tr1) + abs(tr2))
+  if -dist <= tol:
+    return 0.0
+  raise ValueError(f"Frechet distance {dist:.6g} is negative beyond round-off (tolerance "
+                   f"{tol:.3g} for dim {len(mu1)}, tr(cov1) {tr1:.6g}, tr(cov2) {tr2:.6g}): a "
+                   f"covariance is not positive semi-definite or the statistics are corrupt")
 
 
 def frechet_from_stats(a: "RunningStats", b: "RunningStats") -> float:
