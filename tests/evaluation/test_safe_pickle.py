@@ -52,3 +52,11 @@ def test_arrays_and_containers_round_trip():
   assert out["a"]["k"].dtype == np.float32
   assert out["b"][1][0] == 2.5 and out["b"][1][1].dtype == np.float16
   assert out["c"] == "name" and out["d"] == 3
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a pickle\n", pickle.dumps({"a": 1})[:-3]])
+def test_a_file_that_is_no_pickle_is_named(tmp_path, content):
+  f = tmp_path / "weights.ckpt"
+  f.write_bytes(content)
+  with pytest.raises(pickle.UnpicklingError, match=r"weights\.ckpt: not a valid pickle file"):
+    safe_pickle.load(f)

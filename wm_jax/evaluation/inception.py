@@ -8,11 +8,15 @@ and Mixed_7c (InceptionE) max-pools it (3x3, stride 1, pad 1). Those choices are
 
 Module paths equal the state_dict keys ('Mixed_6e.branch7x7_2.conv' ...); leaves map by one rule
 (conv/fc `weight` -> `kernel` transposed to HWIO / [in,out], bn `weight` -> `scale`,
-`running_mean`/`running_var` -> `mean`/`var`; `num_batches_tracked` is ignored).
+`running_mean`/`running_var` -> `mean`/`var`; `num_batches_tracked` is ignored). A missing file, a
+file torch cannot read, or a state_dict of other keys, values or shapes is refused with the file
+and the entry at fault named.
 
 Features (`fid_features`): uint8 images [N,H,W,3] -> /255 -> bilinear resize to 299x299 as
 F.interpolate(align_corners=False) -> 2x-1 -> network -> global average pool: [N, 2048].
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -205,15 +209,16 @@ class FIDInceptionV3(nnx.Module):
 # ---------------------------------------------------------------------------------------------
 # torch state_dict <-> NNX
 
-# torch leaf -> (nnx leaf, layout function torch -> nnx)
+WEIGHT_FILE = "pytorch-fid's pt_inception-2015-12-05-6726825d.pth"
+# torch leaf -> (nnx leaf, dims of the torch array, layout function torch -> nnx)
 _TO_NNX = {
-    "conv.weight": ("kernel", lambda w: np.transpose(w, (2, 3, 1, 0))),  # OIHW -> HWIO
-    "fc.weight": ("kernel", lambda w: np.transpose(w, (1, 0))),
-    "bn.weight": ("scale", lambda w: w),
-    "bn.bias": ("bias", lambda w: w),
-    "bn.running_mean": ("mean", lambda w: w),
-    "bn.running_var": ("var", lambda w: w),
-    "fc.bias": ("bias", lambda w: w),
+    "conv.weight": ("kernel", 4, lambda w: np.transpose(w, (2, 3, 1, 0))),  # OIHW -> HWIO
+    "fc.weight": ("kernel", 2, lambda w: np.transpose(w, (1, 0))),
+    "bn.weight": ("scale", 1, lambda w: w),
+    "bn.bias": ("bias", 1, lambda w: w),
+    "bn.running_mean": ("mean", 1, lambda w: w),
+    "bn.running_var": ("var", 1, lambda w: w),
+    "fc.bias": ("bias", 1, lambda w: w),
 }
 _FROM_NNX = {  # (parent kind, nnx leaf) -> (torch leaf, layout nnx -> torch)
     ("conv", "kernel"): ("weight", lambda w: np.transpose(w, (3, 2, 0, 1))),
@@ -226,38 +231,64 @@ IGNORED_SUFFIX = ".num_batches_tracked"
 
 
 def torch_key_to_path(key):
-  """'Mixed_5b.branch1x1.conv.weight' -> (('Mixed_5b', 'branch1x1', 'conv', 'kernel'), layout fn)."""
+  """'Mixed_5b.branch1x1.conv.weight' -> (('Mixed_5b', 'branch1x1', 'conv', 'kernel'), dims of
+  the torch array, layout fn); None for a key that is no weight of the network's kinds."""
+  if not isinstance(key, str):
+    return None
   parts = key.split(".")
   tail = ".".join(parts[-2:])
   if tail not in _TO_NNX:
-    raise ValueError(f"unexpected FID Inception weight {key!r}")
-  leaf, fn = _TO_NNX[tail]
-  return tuple(parts[:-1]) + (leaf,), fn
+    return None
+  leaf, dims, fn = _TO_NNX[tail]
+  return tuple(parts[:-1]) + (leaf,), dims, fn
 
 
 def read_state_dict(path):
-  """A torch state_dict file -> {key: float32 np.ndarray}, loaded with weights_only=True."""
+  """A torch state_dict file -> {key: float32 np.ndarray}, loaded with weights_only=True. A
+  missing file, one torch cannot read, or one that holds no dict of tensors raises an error
+  naming the file."""
+  where = f"FID Inception weight file {path}"
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{where} not found (--fid_weights: {WEIGHT_FILE})")
   try:
     import torch
   except ImportError:
     raise ImportError(f"reading {path} (a PyTorch .pth) needs torch: `pip install torch` (CPU "
                       "build is enough); wm_jax never unpickles it without torch's weights_only "
                       "loader") from None
-  sd = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch.load raises many kinds on a damaged or foreign file
+    raise ValueError(f"{where}: not a PyTorch weight file torch.load can read "
+                     f"({type(e).__name__}: {e}); --fid_weights wants {WEIGHT_FILE}") from e
   if not isinstance(sd, dict):
-    raise ValueError(f"{path}: expected a state_dict (dict), got {type(sd).__name__}")
+    raise ValueError(f"{where}: expected a state_dict (a dict of tensors), found a "
+                     f"{type(sd).__name__}")
+  for key, value in sd.items():
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f"{where}: entry {key!r} is {type(value).__name__}, not a tensor")
   return {k: v.detach().cpu().numpy() for k, v in sd.items()}
 
 
-def from_state_dict(state_dict, dtype=jnp.float32):
-  """Builds FIDInceptionV3 from a {torch key: array} dict; every model variable must be given."""
+def from_state_dict(state_dict, dtype=jnp.float32, source="FID Inception weights"):
+  """Builds FIDInceptionV3 from a {torch key: array} dict; every model variable must be given.
+  A key of no known kind, an array of the wrong dims or shape, a missing or an unused entry
+  raises a ValueError naming `source` (where the dict comes from) and the entry."""
   weights = {}
   for key, value in state_dict.items():
-    if key.endswith(IGNORED_SUFFIX):
+    if isinstance(key, str) and key.endswith(IGNORED_SUFFIX):
       continue
-    path, fn = torch_key_to_path(key)
-    weights[path] = fn(np.asarray(value))
-  return layers.assign(FIDInceptionV3(), weights, "FID Inception", dtype)
+    mapped = torch_key_to_path(key)
+    if mapped is None:
+      raise ValueError(f"{source}: entry {key!r} is no weight of pytorch-fid's FID Inception "
+                       f"(keys such as 'Mixed_5b.branch1x1.conv.weight'; {WEIGHT_FILE})")
+    path, dims, fn = mapped
+    value = np.asarray(value)
+    if value.ndim != dims:
+      raise ValueError(f"{source}: entry {key!r} has shape {value.shape}; a "
+                       f"{'.'.join(key.split('.')[-2:])} is {dims}-d")
+    weights[path] = fn(value)
+  return layers.assign(FIDInceptionV3(), weights, source, dtype)
 
 
 def to_state_dict(model):
@@ -272,8 +303,9 @@ def to_state_dict(model):
 
 
 def load_model(path, dtype=jnp.float32):
-  """FIDInceptionV3 from a pytorch-fid weight file (pt_inception-2015-12-05-6726825d.pth)."""
-  return from_state_dict(read_state_dict(path), dtype)
+  """FIDInceptionV3 from a pytorch-fid weight file (pt_inception-2015-12-05-6726825d.pth); a
+  wrong file raises an error naming it and what is wrong with it."""
+  return from_state_dict(read_state_dict(path), dtype, source=f"FID Inception weight file {path}")
 
 
 def preprocess(images, size=FID_SIZE):

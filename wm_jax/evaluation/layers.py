@@ -66,20 +66,21 @@ def flat_variables(model):
           for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
-def assign(model, weights, what, dtype=jnp.float32):
+def assign(model, weights, source, dtype=jnp.float32):
   """Sets every variable of `model` from weights {path tuple: array}; a missing, unused or
-  mis-shaped entry raises a ValueError naming it (so no variable keeps its zero init)."""
+  mis-shaped entry raises a ValueError naming it after `source` (where the weights come from,
+  e.g. 'I3D weight file PATH'), so no variable keeps its zero init."""
   flat = flat_variables(model)
   missing = sorted(".".join(k) for k in set(flat) - set(weights))
   unused = sorted(".".join(k) for k in set(weights) - set(flat))
   if missing or unused:
-    raise ValueError(f"{what} weights do not match the model: missing {missing[:8]} "
+    raise ValueError(f"{source}: weights do not match the model: missing {missing[:8]} "
                      f"({len(missing)}), unused {unused[:8]} ({len(unused)})")
   for key, value in weights.items():
     var = flat[key]
     value = np.asarray(value)
     if value.shape != var[...].shape:
-      raise ValueError(f"{what} weight {'.'.join(key)}: shape {value.shape}, model expects "
-                       f"{var[...].shape}")
+      raise ValueError(f"{source}: weight {'.'.join(key)} has shape {value.shape}, the model "
+                       f"expects {var[...].shape}")
     var.set_value(jnp.asarray(value, dtype))
   return model

@@ -5,8 +5,10 @@
       acc.update(gen, ref)
     results = acc.result()             # {'fvd': ..., 'fid': ..., 'kid': ..., 'protocol': {...}}
 
-Feature functions map uint8 videos [N,T,H,W,3] -> [N,400] (FVD) and uint8 images [N,H,W,3] ->
-[N,2048] (FID); in practice `frechet.ShardedExtractor`s over the mesh around `i3d.fvd_features`
+Both sides must be uint8 (`videos.check_frames`; a ValueError naming the side, the dtype and the
+value range otherwise): float frames would be scored as if they were 0..255. Feature functions
+map uint8 videos [N,T,H,W,3] -> [N,400] (FVD) and uint8 images [N,H,W,3] -> [N,2048] (FID); in
+practice `frechet.ShardedExtractor`s over the mesh around `i3d.fvd_features`
 and `inception.fid_features`. Either may be None (that metric is then not computed and the
 result says so). FVD/FID statistics stream through `frechet.RunningStats`; only the FID frames
 drawn at random (protocols with `fid_frames`) and the KID pools are kept as features, by reservoir
@@ -20,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from wm_jax.evaluation import frechet
+from wm_jax.evaluation import frechet, videos as videos_lib
 from wm_jax.evaluation.protocols import Protocol
 
 KID_POOL = 10000  # feature rows per side kept for KID (reservoir)
@@ -147,6 +149,9 @@ class VideoMetrics:
                      for s in side}
 
   def update(self, generated, reference):
+    generated, reference = np.asarray(generated), np.asarray(reference)
+    videos_lib.check_frames(generated, name="generated videos")
+    videos_lib.check_frames(reference, name="reference videos")
     gen, ref = protocol_videos(self.protocol, generated), protocol_videos(self.protocol, reference)
     if gen.shape != ref.shape:
       raise ValueError(f"generated {gen.shape} and reference {ref.shape} videos differ in shape")

@@ -4,12 +4,14 @@
 load). Weight files only need numpy arrays nested in dicts/lists/tuples, so `load` admits exactly
 the globals that rebuild an ndarray and `collections.OrderedDict`; any other global is refused
 with an `UnpicklingError` naming it, before it is imported or called. Object arrays (dtype 'O')
-are refused too, since their elements would be arbitrary Python objects.
+are refused too, since their elements would be arbitrary Python objects. A file that is no pickle
+at all (empty, text, truncated) raises an `UnpicklingError` naming the file.
 """
 
 import collections
 import io
 import pickle
+import struct
 
 import numpy as np
 
@@ -19,10 +21,19 @@ except ImportError:  # numpy 1.x
   from numpy.core import multiarray as _multiarray
 
 
+class Refused(pickle.UnpicklingError):
+  """A well-formed pickle asked for something a weight file may not contain."""
+
+
+# What unpickling malformed bytes raises (the C unpickler's errors for each kind of damage).
+_MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
+              AttributeError, OverflowError, struct.error)
+
+
 def _dtype(*args, **kwargs):
   dt = np.dtype(*args, **kwargs)
   if dt.hasobject:
-    raise pickle.UnpicklingError(f"object dtype {dt!r} refused: weight files hold numbers only")
+    raise Refused(f"object dtype {dt!r} refused: weight files hold numbers only")
   return dt
 
 
@@ -45,12 +56,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(
+      raise Refused(
           f"global '{module}.{name}' refused: weight files may only contain numpy arrays and "
           "dict/list/tuple/OrderedDict containers") from None
 
   def persistent_load(self, pid):
-    raise pickle.UnpicklingError(f"persistent id {pid!r} refused in a weight file")
+    raise Refused(f"persistent id {pid!r} refused in a weight file")
 
 
 def loads(data: bytes):
@@ -59,9 +70,13 @@ def loads(data: bytes):
 
 
 def load(path):
-  """Unpickles the file at `path` admitting only numpy arrays and plain containers."""
+  """Unpickles the file at `path` admitting only numpy arrays and plain containers; a refused
+  content or a file that is no valid pickle raises UnpicklingError naming `path`."""
   with open(path, "rb") as f:
     try:
       return _RestrictedUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-      raise pickle.UnpicklingError(f"{path}: {e}") from None
+    except Refused as e:
+      raise Refused(f"{path}: {e}") from None
+    except _MALFORMED as e:
+      raise pickle.UnpicklingError(f"{path}: not a valid pickle file ({type(e).__name__}: "
+                                   f"{e})") from None
