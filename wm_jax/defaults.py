@@ -188,6 +188,7 @@ def train() -> ConfigDict:
   c.grad_clip_norm = 1.0          # global-norm clipping; 0 disables
   c.ema_decay = 0.0               # 0 disables the EMA copy of the params
   c.nan_guard = True              # skip updates whose loss or grads are not finite (counted)
+  c.max_nonfinite_steps = 50      # stop after this many consecutive non-finite steps; 0 = never
   c.log_every = 10                # scalars to the CLU writer
   c.sample_every = 0              # sample videos every N steps; 0 = only at the end if sample_at_end
   c.sample_at_end = False
@@ -278,8 +279,33 @@ def _update(target: ConfigDict, values: Mapping[str, Any], path: tuple, what: st
         target[key] = tuple(value) if isinstance(value, list) and isinstance(old, tuple) else value
 
 
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_ABOVE_0 = (lambda v: v > 0, "> 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+# Values that cannot work, refused by `check` before anything is built or compiled.
+VALUE_RULES = {
+    "train.num_steps": _AT_LEAST_0, "train.batch_size": _ABOVE_0,
+    "train.learning_rate": _AT_LEAST_0, "train.warmup_steps": _AT_LEAST_0,
+    "train.end_lr_factor": _AT_LEAST_0, "train.weight_decay": _AT_LEAST_0,
+    "train.b1": _FRACTION, "train.b2": _FRACTION, "train.eps": _ABOVE_0,
+    "train.grad_clip_norm": _AT_LEAST_0, "train.ema_decay": _FRACTION,
+    "train.max_nonfinite_steps": _AT_LEAST_0, "train.log_every": _ABOVE_0,
+    "train.sample_every": _AT_LEAST_0, "train.sample_steps": _ABOVE_0,
+    "train.sample_clips": _ABOVE_0, "train.profile_steps": _AT_LEAST_0,
+    "train.vae_steps": _AT_LEAST_0,
+    "train.schedule": (lambda v: v in ("cosine", "constant"), "'cosine' or 'constant'"),
+    "checkpoint.every_steps": _ABOVE_0, "checkpoint.keep": _ABOVE_0,
+    "checkpoint.keep_best": _AT_LEAST_0,
+    "checkpoint.best_mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
+    "data.image_size_mismatch": (lambda v: v in ("rescale", "error"), "'rescale' or 'error'"),
+    "data.worker_count": _AT_LEAST_0,
+}
+
+
 def check(c: ConfigDict, *, what: str = "config") -> None:
-  """Raises ValueError naming every missing or unknown key of `c` against the defaults."""
+  """Raises ValueError naming every missing or unknown key of `c` against the defaults, and every
+  value VALUE_RULES refuses."""
   base = config()
   problems = []
   for name in sorted(set(base) | set(c)):
@@ -291,8 +317,13 @@ def check(c: ConfigDict, *, what: str = "config") -> None:
       have, want = set(c[name]), set(base[name])
       problems += [f"unknown key {name}.{k}" for k in sorted(have - want)]
       problems += [f"missing key {name}.{k}" for k in sorted(want - have)]
+  for key, (ok, want) in VALUE_RULES.items():
+    section, field = key.split(".")
+    value = c[section][field] if section in c and field in c[section] else None
+    if value is not None and not ok(value):
+      problems.append(f"{key}={value!r} (must be {want})")
   if problems:
-    raise ValueError(f"{what} does not match wm_jax.defaults: " + "; ".join(problems))
+    raise ValueError(f"{what} does not pass wm_jax.defaults.check: " + "; ".join(problems))
 
 
 def load_file(spec: str) -> ConfigDict:

@@ -8,7 +8,7 @@ A config file's get_config(arg) builds on wm_jax.defaults and is locked: `--conf
 changes a value, and a key the defaults lack is an error. When the data give frames and
 config.vae.checkpoint is empty, a tiny VAE is trained first into WORKDIR/vae (or the one found
 there is used), and the log says which. A run resumes from the newest complete checkpoint in
---workdir.
+--workdir; a second run on a workdir in use refuses at once (WORKDIR/lock names the holder).
 
 Multi-host (TPU pod slices, multi-node GPU): pass --distributed (or set WM_JAX_DISTRIBUTED=1) and
 every process calls jax.distributed.initialize() first (arguments from the environment, as set by
@@ -25,9 +25,11 @@ from ml_collections import config_flags
 import jax
 
 import wm_jax  # noqa: F401  (package settings)
+from wm_jax import defaults
 from wm_jax.train import loop
 from wm_jax.train import preview
 from wm_jax.train import vae_training
+from wm_jax.train import workdir_lock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)); `file.py:arg` "
@@ -61,9 +63,11 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError("--config is required to train")
   config = FLAGS.config
-  if needs_vae(config):
-    config = vae_training.ensure_vae(config, FLAGS.workdir)
-  summary = loop.train(config, FLAGS.workdir)
+  defaults.check(config, what=f"--config={FLAGS['config'].config_filename}")
+  with workdir_lock.hold(FLAGS.workdir):  # the VAE and the run: one writer per workdir
+    if needs_vae(config):
+      config = vae_training.ensure_vae(config, FLAGS.workdir)
+    summary = loop.train(config, FLAGS.workdir)
   print(f"[main] done at step {summary['step']}; workdir {os.path.abspath(FLAGS.workdir)}",
         flush=True)
   return 0
