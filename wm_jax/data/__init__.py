@@ -10,7 +10,7 @@
   tfds_cache.py     data_source(name, split): a prepared ArrayRecord cache as a source
   sources.py        make_source(config.data, split): source by name; ListSource (in memory)
   tfds_builders.py  TFDS builders writing any source's clips (or their latents) as ArrayRecord
-  bad_records.py    iterator stages dropping bad records and counting them (ReportingIterator)
+  bad_records.py    ReportingIterator: batches the records, drops and counts bad ones
   pipeline.py       make_dataset / make_iterator: validated, shuffled, sharded, batched records
 
 Each module of the package imports only modules above it in this list; config.data's keys and

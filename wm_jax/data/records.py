@@ -19,10 +19,8 @@ import numpy as np
 
 from wm_jax.data import schema
 
-# Internal per-record keys. A bad-record marker holds only NOTE_KEY (its message). After
-# bad_records.DropBad, a good record carries SKIPPED_KEY (bad records dropped just before it) and
-# NOTE_KEY (their messages, one per line).
-SKIPPED_KEY = "_skipped"
+# The one key of a bad-record marker: its message (bad_records.ReportingIterator drops and counts
+# the markers).
 NOTE_KEY = "_skip_note"
 
 
@@ -32,7 +30,7 @@ class BadRecordError(ValueError):
 
 def is_bad(record) -> bool:
   """Whether `record` is the marker CheckedSource returns for a skipped bad record."""
-  return isinstance(record, Mapping) and NOTE_KEY in record and SKIPPED_KEY not in record
+  return isinstance(record, Mapping) and NOTE_KEY in record
 
 
 class CheckedSource(grain.sources.RandomAccessDataSource):

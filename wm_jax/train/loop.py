@@ -241,13 +241,17 @@ def _loop(config, workdir, run, manager, *, make_iterator, prepare_batch, sample
           u = flops_lib.mfu(step_flops, dt, jax.device_count(), peak)
           if u is not None:
             scalars["mfu"] = u
+          bad_records = getattr(iterator, "bad_records", None)
+          if bad_records is not None:
+            scalars["bad_records"] = float(bad_records)
           writer.write_scalars(step, scalars)
           new_history.append({"step": step, **scalars})
           last_metrics = scalars
           log(f"[train] step {step}/{num_steps} loss {scalars['loss']:.4f} "
               f"(mean {scalars['loss_mean']:.4f}) "
               f"grad_norm {scalars['grad_norm']:.3f} lr {scalars['learning_rate']:.2e} "
-              f"{dt:.2f}s/step skipped {int(scalars['skipped_steps'])}")
+              f"{dt:.2f}s/step skipped {int(scalars['skipped_steps'])}"
+              + (f" bad records {bad_records}" if bad_records else ""))
           t_log, steps_since_log = time.perf_counter(), 0
           check_streak()
         if save(force=False):
