@@ -10,8 +10,11 @@ The model config: --config (a wm_jax config file) gives the run-time fields and,
 --opendwm_config, the architecture; --opendwm_config (OpenDWM's model config JSON, e.g. the one
 tools/convert_to_pytorch.py writes) replaces the architecture fields. Default base config:
 configs/maskgwm_long.py.
---source=opendwm is strict: a missing key, an unexpected key or a wrong shape is refused with
-the list of them (name keys to skip with --ignore). --source=sd3 reads a diffusers
+--source=opendwm is strict: a missing key, an unexpected key, a wrong shape, an integer array for
+a float parameter or NaN / Inf values are refused with the list of them (name keys to skip with
+--ignore); an OpenDWM option wm_jax does not implement (e.g. merge_strategy='fixed', mask tokens
+with target ['noise', 'learnable']) is refused naming the key and value, and a truncated or
+foreign checkpoint file naming the file. --source=sd3 reads a diffusers
 SD3Transformer2DModel: the backbone loads, the video/camera/layout/mask parts keep their init
 (only then; by default everything must be present).
 --time_modulation adds the paper-only Eq. 5 layers at their zero init (OpenDWM has none).
@@ -31,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flax import nnx  # noqa: E402
 
 from wm_jax import defaults  # noqa: E402
-from wm_jax.convert import from_torch, opendwm_config, param_map  # noqa: E402
+from wm_jax.convert import from_torch, opendwm_config  # noqa: E402
 from wm_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from wm_jax.train import run as run_lib  # noqa: E402
 
@@ -52,21 +55,23 @@ def main(argv):
   if not FLAGS.checkpoint or not FLAGS.out:
     raise app.UsageError("--checkpoint and --out are required")
   config = defaults.load_file(FLAGS.config)
-  if FLAGS.opendwm_config:
-    with open(FLAGS.opendwm_config) as f:
-      config.model, config.mask = opendwm_config.from_opendwm(json.load(f), config.model,
-                                                              config.mask)
-  config.model.time_modulation = bool(FLAGS.time_modulation)
-  config.train.seed = FLAGS.seed
-  print(f"[convert] reading {FLAGS.checkpoint}", flush=True)
-  sd = from_torch.strip_prefix(from_torch.read_torch_checkpoint(FLAGS.checkpoint), FLAGS.prefix)
-  print(f"[convert] {len(sd)} tensors; checking them against the model of the config", flush=True)
-  build = run_lib.model_factory(config)
   try:
+    if FLAGS.opendwm_config:
+      with open(FLAGS.opendwm_config) as f:
+        opendwm = json.load(f)
+      config.model, config.mask = opendwm_config.from_opendwm(opendwm, config.model, config.mask)
+    config.model.time_modulation = bool(FLAGS.time_modulation)
+    config.train.seed = FLAGS.seed
+    print(f"[convert] reading {FLAGS.checkpoint}", flush=True)
+    sd = from_torch.strip_prefix(from_torch.read_torch_checkpoint(FLAGS.checkpoint), FLAGS.prefix)
+    print(f"[convert] {len(sd)} tensors; checking them against the model of the config",
+          flush=True)
+    build = run_lib.model_factory(config)
     state = from_torch.convert_state_dict(sd, nnx.eval_shape(build), source=FLAGS.source,
                                           ignore=FLAGS.ignore, init=build)
-  except param_map.ConversionError as e:
-    print(f"[convert] refused: {e}", file=sys.stderr)
+  except ValueError as e:  # ConversionError, CheckpointFileError, options wm_jax lacks, bad JSON
+    where = f"{FLAGS.opendwm_config}: " if isinstance(e, json.JSONDecodeError) else ""
+    print(f"[convert] refused: {where}{e}", file=sys.stderr)
     sys.exit(2)
   run = run_lib.build(config, donate=False, training=False)
   fresh = run.init_state()

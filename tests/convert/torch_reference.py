@@ -47,10 +47,17 @@ class AlphaBlender(torch.nn.Module):
 
 
 class VideoModel(torch.nn.Module):
-  """The video parts of DiTCrossviewTemporalConditionModel under its state_dict names."""
+  """The video parts of DiTCrossviewTemporalConditionModel under its state_dict names.
 
-  def __init__(self, dim, heads, head_dim, n_temporal, n_crossview, camera_scalars, merge=2.0):
+  The camera embedding joins a temporal block's frame-index embedding only when
+  enable_crossview=True and disable_view_emb_on_temporal_module=False (OpenDWM's rule); it always
+  joins the cross-view blocks' view-index embedding."""
+
+  def __init__(self, dim, heads, head_dim, n_temporal, n_crossview, camera_scalars, merge=2.0,
+               enable_crossview=True, disable_view_emb_on_temporal_module=False):
     super().__init__()
+    self.enable_crossview = enable_crossview
+    self.disable_view_emb_on_temporal_module = disable_view_emb_on_temporal_module
     mlp = lambda: d_embeddings.TimestepEmbedding(dim, dim * 4, out_dim=dim)
     self.index_proj = d_embeddings.Timesteps(dim, True, 0)
     self.view_cam_proj = d_embeddings.Timesteps(256, True, 0)
@@ -64,6 +71,19 @@ class VideoModel(torch.nn.Module):
         [VTBlock(dim, heads, head_dim) for _ in range(n_crossview)])
     self.view_mixers = torch.nn.ModuleList([AlphaBlender(merge) for _ in range(n_crossview)])
 
+  @classmethod
+  def from_opendwm_config(cls, c):
+    """The video parts an OpenDWM model config (its JSON, in its names) builds."""
+    enable_crossview = bool(c.get("enable_crossview", False))
+    return cls(c["num_attention_heads"] * c["attention_head_dim"], c["num_attention_heads"],
+               c["attention_head_dim"],
+               len(c["temporal_block_layers"]) if c.get("enable_temporal", False) else 0,
+               len(c["crossview_block_layers"]) if enable_crossview else 0,
+               c["projection_class_embeddings_input_dim"] // 256, merge=c["merge_factor"],
+               enable_crossview=enable_crossview,
+               disable_view_emb_on_temporal_module=c.get("disable_view_emb_on_temporal_module",
+                                                         False))
+
   def camera_embedding(self, scalars):
     """scalars [B, T, V, S] -> [B*T*V, 1, D]."""
     n = scalars.shape[0] * scalars.shape[1] * scalars.shape[2]
@@ -73,7 +93,7 @@ class VideoModel(torch.nn.Module):
     """x [(b t v), (h w), D]."""
     emb = self.index_proj(torch.arange(t).unsqueeze(0).unsqueeze(-1).repeat(b, 1, v).flatten())
     emb = self.time_pos_embeds[j](emb).unsqueeze(1)
-    if cam is not None:
+    if cam is not None and self.enable_crossview and not self.disable_view_emb_on_temporal_module:
       emb = emb + cam
     u = x + emb
     if kind == "pointwise":
@@ -179,3 +199,38 @@ class SideBlock(torch.nn.Module):
     xs = einops.rearrange(x, "n (t s) c -> (n t) s c", t=frames)
     x = einops.rearrange(xs + self.cross_attn(xs, y), "(n t) s c -> n (t s) c", n=n)
     return x + gate_mlp * self.mlp(norm(x) * (1 + scale_mlp) + shift_mlp)
+
+
+NOISE_PROJ_CHANNELS = 16  # MaskController's noise_proj input channels, whatever the latents have
+
+
+class MaskTokens(torch.nn.Module):
+  """OpenDWM MaskController's mask tokens of the dropped positions, use_origin_mask_token
+  {'type': 'trans', 'target': [a, b]}: x_drop = context[a] * tau + context[b] * (1 - tau) with
+  context = {'noise': noise_proj(eps) at the dropped positions, 'learnable': mask_token} and tau =
+  timestep / 1000, then MaskPatchEmbed: x_drop + proj(3-D sin-cos table at those positions).
+  noise_proj is Conv3d(16, D, (1, 3, 3), stride (1, 2, 2), padding (0, 1, 1))."""
+
+  def __init__(self, dim, use_origin_mask_token):
+    super().__init__()
+    self.target = list(use_origin_mask_token["target"])
+    self.noise_proj = torch.nn.Conv3d(NOISE_PROJ_CHANNELS, dim, (1, 3, 3), (1, 2, 2),
+                                      padding=(0, 1, 1))
+    self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, dim))
+    self.mask_path_embed = torch.nn.Module()
+    self.mask_path_embed.proj = torch.nn.Linear(dim, dim)
+
+  def forward(self, noise, ids_drop, tau):
+    """noise [N, C, T, h*2, w*2] (N = B*V), ids_drop [N*T, L] flat (row, column) positions,
+    tau [N*T] -> [N*T, L, D]."""
+    n, _, t, hp, wp = noise.shape
+    d = self.mask_token.shape[-1]
+    feats = einops.rearrange(self.noise_proj(noise), "n c t h w -> (n t) (h w) c")
+    index = ids_drop.unsqueeze(-1).repeat(1, 1, d)
+    context = {"noise": torch.gather(feats, 1, index),
+               "learnable": self.mask_token.repeat(n * t, ids_drop.shape[1], 1)}
+    tau = tau[:, None, None]
+    x_drop = context[self.target[0]] * tau + context[self.target[1]] * (1 - tau)
+    pos = d_embeddings.get_3d_sincos_pos_embed(d, (wp // 2, hp // 2), t).float()  # [T, h*w, D]
+    pos = torch.gather(pos.repeat(n, 1, 1), 1, index)
+    return x_drop + self.mask_path_embed.proj(pos)

@@ -39,9 +39,34 @@ NOT_IN_SD3 = (
 )
 
 
+class CheckpointFileError(ValueError):
+  """A checkpoint file that cannot be read: truncated, not safetensors, or not a weights-only
+  torch.save file. The message names the file."""
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """numpy arrays from a .safetensors file (bf16/fp16 tensors are read as float32; integer
+  tensors keep their dtype). Raises CheckpointFileError naming a truncated or foreign file."""
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no checkpoint at {path}")
+  try:
+    try:
+      arrays = load_file(path)
+    except TypeError:  # bfloat16: safetensors.numpy has no such dtype, torch has
+      from safetensors.torch import load_file as load_torch
+      arrays = load_torch(path)
+  except SafetensorError as e:
+    raise CheckpointFileError(f"{path}: cannot read it, the file is truncated or not a "
+                              f"safetensors file ({e})") from None
+  return {k: to_numpy(v) for k, v in arrays.items()}
+
+
 def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   """PyTorch-layout numpy arrays from .safetensors, or .pth/.pt/.bin via torch.load(weights_only),
-  or a directory of .safetensors shards (a diffusers model folder: every shard is read)."""
+  or a directory of .safetensors shards (a diffusers model folder: every shard is read).
+  Raises CheckpointFileError naming a file that is truncated or not what its name says."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path}")
   if os.path.isdir(path):
@@ -57,11 +82,15 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
       out.update(part)
     return out
   if path.endswith(".safetensors"):
-    from safetensors.torch import load_file
-    tensors = load_file(path)
-  elif path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+    return read_safetensors(path)
+  if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+    import pickle
     import torch
-    tensors = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+      tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+      raise CheckpointFileError(f"{path}: cannot read it with torch.load(weights_only=True), the "
+                                f"file is truncated or holds more than tensors ({e})") from None
     for wrapper in ("state_dict", "model", "module"):
       if isinstance(tensors, dict) and wrapper in tensors and isinstance(tensors[wrapper], dict):
         tensors = tensors[wrapper]
@@ -70,10 +99,13 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   bad = [k for k, v in tensors.items() if not hasattr(v, "dtype")]
   if bad:
     raise ValueError(f"{path}: entries that are not tensors: {bad[:10]}")
-  return {k: _to_numpy(v) for k, v in tensors.items()}
+  return {k: to_numpy(v) for k, v in tensors.items()}
 
 
-def _to_numpy(t) -> np.ndarray:
+def to_numpy(t) -> np.ndarray:
+  """A numpy array of a torch tensor or numpy array; bf16/fp16 -> float32, other dtypes kept."""
+  if isinstance(t, np.ndarray):
+    return t.astype(np.float32) if t.dtype == np.float16 else t
   import torch
   if t.dtype in (torch.bfloat16, torch.float16):
     t = t.float()

@@ -15,7 +15,10 @@ builds a state for it, so PyTorch keys never depend on scanning.
 
 Converting into wm_jax needs the target structure (an abstract state from nnx.eval_shape) to know
 whether a PyTorch `weight` is a kernel, a scale or an embedding; every missing, unexpected or
-mis-shaped key is reported together in one ConversionError.
+mis-shaped key, every array holding NaN or Inf, and every array whose dtype the model does not
+hold (a floating array converts to the model's floating dtype; anything else, e.g. an int64
+array for a float parameter, must have the model's dtype exactly) is reported together in one
+ConversionError.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -121,11 +125,41 @@ def flat_to_torch(flat: Mapping[tuple, Any]) -> dict[str, Any]:
   return out
 
 
-def format_problems(missing=(), unexpected=(), mismatched=(), limit: int = 50) -> str:
-  """One message listing every missing, unexpected and mis-shaped key ('' when none)."""
+def non_finite(key: str, value) -> str:
+  """'key: n of m values are NaN or Inf' for a floating array holding any, else ''."""
+  if not jnp.issubdtype(value.dtype, jnp.floating):
+    return ""
+  bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+  return f"{key}: {bad} of {np.size(value)} values are NaN or Inf" if bad else ""
+
+
+def value_problems(values: Mapping[str, Any], want_dtypes: Mapping[str, Any]
+                   ) -> tuple[list[str], list[str]]:
+  """(dtype mismatches, non-finite arrays) of the keys of `values` that `want_dtypes` has.
+
+  A floating array may convert to another floating dtype (bf16/fp16 files, fp32 params); any
+  other dtype must be the model's exactly, so an integer array is never cast to float. Abstract
+  values (jax.ShapeDtypeStruct) are checked for their dtype only."""
+  dtypes, finite = [], []
+  for key in sorted(k for k in values if k in want_dtypes):
+    value = values[key]
+    have, want = np.dtype(value.dtype), np.dtype(want_dtypes[key])
+    both_float = jnp.issubdtype(have, jnp.floating) and jnp.issubdtype(want, jnp.floating)
+    if have != want and not both_float:
+      dtypes.append(f"{key}: checkpoint {have}, model wants {want}")
+    elif not isinstance(value, jax.ShapeDtypeStruct):
+      finite.append(non_finite(key, value))
+  return dtypes, [m for m in finite if m]
+
+
+def format_problems(missing=(), unexpected=(), mismatched=(), dtypes=(), non_finite_keys=(),
+                    limit: int = 50) -> str:
+  """One message listing every missing, unexpected, mis-shaped, wrongly typed and non-finite
+  key ('' when none)."""
   parts = []
   for title, items in (("missing", missing), ("unexpected", unexpected),
-                       ("shape mismatch", mismatched)):
+                       ("shape mismatch", mismatched), ("dtype mismatch", dtypes),
+                       ("non-finite", non_finite_keys)):
     items = list(items)
     if items:
       shown = "\n    ".join(items[:limit])
@@ -155,7 +189,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
     ignore: PyTorch keys to leave out on either side (not reported as missing or unexpected).
 
   Raises:
-    ConversionError: listing every missing key, unexpected key and shape mismatch.
+    ConversionError: listing every missing key, unexpected key, shape mismatch, dtype mismatch
+    and array with NaN or Inf.
   """
   ignore = set(ignore)
   target_state = checkpoint_state(target)
@@ -174,11 +209,14 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
       mismatched.append(f"{key}: checkpoint {tuple(np.shape(state_dict[key]))} -> "
                         f"{tuple(array.shape)} in Flax layout, model wants {want}")
       continue
-    values[path] = array.astype(flat[path].dtype)
-  if missing or unexpected or mismatched:
+    values[path] = array
+  arrays = {torch_key(path): array for path, array in values.items()}
+  dtypes, finite = value_problems(arrays, {k: flat[by_key[k]].dtype for k in arrays})
+  if missing or unexpected or mismatched or dtypes or finite:
     raise ConversionError("checkpoint does not match the model:\n" +
-                          format_problems(missing, unexpected, mismatched))
-  return replace_values(target_state, values)
+                          format_problems(missing, unexpected, mismatched, dtypes, finite))
+  return replace_values(target_state, {path: array.astype(flat[path].dtype)
+                                       for path, array in values.items()})
 
 
 def replace_values(target_state: nnx.State, canonical: Mapping[tuple, Any]) -> nnx.State:

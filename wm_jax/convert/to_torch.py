@@ -8,6 +8,13 @@ have no OpenDWM equivalent. A checkpoint that has them is refused, naming them, 
 `drop_zero_paper_params` is set AND every one of them is still exactly zero (their init, where the
 model computes what OpenDWM computes); non-zero ones are always refused, because dropping them
 would change the model's output.
+
+Every array is checked against the model the config builds: keys, shapes, dtypes (an integer
+array where the model has floats is refused, never cast) and values (NaN / Inf are refused, by
+name; write_safetensors also refuses values its output dtype cannot hold, e.g. > 65504 in fp16).
+A mask module OpenDWM's MaskController cannot load or computes differently
+(opendwm_config.mask_differences, e.g. a noise_proj for other than 16 latent channels) is refused
+unless `allow_mask_module_mismatch`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -35,13 +44,19 @@ def abstract_model(model_cfg, mask_cfg):
 
 
 def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
-                      drop_zero_paper_params: bool = False, abstract=None) -> dict[str, np.ndarray]:
+                      drop_zero_paper_params: bool = False,
+                      allow_mask_module_mismatch: bool = False, abstract=None) -> dict[str, np.ndarray]:
   """OpenDWM-keyed, PyTorch-layout arrays; checks them against the model the config builds
   (`abstract`: that model's nnx.eval_shape when the caller has it already)."""
   sd = param_map.flat_to_torch(flat)
-  want = param_map.torch_shapes(abstract if abstract is not None else
-                                abstract_model(model_cfg, mask_cfg))
-  problems = param_map.compare_shapes({k: tuple(v.shape) for k, v in sd.items()}, want)
+  if abstract is None:
+    abstract = abstract_model(model_cfg, mask_cfg)
+  want = param_map.flat_to_torch(param_map.flat_state(param_map.checkpoint_state(abstract)))
+  problems = param_map.compare_shapes({k: tuple(v.shape) for k, v in sd.items()},
+                                      {k: tuple(v.shape) for k, v in want.items()})
+  dtypes, finite = param_map.value_problems(sd, {k: v.dtype for k, v in want.items()})
+  problems = "\n".join(p for p in (problems, param_map.format_problems(
+      dtypes=dtypes, non_finite_keys=finite)) if p)
   if problems:
     raise param_map.ConversionError(
         "checkpoint does not match the model its config builds:\n" + problems)
@@ -60,6 +75,12 @@ def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
           f"{why}")
     for k in paper:
       del sd[k]
+  differences = opendwm_config.mask_differences(model_cfg, mask_cfg)
+  if differences and not allow_mask_module_mismatch:
+    raise param_map.ConversionError(
+        "OpenDWM's mask module (MaskController) differs from this model's:\n  " +
+        "\n  ".join(differences) + "\npass allow_mask_module_mismatch / "
+        "--allow_mask_module_mismatch to write it anyway, for a MaskController changed to match")
   return sd
 
 
@@ -77,15 +98,22 @@ def write_safetensors(sd: Mapping[str, np.ndarray], path: str, *, dtype: str = "
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
   target = DTYPES[dtype]
-  if target == "bfloat16":  # numpy has no bf16: go through torch
+  if target == "bfloat16":
+    target = ml_dtypes.bfloat16
+  arrays = {k: np.ascontiguousarray(v.astype(target) if jnp.issubdtype(v.dtype, jnp.floating)
+                                    else v)
+            for k, v in sd.items()}
+  bad = [m for m in (param_map.non_finite(k, v) for k, v in arrays.items()) if m]
+  if bad:
+    raise param_map.ConversionError(
+        f"values {dtype} cannot hold (NaN or Inf once cast; float16 ends at 65504), nothing "
+        "written:\n    " + "\n    ".join(bad))
+  if target is ml_dtypes.bfloat16:  # safetensors.numpy has no bf16: go through torch
     import torch
     from safetensors.torch import save_file
-    tensors = {k: (torch.from_numpy(np.ascontiguousarray(v, np.float32)).to(torch.bfloat16)
-                   if np.issubdtype(v.dtype, np.floating) else torch.from_numpy(np.ascontiguousarray(v)))
-               for k, v in sd.items()}
-    save_file(tensors, path, metadata=metadata)
+    save_file({k: (torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
+                   if v.dtype == ml_dtypes.bfloat16 else torch.from_numpy(v))
+               for k, v in arrays.items()}, path, metadata=metadata)
     return
   from safetensors.numpy import save_file
-  arrays = {k: np.ascontiguousarray(v.astype(target) if np.issubdtype(v.dtype, np.floating) else v)
-            for k, v in sd.items()}
   save_file(arrays, path, metadata=metadata)

@@ -6,7 +6,8 @@
     vae = from_config(config.vae)                         # config.vae.checkpoint, or random
 
 Old diffusers attention names (query/key/value/proj_attn) are renamed to to_q/to_k/to_v/to_out.0.
-Every missing, unexpected or mis-shaped key is refused by name (param_map.ConversionError).
+Every missing, unexpected, mis-shaped, non-finite or integer-for-float key is refused by name
+(param_map.ConversionError); an unreadable file by its path (from_torch.CheckpointFileError).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from wm_jax import defaults
-from wm_jax.convert import param_map
+from wm_jax.convert import from_torch, param_map
 from wm_jax.models.vae import ARCH_KEYS, AutoencoderKL
 
 
@@ -64,24 +65,18 @@ def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """numpy arrays from a .safetensors file (bf16/fp16 tensors are read as float32)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
-  try:
-    from safetensors.numpy import load_file
-    return dict(load_file(path))
-  except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
-    from safetensors.torch import load_file as load_torch
-    return {k: v.float().numpy() for k, v in load_torch(path).items()}
+  """numpy arrays from a .safetensors file (bf16/fp16 tensors are read as float32); a truncated
+  or foreign file raises from_torch.CheckpointFileError naming it."""
+  return from_torch.read_safetensors(path)
 
 
 def load_state_dict(vae: AutoencoderKL, state_dict: Mapping[str, Any], *, ignore=()) -> AutoencoderKL:
   """Loads a diffusers AutoencoderKL state_dict (numpy or torch tensors) into `vae` in place.
 
-  Every missing, unexpected or mis-shaped key raises param_map.ConversionError (listing them)
-  unless named in `ignore`.
+  Every missing, unexpected, mis-shaped, non-finite or wrongly typed key raises
+  param_map.ConversionError (listing them) unless named in `ignore`.
   """
-  sd = {k: (v.detach().float().numpy() if hasattr(v, "detach") else np.asarray(v))
+  sd = {k: from_torch.to_numpy(v if hasattr(v, "detach") else np.asarray(v))
         for k, v in rename_legacy_keys(state_dict).items()}
   nnx.update(vae, param_map.from_torch_state_dict(sd, vae, ignore=ignore))
   return vae
