@@ -2,6 +2,9 @@
 SD3.5-medium backbone sizes (24 layers, 24 heads x 64, dual attention in layers 0-12), pointwise
 temporal blocks at OpenDWM's layers, camera + action (speed, steering) embedding, no layout.
 
+What the model sees: the reference frames, the camera and actions of every frame, text, and
+nothing of the frames it predicts (no layout, boxes or future frames).
+
   python -m wm_jax.main --config=configs/maskgwm_long.py --workdir=gs://BUCKET/maskgwm_long \
       --config.data.path=OPENDV_MP4_DIR --config.vae.checkpoint=SD35_VAE_DIR
   python tools/param_count.py --config=configs/maskgwm_long.py
@@ -14,13 +17,11 @@ reconstruction with r = 0.25 keeps 24 of 32 tokens per row, 5 decoder blocks.
 
 from wm_jax import defaults
 
-VARIANTS = ("", "nomask")
+FLAGS = ("nomask",)
 
 
 def get_config(arg=None):
-  arg = arg or ""
-  if arg not in VARIANTS:
-    raise ValueError(f"maskgwm_long variant {arg!r}; choose one of {VARIANTS}")
+  flags = defaults.variant_flags(arg, FLAGS, "maskgwm_long")
   config = defaults.config()
   config.model.update(
       in_channels=16, out_channels=16, num_layers=24, num_heads=24, head_dim=64,
@@ -33,7 +34,7 @@ def get_config(arg=None):
       dtype="bfloat16", remat_policy="dots_saveable",
       scan_layers=True)                # traces 13 of the 24 layers with the mask decoder, 12 without
   config.model.layout_adapter = None
-  config.mask.enabled = arg != "nomask"  # r = 0.25: 24 of 32 tokens per row
+  config.mask.enabled = "nomask" not in flags  # r = 0.25: 24 of 32 tokens per row
   config.mask.decode_layers = 5          # as OpenDWM
   config.diffusion.shift = 3.0         # SD3/SD3.5 sizes
   config.vae.preset = "sd3"            # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)

@@ -1,27 +1,32 @@
-"""MaskGWM-mview: 6 nuScenes cameras, 8 frames of 256x448 (32x56 latents), the OpenDWM CTSD-3.5
-layout model: SD3.5-medium sizes, pointwise temporal blocks after layers 2,3,6,7,...,22,23,
-row-wise cross-view blocks (camera adjacency mask) after layers 1,5,9,13,17,21, 11 camera scalars,
-layout adapter (6 x 1536 channels). Its parameter names are exactly OpenDWM's (checkpoints
-convert name for name, plus the paper's Eq. 5 time modulation).
+"""MaskGWM-mview: 6 nuScenes cameras, 8 frames of 256x448 (32x56 latents), OpenDWM's CTSD-3.5
+backbone: SD3.5-medium sizes, pointwise temporal blocks after layers 2,3,6,7,...,22,23, row-wise
+cross-view blocks (camera adjacency mask) after layers 1,5,9,13,17,21, 11 camera scalars. Its
+parameter names are exactly OpenDWM's (checkpoints convert name for name, plus the paper's Eq. 5
+time modulation).
+
+What the model sees: the reference frames of the 6 cameras, the cameras, text, and nothing of the
+frames it predicts ("without the requirement of future layouts", MaskGWM 4.3). The 'layout' flag
+is OpenDWM's CTSD-3.5 layout model: the layout adapter (6 x 1536 channels), which sees the layout
+of every frame; world-model evaluation protocols refuse it.
 
   python -m wm_jax.main --config=configs/maskgwm_mview.py --workdir=gs://BUCKET/maskgwm_mview \
       --config.data.path=NUSCENES_ROOT --config.vae.checkpoint=SD35_VAE_DIR
   python tools/param_count.py --config=configs/maskgwm_mview.py
 
-Variants (the argument after ':'): '' (mask reconstruction, r = 0.25), 'nomask'.
-Expect: 4.224e9 trainable parameters (tools/param_count.py prints the split); accelerators only.
+Variants (the argument after ':', comma-separated flags): '' (mask reconstruction, r = 0.25),
+'nomask', 'layout' (OpenDWM's layout adapter; its 1524-key state_dict).
+Expect: 4.224e9 trainable parameters with 'layout' (tools/param_count.py prints the split; the
+adapter is its own line); accelerators only.
 The mask path keeps 21 of 28 tokens per row, 5 decoder blocks.
 """
 
 from wm_jax import defaults
 
-VARIANTS = ("", "nomask")
+FLAGS = ("nomask", "layout")
 
 
 def get_config(arg=None):
-  arg = arg or ""
-  if arg not in VARIANTS:
-    raise ValueError(f"maskgwm_mview variant {arg!r}; choose one of {VARIANTS}")
+  flags = defaults.variant_flags(arg, FLAGS, "maskgwm_mview")
   config = defaults.config()
   config.model.update(
       in_channels=16, out_channels=16, num_layers=24, num_heads=24, head_dim=64,
@@ -35,7 +40,10 @@ def get_config(arg=None):
   config.model.layout_adapter.update(
       in_channels=6, channels=[1536] * 6, is_downblocks=[True] + [False] * 5, num_res_blocks=2,
       downscale_factor=8, use_zero_convs=True)
-  config.mask.enabled = arg != "nomask"  # r = 0.25: 21 of 28 tokens per row
+  if "layout" not in flags:
+    config.model.layout_adapter = None
+  config.data.layout = "layout" in flags
+  config.mask.enabled = "nomask" not in flags  # r = 0.25: 21 of 28 tokens per row
   config.mask.decode_layers = 5          # as OpenDWM
   config.diffusion.shift = 3.0         # SD3/SD3.5 sizes
   config.vae.preset = "sd3"            # set config.vae.checkpoint to the SD3.5 VAE (diffusers folder)

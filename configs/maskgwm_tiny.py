@@ -1,11 +1,17 @@
-"""MaskGWM, tiny: the whole model (all block kinds, layout adapter, camera embedding, mask
-reconstruction) at toy sizes that run on one CPU core in about a second per training step.
+"""MaskGWM, tiny: the whole world model (all block kinds, camera embedding, mask reconstruction)
+at toy sizes that run on one CPU core in about a second per training step.
+
+What the model sees: the reference (context) frames, the camera of every frame, text (zeros
+here) and nothing of the frames it predicts: no future layout, boxes or frames. The 'layout'
+flag adds OpenDWM's layout adapter, which DOES see the layout of every frame (a layout-to-video
+model, not a world model; world-model evaluation protocols refuse it).
 
   python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/wm_tiny
   python -m wm_jax.main --config=configs/maskgwm_tiny.py:nomask --workdir=/tmp/wm_tiny_nomask
   python tools/param_count.py --config=configs/maskgwm_tiny.py
 
-Variants (the argument after ':'): '' (mask reconstruction on), 'nomask'.
+Variants (the argument after ':', comma-separated flags): '' (mask reconstruction on), 'nomask',
+'layout' (the layout adapter, and the data render the layout image).
 Expect: 1.72M trainable parameters (tools/param_count.py); 4 joint blocks (2 dual-attention),
 pointwise temporal blocks after layers 0 and 2, row-wise cross-view blocks after layers 1 and 3;
 2 views x 4 frames of 8x16x4 latents (64x128 images of the synthetic world's 'front2' rig),
@@ -18,15 +24,16 @@ rectified-flow loss falls more than 10x in about 55 Adam steps at lr 1e-3
 
 from wm_jax import defaults
 
-VARIANTS = ("", "nomask")
+FLAGS = ("nomask", "layout")
 
 
 def get_config(arg=None):
-  arg = arg or ""
-  if arg not in VARIANTS:
-    raise ValueError(f"maskgwm_tiny variant {arg!r}; choose one of {VARIANTS}")
+  flags = defaults.variant_flags(arg, FLAGS, "maskgwm_tiny")
   config = defaults.config()           # model and mask: the tiny sizes; the mask module sits
                                        # before the last of the 4 joint blocks (decode_layers 1)
-  config.mask.enabled = arg != "nomask"
+  config.mask.enabled = "nomask" not in flags
   config.data.update(rig="front2", num_frames=4, image_height=64, image_width=128)
+  if "layout" not in flags:
+    config.model.layout_adapter = None
+  config.data.layout = "layout" in flags
   return config

@@ -341,3 +341,13 @@ def load_file(spec: str) -> ConfigDict:
   c = module.get_config(arg or None)
   check(c, what=f"config file {spec}")
   return c
+
+
+def variant_flags(arg: str | None, allowed: tuple[str, ...], name: str) -> set[str]:
+  """The set of comma-separated flags of a config argument ('layout,nomask'), each in `allowed`."""
+  flags = {f for f in (arg or "").split(",") if f}
+  unknown = sorted(flags - set(allowed))
+  if unknown:
+    raise ValueError(f"{name}: unknown variant flag(s) {unknown} in {arg!r}; the argument after "
+                     f"':' is a comma-separated subset of {list(allowed)}")
+  return flags
