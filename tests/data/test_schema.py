@@ -53,3 +53,49 @@ def test_missing_images():
   del rec["frames"]
   with pytest.raises(schema.SchemaError, match="neither 'frames' nor 'latents'"):
     schema.validate(rec)
+
+
+def _ego_record(T=3, K=2):
+  rec = _record(T=T)
+  rec["actions"][:, 0] = 5.0
+  rec.update(trajectory=np.zeros((T, K, 2), np.float32),
+             goal_point=np.full((T, 2), 0.5, np.float32), command=np.array([0, 1, 3], np.int32)[:T])
+  return rec
+
+
+def test_ego_keys_have_symbolic_k():
+  sizes = schema.validate(_ego_record(K=4))
+  assert sizes["K"] == 4 and sizes["T"] == 3
+  assert schema.COMMANDS == ("straight", "left", "right", "stop")
+  rec = _ego_record()
+  rec["command"] = rec["command"].astype(np.int64)
+  with pytest.raises(schema.SchemaError, match="'command' must have dtype int32"):
+    schema.validate(rec)
+
+
+@pytest.mark.parametrize("key,where,value,match", [
+    ("actions", (1, 1), np.nan, r"'actions' has 1 non-finite values, first at \(1, 1\) "
+                                r"\(steering\)"),
+    ("actions", (2, 3), np.inf, r"'actions' has 1 non-finite values, first at \(2, 3\) "
+                                r"\(yaw_rate\)"),
+    ("actions", (0, 0), -0.5, r"'actions' speed \(column 0\) must be >= 0 m/s, got -0.5 at "
+                              r"\(0, 0\)"),
+    ("actions", (2, 1), 1.6, r"'actions' steering \(column 1\) must lie in \(-pi/2, pi/2\) rad, "
+                             r"got 1.6 at \(2, 1\)"),
+    ("trajectory", (1, 0, 1), np.nan, r"'trajectory' has 1 non-finite values, first at "
+                                      r"\(1, 0, 1\)"),
+    ("goal_point", (2, 0), -np.inf, r"'goal_point' has 1 non-finite values, first at \(2, 0\)"),
+    ("command", (1,), 4, r"'command' must be in 0..3 \(straight, left, right, stop\), got 4 at "
+                         r"\(1,\)"),
+    ("command", (0,), -1, r"'command' must be in 0..3 .*got -1 at \(0,\)"),
+])
+def test_bad_ego_values_name_key_source_and_index(key, where, value, match):
+  rec = _ego_record()
+  rec[key][where] = value
+  for check_finite in (True, False):  # the ego keys are checked either way
+    with pytest.raises(schema.SchemaError, match=match) as err:
+      schema.validate(rec, source="scene-0007.json", index=12, check_finite=check_finite)
+    assert "source='scene-0007.json', index=12" in str(err.value)
+  batch = {k: np.stack([v, v]) for k, v in rec.items()}
+  with pytest.raises(schema.SchemaError, match=key):
+    schema.validate(batch, batched=True, source="b", index=0)

@@ -1,6 +1,8 @@
 """wm_jax.data: clips of driving data as numpy records, and the Grain pipeline that batches them.
 
   schema.py         the batch contract: keys, shapes, dtypes; validate(record)
+  actions.py        the ego's motion: bicycle model, future_actions (trajectory, goal point,
+                    command from ego poses), controls_to_record_actions (from speed / steering)
   splits.py         in_validation(key, val_fraction): train / validation split by name
   records.py        CheckedSource (validated reads), BadRecordError, the bad-record marker
   layout_render.py  boxes -> the 6-channel layout image

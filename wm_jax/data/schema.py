@@ -5,10 +5,18 @@ last everywhere. Shapes are written with symbolic dimensions; one symbol means o
 keys of a batch (e.g. every `T` is the same number of frames).
 
   B batch, T frames, V views (cameras), H/W image size, h/w latent size, C latent channels,
-  N boxes per frame, L text tokens, D text width, P pooled text width, A action width.
+  N boxes per frame, L text tokens, D text width, P pooled text width, A action width,
+  K future trajectory points (config.data.trajectory_points).
+
+The ego's motion: `actions` per frame (ACTION_NAMES), and the future of each frame t, derived from
+the ego poses of frames t+1..t+K by data/actions.py (which documents the conventions):
+`trajectory` (those positions in the ego frame of t), `goal_point` (its last point in the front
+camera, view 0, normalised) and `command` (an index into COMMANDS).
 
 `validate(example_or_batch, ...)` checks a record or a batch against the table and raises
-`SchemaError` (a ValueError) naming the key, the source and the index. Nothing is repaired.
+`SchemaError` (a ValueError) naming the key, the source and the index. Nothing is repaired. The ego
+keys are always checked for values (they are small): finite actions, trajectory and goal point,
+speed >= 0, steering inside (-pi/2, pi/2), command in 0..len(COMMANDS)-1.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 ACTION_NAMES = ("speed", "steering", "accel", "yaw_rate")  # units: m/s, rad, m/s^2, rad/s
+COMMANDS = ("straight", "left", "right", "stop")  # values of `command` (data/actions.py)
 BOX_FIELDS = ("x", "y", "z", "l", "w", "h", "yaw", "class", "track_id", "valid")
 LAYOUT_CHANNELS = 6
 
@@ -26,7 +35,7 @@ LAYOUT_CHANNELS = 6
 @dataclasses.dataclass(frozen=True)
 class Field:
   dims: tuple[str, ...]  # without the leading batch dim
-  dtype: str  # 'uint8', 'float', 'float32', 'bool'
+  dtype: str  # 'uint8', 'float', 'float32', 'int32', 'bool'
   doc: str
 
 
@@ -34,6 +43,12 @@ FIELDS: dict[str, Field] = {
     "frames": Field(("T", "V", "H", "W", 3), "uint8", "camera images"),
     "latents": Field(("T", "V", "h", "w", "C"), "float", "VAE latents (when cached), scaled"),
     "actions": Field(("T", "A"), "float32", "ego actions per frame: " + ", ".join(ACTION_NAMES)),
+    "trajectory": Field(("T", "K", 2), "float32",
+                        "next K ego positions (x forward, y left, m) in the ego frame of frame t"),
+    "goal_point": Field(("T", 2), "float32",
+                        "trajectory[t, K-1] in the front camera (view 0): u/W, v/H in [-1, 2]"),
+    "command": Field(("T",), "int32", "driving command: " + ", ".join(
+        f"{i} {c}" for i, c in enumerate(COMMANDS))),
     "ego_pose": Field(("T", 4, 4), "float32", "world-from-ego"),
     "intrinsics": Field(("T", "V", 3, 3), "float32", "per camera, in pixels of frames"),
     "extrinsics": Field(("T", "V", 4, 4), "float32", "ego-from-camera"),
@@ -49,6 +64,8 @@ FIELDS: dict[str, Field] = {
 
 # A record must carry images in one of these forms.
 IMAGE_KEYS = ("frames", "latents")
+# The ego's motion: checked for values on every validation (see _check_ego).
+EGO_KEYS = ("actions", "trajectory", "goal_point", "command")
 
 
 class SchemaError(ValueError):
@@ -77,11 +94,13 @@ def validate(record: Mapping[str, Any], *, batched: bool = False, source: str | 
   Args:
     record: dict of arrays. With `batched=True` every array has a leading batch dim `B`.
     source, index: where the record came from; both appear in every error message.
-    check_finite: also reject NaN/Inf in float arrays (costs one pass over the data).
+    check_finite: also reject NaN/Inf in the other float arrays (costs one pass over the data);
+      the ego keys (EGO_KEYS) are always checked.
 
   Raises:
     SchemaError: unknown key, missing images, wrong rank, size, dtype, a symbolic dimension that
-      disagrees between keys, non-finite values, or non-positive fps.
+      disagrees between keys, non-finite values, non-positive fps, or ego values out of range
+      (negative speed, steering outside (-pi/2, pi/2), a command outside COMMANDS).
   """
   where = _where(source, index)
   unknown = sorted(set(record) - set(FIELDS))
@@ -109,11 +128,45 @@ def validate(record: Mapping[str, Any], *, batched: bool = False, source: str | 
                           f"{dim}={sizes[dim]}{where}")
       else:
         sizes[dim] = int(size)
-    if check_finite and field.dtype.startswith("float"):
+    if check_finite and field.dtype.startswith("float") and key not in EGO_KEYS:
       bad = ~np.isfinite(np.asarray(arr, dtype=np.float32))
       if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise SchemaError(f"{key!r} has {int(bad.sum())} non-finite values, first at {first}{where}")
   if "fps" in record and np.any(np.asarray(record["fps"]) <= 0):
     raise SchemaError(f"'fps' must be positive, got {np.asarray(record['fps']).tolist()}{where}")
+  _check_ego(record, where)
   return sizes
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+  return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _check_ego(record: Mapping[str, Any], where: str) -> None:
+  """Values of the ego keys: finite, speed >= 0, |steering| < pi/2, command in range."""
+  for key in ("actions", "trajectory", "goal_point"):
+    if key in record:
+      bad = ~np.isfinite(np.asarray(record[key], np.float32))
+      if bad.any():
+        first = _first(bad)
+        name = f" ({ACTION_NAMES[first[-1]]})" if key == "actions" and first[-1] < 4 else ""
+        raise SchemaError(f"{key!r} has {int(bad.sum())} non-finite values, first at "
+                          f"{first}{name}{where}")
+  if "actions" in record:
+    a = np.asarray(record["actions"], np.float32)
+    if a.shape[-1] >= 1 and (a[..., 0] < 0).any():
+      first = _first(a[..., 0] < 0)
+      raise SchemaError(f"'actions' speed (column 0) must be >= 0 m/s, got "
+                        f"{a[first + (0,)]:.4g} at {first + (0,)}{where}")
+    if a.shape[-1] >= 2 and (np.abs(a[..., 1]) >= np.pi / 2).any():
+      first = _first(np.abs(a[..., 1]) >= np.pi / 2)
+      raise SchemaError(f"'actions' steering (column 1) must lie in (-pi/2, pi/2) rad, got "
+                        f"{a[first + (1,)]:.4g} at {first + (1,)}{where}")
+  if "command" in record:
+    c = np.asarray(record["command"])
+    bad = (c < 0) | (c >= len(COMMANDS))
+    if bad.any():
+      first = _first(bad)
+      raise SchemaError(f"'command' must be in 0..{len(COMMANDS) - 1} ({', '.join(COMMANDS)}), "
+                        f"got {int(c[first])} at {first}{where}")
