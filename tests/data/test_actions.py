@@ -82,7 +82,7 @@ def test_commands_follow_the_documented_thresholds():
       (traj(10.0, 10.0 * np.tan(b * 1.1)), actions.LEFT),
       (traj(10.0, 10.0 * np.tan(b * 0.9)), actions.STRAIGHT),  # bearing below the threshold
       (traj(10.0, -10.0 * np.tan(b * 1.1)), actions.RIGHT),
-      (traj(1.0, 0.2), actions.STRAIGHT),  # steep bearing, but under TURN_OFFSET to the side
+      (traj(0.6, 0.09), actions.STRAIGHT),  # steep bearing, under TURN_OFFSET to the side
       (traj(-3.0, 1.0), actions.LEFT),  # reversing to the left
   ]
   got = actions.trajectory_commands(np.stack([c for c, _ in cases]))

@@ -137,7 +137,7 @@ def root(tmp_path_factory):
 
 def _source(root, **kw):
   args = dict(version="v1.0-test", views=("CAM_FRONT", "CAM_BACK"), num_frames=3, fps=2,
-              image_size=(18, 32), keyframes_only=True, max_boxes=4)
+              image_size=(18, 32), keyframes_only=True, max_boxes=4, trajectory_points=2)
   args.update(kw)
   return nuscenes.ClipSource(root, **args)
 
@@ -151,7 +151,7 @@ def _ego_boxes(t, world_from_ego):
 
 def test_keyframe_clips_poses_calibrations_boxes(root):
   src = _source(root)
-  assert len(src) == 1  # 5 keyframes -> one 3-frame clip
+  assert len(src) == 1  # 5 keyframes -> one 3-frame clip (and the 2 future keyframes it needs)
   r = src[0]
   schema.validate(r, source="nusc", index=0)
   assert r["frames"].shape == (3, 2, 18, 32, 3)
@@ -188,8 +188,9 @@ def test_keyframe_clips_poses_calibrations_boxes(root):
 
 
 def test_sweeps_interpolate_boxes_align_views_and_resample_fps(root):
-  src = _source(root, keyframes_only=False, fps=6, num_frames=4, clip_stride=4)
-  # 25 frames at 12 Hz resampled to 6 Hz -> 13 timeline frames -> 3 clips of 4.
+  src = _source(root, keyframes_only=False, fps=6, num_frames=4, clip_stride=4,
+                trajectory_points=1)
+  # 25 frames at 12 Hz resampled to 6 Hz -> 13 timeline frames -> 3 clips of 4 (+ 1 future).
   assert len(src) == 3
   r = src[1]  # timeline frames 4..7 = camera frames 8, 10, 12, 14
   np.testing.assert_array_equal(r["frames"][:, 0, 5, 5, 0], [64, 80, 96, 112])
@@ -199,7 +200,7 @@ def test_sweeps_interpolate_boxes_align_views_and_resample_fps(root):
     want, _ = _ego_boxes(f * DT, r["ego_pose"][t].astype(np.float64))
     np.testing.assert_allclose(car[:3], want, atol=1e-3)  # exact: the car moves linearly
   near = _source(root, keyframes_only=False, fps=6, num_frames=4, clip_stride=4,
-                 box_mode="nearest")[1]
+                 box_mode="nearest", trajectory_points=1)[1]
   car = near["boxes"][0][near["boxes"][0][:, 8] == 1][0]  # frame 8 takes keyframe 6's box
   assert np.abs(car[:3] - r["boxes"][0][r["boxes"][0][:, 8] == 1][0][:3]).max() > 0.1
   with pytest.raises(ValueError, match="exceeds"):
@@ -220,6 +221,28 @@ def test_actions_from_poses_and_can_bus(root, tmp_path):
   np.testing.assert_allclose(r["actions"][:, 0], 4.0 + t, atol=1e-3)
   np.testing.assert_allclose(r["actions"][:, 1], 2.0 * t / 2.0, atol=1e-3)
   np.testing.assert_allclose(r["actions"][:, 2:], np.broadcast_to([1.0, 0.25], (5, 2)), atol=1e-6)
+
+
+def test_trajectory_goal_and_command_from_future_poses(root):
+  """The ego circles left (5 m/s, 0.2 rad/s: radius 25 m): its future in its own frame is the
+  same arc from every frame; a scene's clips stop K frames before its end."""
+  k = 3
+  src = _source(root, num_frames=2, trajectory_points=k, clip_stride=1)
+  assert len(src) == 1  # 5 keyframes: only the clip at 0 has 3 keyframes after its 2 frames
+  assert len(_source(root, num_frames=2, trajectory_points=1, clip_stride=1)) == 3
+  r = src[0]
+  schema.validate(r, source="nusc", index=0)
+  radius, tau = V_EGO / OMEGA, np.arange(1, k + 1) * 0.5  # keyframes 0.5 s apart
+  arc = np.stack([radius * np.sin(OMEGA * tau), radius * (1 - np.cos(OMEGA * tau))], -1)
+  assert r["trajectory"].shape == (2, k, 2) and r["trajectory"].dtype == np.float32
+  np.testing.assert_allclose(r["trajectory"], np.broadcast_to(arc, (2, k, 2)), atol=1e-3)
+  assert r["command"].tolist() == [1, 1]  # left: bearing 0.15 rad, 1.1 m to the left
+  # Goal: the arc's end projected into CAM_FRONT (1.7 m ahead, 1.5 m up) at the clip's size.
+  cam = np.array([-arc[-1, 1], 1.5, arc[-1, 0] - 1.7])
+  k_img = np.array(K_NATIVE) * [[0.5], [0.5], [1]]
+  uv = (k_img @ cam)[:2] / cam[2] / [32, 18]
+  np.testing.assert_allclose(r["goal_point"], np.broadcast_to(uv, (2, 2)), atol=1e-4)
+  assert 0 < uv[0] < 0.5 and 0.5 < uv[1] < 1  # left of centre, below the horizon
 
 
 def _corrupt(tmp_path, what):
@@ -264,7 +287,8 @@ def test_pipeline_names_source_and_index_or_skips(tmp_path):
   c = defaults.data()
   c.update(source="nuscenes", path=root, version="v1.0-test", views=("CAM_FRONT", "CAM_BACK"),
            num_frames=2, fps=2, keyframes_only=True, image_height=18, image_width=32,
-           max_boxes=4, val_fraction=0.0, shuffle=False, num_epochs=1, drop_remainder=False)
+           max_boxes=4, val_fraction=0.0, shuffle=False, num_epochs=1, drop_remainder=False,
+           trajectory_points=1)
   it = pipeline.make_iterator(c, batch_size=1, process_index=0, process_count=1)
   with pytest.raises(records.BadRecordError,
                      match=r"source='nuscenes:.*:train' index=0: FileNotFoundError.*006.png"):
@@ -312,7 +336,7 @@ def test_image_size_mismatch_config_and_cropped_images(root, tmp_path):
   c = defaults.data()
   c.update(source="nuscenes", path=small_root, version="v1.0-test", views=("CAM_FRONT",),
            num_frames=2, fps=2, keyframes_only=True, image_height=9, image_width=16,
-           max_boxes=4, val_fraction=0.0, image_size_mismatch="error")
+           max_boxes=4, val_fraction=0.0, image_size_mismatch="error", trajectory_points=1)
   with pytest.raises(records.BadRecordError, match=r"000.png is 32x18 but"):
     pipeline.make_dataset(c, split="train", seed=0)[0]
   # A crop (another aspect ratio) cannot be told from the calibration: an error in either mode.

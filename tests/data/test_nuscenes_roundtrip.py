@@ -1,4 +1,5 @@
-"""Synthetic exporter -> nuScenes reader: poses, calibrations, actions and boxes come back.
+"""Synthetic exporter -> nuScenes reader: poses, calibrations, actions, the future keys
+(trajectory, goal point, command) and boxes come back.
 
 Two synthetic scenes (boston, singapore) are written by wm_jax/data/synthetic/export.py with the
 6-camera rig, then read with wm_jax/data/nuscenes.py. Ground truth comes straight from the world
@@ -15,12 +16,13 @@ from PIL import Image
 import pytest
 
 from wm_jax import defaults
+from wm_jax.data import actions as actions_lib
 from wm_jax.data import nuscenes, pipeline, records, schema, sources
 from wm_jax.data.synthetic import ego as ego_lib
 from wm_jax.data.synthetic import export, render, rig as rig_lib, world
 
-SIZE, SAMPLES, FPS = (32, 64), 3, 12.0
-FRAMES = (SAMPLES - 1) * export.KEYFRAME_EVERY + 1  # 13 camera frames per scene
+SIZE, SAMPLES, FPS, K = (32, 64), 4, 12.0, 6
+FRAMES = (SAMPLES - 1) * export.KEYFRAME_EVERY + 1 - K  # a 13-frame clip, 6 future frames after it
 VERSION = "v1.0-synthetic"
 
 
@@ -34,16 +36,20 @@ def exported(tmp_path_factory):
 
 
 def _truth(scene):
-  speed, steering = world.autopilot(scene, FRAMES, FPS)
+  """Poses, actions, boxes of the clip's frames; the future keys from K more frames of poses."""
+  speed, steering = world.autopilot(scene, FRAMES + K, FPS)
   poses = render.ego_poses(scene, speed, steering, FPS)
-  actions = ego_lib.make_actions(speed, steering, 1.0 / FPS)
+  actions = ego_lib.make_actions(speed, steering, 1.0 / FPS)[:FRAMES]
   boxes = [render._to_ego(render.actor_boxes(scene, i / FPS), poses[i]) for i in range(FRAMES)]
-  return poses, actions, boxes
+  front = rig_lib.make_rig("nuscenes6", SIZE)
+  future = actions_lib.future_actions(poses, num_points=K, front_intrinsics=front.intrinsics[0],
+                                      front_extrinsics=front.extrinsics[0], image_size=SIZE)
+  return poses[:FRAMES], actions, boxes, future
 
 
 def _source(root, **kw):
   args = dict(version=VERSION, views=rig_lib.make_rig("nuscenes6", SIZE).channels,
-              num_frames=FRAMES, fps=FPS, image_size=SIZE, max_boxes=64)
+              num_frames=FRAMES, fps=FPS, image_size=SIZE, max_boxes=64, trajectory_points=K)
   args.update(kw)
   return nuscenes.ClipSource(root, **args)
 
@@ -64,7 +70,7 @@ def test_roundtrip_poses_calibrations_actions_boxes(exported):
   for index, scene in enumerate(scenes):
     r = src[index]
     schema.validate(r, source="roundtrip", index=index)
-    poses, actions, boxes = _truth(scene)
+    poses, actions, boxes, future = _truth(scene)
     np.testing.assert_allclose(r["ego_pose"], poses, atol=2e-4)
     np.testing.assert_allclose(r["intrinsics"], np.broadcast_to(rig.intrinsics, (FRAMES, 6, 3, 3)),
                                atol=1e-5)
@@ -72,9 +78,16 @@ def test_roundtrip_poses_calibrations_actions_boxes(exported):
                                atol=1e-5)
     np.testing.assert_array_equal(r["view_adjacency"], rig.view_adjacency)
     # CAN bus: speed exact, steering = wheel angle / 16, accel and yaw rate as the ego model says.
-    np.testing.assert_allclose(r["actions"][:, 0], actions[:, 0], atol=0.05)
-    np.testing.assert_allclose(r["actions"][:, 1], actions[:, 1], atol=2e-3)
-    np.testing.assert_allclose(r["actions"][:, 3], actions[:, 3], atol=2e-3)
+    # The messages (50 / 100 Hz) hold each frame's value; a frame time between two messages reads
+    # a blend of that frame's and the next one's, so allow the change from frame to frame.
+    step = np.abs(np.diff(actions, axis=0)).max(0)
+    np.testing.assert_allclose(r["actions"][:, 0], actions[:, 0], atol=0.05 + step[0])
+    np.testing.assert_allclose(r["actions"][:, 1], actions[:, 1], atol=2e-3 + step[1])
+    np.testing.assert_allclose(r["actions"][:, 3], actions[:, 3], atol=2e-3 + step[3])
+    # Future keys from the exported poses of the 6 frames after the clip, as the world drove.
+    np.testing.assert_allclose(r["trajectory"], future["trajectory"], atol=2e-3)
+    np.testing.assert_allclose(r["goal_point"], future["goal_point"], atol=2e-3)
+    np.testing.assert_array_equal(r["command"], future["command"])
     tracks = {}
     for t in range(FRAMES):
       valid = r["boxes"][t][r["boxes"][t][:, 9] > 0]
@@ -102,8 +115,8 @@ def test_roundtrip_poses_calibrations_actions_boxes(exported):
 
 def test_keyframes_only_and_location_split(exported):
   root, scenes = exported
-  src = _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES)
-  poses, _, _ = _truth(scenes[1])
+  src = _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES - 1, trajectory_points=1)
+  poses = _truth(scenes[1])[0]
   np.testing.assert_allclose(src[1]["ego_pose"], poses[::export.KEYFRAME_EVERY], atol=2e-4)
   c = defaults.data()
   c.update(source="nuscenes", path=root, version=VERSION, views=("CAM_FRONT",), num_frames=3,
@@ -175,14 +188,14 @@ def test_quarter_size_copy_reads_with_the_rigs_calibration(exported, tmp_path):
         with Image.open(path) as im:
           im.convert("RGB").resize((SIZE[1] // 4, SIZE[0] // 4), Image.BILINEAR).save(path)
   out = (SIZE[0] // 4, SIZE[1] // 4)
-  full = _source(exported[0], keyframes_only=True, fps=2, num_frames=SAMPLES, image_size=out)[0]
-  small = _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES, image_size=out)[0]
+  kw = dict(keyframes_only=True, fps=2, num_frames=SAMPLES - 1, image_size=out, trajectory_points=1)
+  full = _source(exported[0], **kw)[0]
+  small = _source(root, **kw)[0]
   rig = rig_lib.make_rig("nuscenes6", out)
   np.testing.assert_allclose(small["intrinsics"],
-                             np.broadcast_to(rig.intrinsics, (SAMPLES, 6, 3, 3)), atol=1e-5)
+                             np.broadcast_to(rig.intrinsics, (SAMPLES - 1, 6, 3, 3)), atol=1e-5)
   np.testing.assert_array_equal(small["layout"], full["layout"])
   np.testing.assert_array_equal(small["view_adjacency"], rig.view_adjacency)
   with pytest.raises(ValueError, match=rf"is {SIZE[1] // 4}x{SIZE[0] // 4} but .*"
                                        rf"{SIZE[1]}x{SIZE[0]}"):
-    _source(root, keyframes_only=True, fps=2, num_frames=SAMPLES, image_size=out,
-            image_size_mismatch="error")[0]
+    _source(root, image_size_mismatch="error", **kw)[0]

@@ -17,7 +17,8 @@ from wm_jax.data import pipeline, records, sources
 
 
 def _record(i, nan=False, shape=(2, 1, 4, 6, 3)):
-  actions = np.full((shape[0], 4), float(i), np.float32)
+  actions = np.zeros((shape[0], 4), np.float32)
+  actions[:, 0] = i  # the record's id, as its speed (a valid action)
   if nan:
     actions[1, 2] = np.nan
   return {"frames": np.full(shape, i % 256, np.uint8), "actions": actions,

@@ -10,7 +10,7 @@ from wm_jax.data import pipeline, schema, sources, tfds_builders, tfds_cache
 def _config(**kw):
   c = defaults.data()
   c.update(num_frames=2, image_height=16, image_width=32, num_train=3, num_val=2,
-           val_domain="singapore", read_threads=1)
+           val_domain="singapore", read_threads=1, trajectory_points=3)
   c.update(kw)
   return c
 
@@ -24,6 +24,12 @@ def test_index_maps_to_a_seeded_scene_and_domain_split(train_source):
   a = train_source[1]
   schema.validate(a, source=train_source.name, index=1)
   assert a["frames"].shape == (2, 1, 16, 32, 3) and "depth" not in a
+  # The ego's future with K = config.trajectory_points, from the poses the world drove.
+  assert a["trajectory"].shape == (2, 3, 2) and a["goal_point"].shape == (2, 2)
+  assert a["command"].dtype == np.int32 and a["actions"].shape == (2, 4)
+  next_in_frame0 = np.linalg.inv(a["ego_pose"][0].astype(np.float64)) @ np.append(
+      a["ego_pose"][1, :3, 3], 1.0)
+  np.testing.assert_allclose(a["trajectory"][0, 0], next_in_frame0[:2], atol=1e-3)
   b = sources.make_source(_config(), "train")[1]  # a fresh source renders the same clip
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -47,5 +53,7 @@ def test_iterator_over_rendered_clips_and_tfds_cache(train_source, tmp_path):
   assert len(cached) == 2
   want, got = train_source[1], cached[1]
   assert sorted(got) == sorted(want)
+  assert {"actions", "trajectory", "goal_point", "command"} <= set(got)  # the cache keeps them
   for key in want:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert got[key].dtype == want[key].dtype, key

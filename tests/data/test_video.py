@@ -45,6 +45,7 @@ def test_clips_resample_fps_and_resize(folder):
   clip = src[1]
   schema.validate(clip, source="t", index=1)
   assert clip["frames"].shape == (3, 1, 16, 32, 3) and clip["fps"] == 5
+  assert not set(schema.EGO_KEYS) & set(clip)  # videos carry no ego motion
   assert _grey(clip) == [6, 8, 10]
   assert _grey(src[3]) == [2, 4, 6]  # two.mp4 starts at grey level 2
 

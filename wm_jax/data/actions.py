@@ -54,7 +54,7 @@ from wm_jax.data import schema
 WHEELBASE = 2.588  # metres (nuScenes' Renault Zoe)
 STOP_DISTANCE = 0.5  # metres travelled over the K future frames below which the command is stop
 TURN_BEARING = 0.1  # rad: bearing of the trajectory's end point beyond which it turns
-TURN_OFFSET = 0.25  # metres: lateral offset of the end point a turn also needs
+TURN_OFFSET = 0.1  # metres: lateral offset of the end point a turn also needs
 GOAL_MIN_DEPTH = 0.5  # metres: nearest depth in front of the camera a goal point is projected at
 GOAL_RANGE = (-1.0, 2.0)  # goal_point coordinates are clipped to this range (image: [0, 1])
 

@@ -13,7 +13,11 @@ samples, `keyframes_only=True`) or all its frames (~12 Hz sweeps). The timeline 
 `fps` by taking the frame nearest to t0 + k/fps (fps above the camera's rate raises). Other views
 are aligned by timestamp: in keyframe mode the same sample's frame of that camera, otherwise the
 nearest frame of that camera (at most one camera period away, else an error). Clips are windows of
-`num_frames` timeline frames every `clip_stride` frames (default: non-overlapping).
+`num_frames` timeline frames every `clip_stride` frames (default: non-overlapping), and only those
+whose `trajectory_points` (K) following timeline frames are in the scene too: the trajectory of a
+clip's last frame needs them, so near a scene's end no clip starts where fewer than K future ego
+poses exist (nothing is extrapolated). A scene of n timeline frames gives clips starting at 0,
+clip_stride, ... up to n - num_frames - K.
 
 Per frame t and view v:
   intrinsics  calibrated_sensor.camera_intrinsic, adjusted for the resize + centre crop. The
@@ -38,7 +42,13 @@ Per frame t and view v:
               (`<scene>_pose.json`: vel[0], accel[0], rotation_rate[2]; `_steeranglefeedback.json`:
               value / steering_ratio), interpolated at frame times, when the files exist; otherwise
               from the ego poses of the first camera's full frame sequence (finite differences;
-              steering = atan(wheelbase * yaw_rate / speed), 0 below 0.5 m/s).
+              steering = atan(wheelbase * yaw_rate / speed), 0 below 0.5 m/s). Speed is the
+              forward speed clipped at 0: reversing (or noise around a standstill) reads as 0,
+              as the batch contract has no negative speed.
+  trajectory, goal_point, command
+              data/actions.py future_actions of the first view's ego poses at the clip's frames
+              and the K timeline frames after them, projected with the first view's calibration
+              (view 0, as adjusted for the resize + crop).
   layout      wm_jax/data/layout_render.py draws the boxes (nuScenes maps are not read: map
               channels stay empty).
   view_adjacency  cameras whose horizontal fields of view overlap (or the same camera).
@@ -61,6 +71,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from wm_jax.data import actions as actions_lib
 from wm_jax.data import layout_render
 from wm_jax.data import video
 from wm_jax.data.splits import in_validation
@@ -197,7 +208,8 @@ class ClipSource:
                clip_stride: int = 0, box_mode: str = "interpolate", max_boxes: int = 32,
                layout: bool = True, use_can_bus: bool = True, wheelbase: float = 2.588,
                steering_ratio: float = 16.0, scenes: Sequence[str] | None = None,
-               image_size_mismatch: str = "rescale", name: str | None = None):
+               image_size_mismatch: str = "rescale", trajectory_points: int = 6,
+               name: str | None = None):
     if box_mode not in ("interpolate", "nearest"):
       raise ValueError(f"box_mode must be 'interpolate' or 'nearest', got {box_mode!r}")
     if image_size_mismatch not in IMAGE_SIZE_MISMATCH:
@@ -211,6 +223,9 @@ class ClipSource:
     self.image_size = tuple(int(s) for s in image_size)
     self.keyframes_only, self.box_mode = keyframes_only, box_mode
     self.max_boxes, self.layout = int(max_boxes), layout
+    if int(trajectory_points) < 1:
+      raise ValueError(f"trajectory_points must be >= 1, got {trajectory_points}")
+    self.trajectory_points = int(trajectory_points)
     self.use_can_bus, self.wheelbase = use_can_bus, wheelbase
     self.steering_ratio = steering_ratio
     self.clip_stride = int(clip_stride) or self.num_frames
@@ -245,7 +260,8 @@ class ClipSource:
       info = self._scene_timeline(scene)
       si = len(self.scenes)
       self.scenes.append(info)
-      for start in range(0, len(info["timeline"]) - self.num_frames + 1, self.clip_stride):
+      last = len(info["timeline"]) - self.num_frames - self.trajectory_points
+      for start in range(0, last + 1, self.clip_stride):
         self.clips.append((si, start))
 
   @classmethod
@@ -255,6 +271,7 @@ class ClipSource:
                image_size=(config.image_height, config.image_width),
                keyframes_only=config.keyframes_only, clip_stride=config.clip_stride,
                box_mode=config.box_mode, max_boxes=config.max_boxes, layout=config.layout,
+               trajectory_points=config.trajectory_points,
                use_can_bus=config.use_can_bus, wheelbase=config.wheelbase,
                steering_ratio=config.steering_ratio,
                image_size_mismatch=config.image_size_mismatch,
@@ -386,6 +403,7 @@ class ClipSource:
         "boxes": clip_boxes([self._boxes(info, e[self.views[0]], p)
                              for e, p in zip(entries, poses)], self.max_boxes),
         "actions": self._actions(info, np.asarray(times)),
+        **self._future(info, start, index, poses, ks, es),
         "fps": np.float32(self.fps),
         "view_adjacency": self._adjacency(ks[0], es[0]),
     }
@@ -394,6 +412,21 @@ class ClipSource:
           layout_render.render_layout(b, None, k, e, self.image_size)
           for b, k, e in zip(record["boxes"], record["intrinsics"], record["extrinsics"])])
     return record
+
+  def _future(self, info, start, index, poses, ks, es) -> dict[str, np.ndarray]:
+    """trajectory, goal_point, command of the clip: its poses and the K timeline frames after."""
+    tb, k = self.tables, self.trajectory_points
+    ahead = info["timeline"][start + self.num_frames:start + self.num_frames + k]
+    future = [tb.finite_transform("ego_pose", tb.ref("sample_data", e[self.views[0]],
+                                                     "ego_pose_token", "ego_pose"))
+              for e in ahead]
+    try:
+      return actions_lib.future_actions(np.asarray(poses + future), num_points=k,
+                                        front_intrinsics=np.asarray(ks, np.float64)[:, 0],
+                                        front_extrinsics=np.asarray(es, np.float64)[:, 0],
+                                        image_size=self.image_size)
+    except ValueError as e:
+      raise ValueError(f"nuScenes: clip {index} of scene {info['scene']['name']}: {e}") from e
 
   def _image(self, sd, where):
     """(image [H,W,3], affine [2,3]): the image resized and cropped to `image_size`, and the map
@@ -493,18 +526,20 @@ class ClipSource:
     return rows
 
   def _actions(self, info, times) -> np.ndarray:
+    """[T,4] actions at `times` (see the module docstring), speed clipped at 0."""
     scene = info["scene"]["name"]
-    can = None
+    acts = None
     if self.use_can_bus:
-      can = can_bus_actions(self.root, scene, times, self.steering_ratio)
-    if can is not None:
-      return can
-    ref = info["ref_frames"]
-    tb = self.tables
-    poses = np.stack([tb.finite_transform("ego_pose", tb.ref("sample_data", sd, "ego_pose_token",
-                                                             "ego_pose")) for sd in ref])
-    stamps = np.array([sd["timestamp"] for sd in ref], np.float64) * 1e-6
-    return pose_actions(stamps, poses, times, self.wheelbase)
+      acts = can_bus_actions(self.root, scene, times, self.steering_ratio)
+    if acts is None:
+      ref = info["ref_frames"]
+      tb = self.tables
+      poses = np.stack([tb.finite_transform("ego_pose", tb.ref("sample_data", sd, "ego_pose_token",
+                                                               "ego_pose")) for sd in ref])
+      stamps = np.array([sd["timestamp"] for sd in ref], np.float64) * 1e-6
+      acts = pose_actions(stamps, poses, times, self.wheelbase)
+    acts[:, 0] = np.maximum(acts[:, 0], 0.0)
+    return acts
 
   def _adjacency(self, ks, es) -> np.ndarray:
     yaw = [math.atan2(e[1, 2], e[0, 2]) for e in es]

@@ -20,7 +20,8 @@ depend on worker_count, and a state saved at one worker_count restores at anothe
 process ends by itself when the process that started it is gone (a trainer killed with SIGKILL),
 and with the workers the multiprocessing resource tracker ends too.
 
-Bad records (corrupt image, missing file, NaN action, wrong shape, ...) raise
+Bad records (corrupt image, missing file, NaN or out-of-range action, trajectory or command, wrong
+shape, ...) raise
 `records.BadRecordError` naming the source and index. With `config.skip_bad_records` they are
 dropped instead and counted in `iterator.bad_records`, which is also part of the iterator state.
 

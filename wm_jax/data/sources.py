@@ -8,7 +8,9 @@ SOURCES maps config.data.source to a constructor (config.data, split) -> source:
   nuscenes   nuscenes.py ClipSource: multi-view clips of a nuScenes v1.0 data set
   video      video.py VideoClipSource: single-view clips of a folder of mp4s
   tfds       tfds_cache.py data_source: a prepared ArrayRecord cache (tfds_builders.py)
-The `name` appears in every error about a bad record (records.py).
+The `name` appears in every error about a bad record (records.py). The ego keys (actions,
+trajectory, goal_point, command; data/actions.py) come from synthetic and nuScenes records, and
+from a TFDS cache of them; video records lack them.
 """
 
 from __future__ import annotations

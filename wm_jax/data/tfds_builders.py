@@ -7,10 +7,12 @@
 
 Builders: `wm_synthetic` (the procedural world), `wm_nuscenes` (nuScenes clips), `wm_video` (video
 folders). A builder config carries the whole `config.data` (as JSON) so the cache says exactly what
-it holds; features (keys, shapes, dtypes) come from the first record. Records are validated
-(schema.validate) before they are written, in source order (TFDS shuffling is off: cache index i is
-source index i; Grain shuffles at read time). With `encode_fn` (frames uint8 [T,V,H,W,3] ->
-latents [T,V,h,w,C] float) the cache holds precomputed `latents` instead of frames
+it holds; features (keys, shapes, dtypes) come from the first record, so the cache holds every key
+its source gives (the ego's actions, trajectory, goal_point and command from the synthetic world
+and nuScenes, with the K of the config's trajectory_points; none of them from videos). Records
+are validated (schema.validate) before they are written, in source order (TFDS shuffling is off:
+cache index i is source index i; Grain shuffles at read time). With `encode_fn` (frames uint8
+[T,V,H,W,3] -> latents [T,V,h,w,C] float) the cache holds precomputed `latents` instead of frames
 (keep_frames=True keeps both). Only the ArrayRecord file format is written, so tfds_cache.py
 reads a cache back with random access and without TensorFlow in the read path.
 

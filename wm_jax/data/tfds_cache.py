@@ -3,6 +3,9 @@
     source = data_source('wm_synthetic/tiny', split='train', data_dir='/data/tfds')
     record = source[i]     # == record i of the source the cache was built from
 
+Keys and dtypes are the cache's features: exactly those of the source's records (so the ego's
+trajectory, goal_point and command are there when the source gave them; command stays int32).
+
 Only the ArrayRecord file format is read, through `tfds.data_source`: random access without
 TensorFlow in the read path.
 """

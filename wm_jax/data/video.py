@@ -10,6 +10,9 @@ video read at 10 fps keeps every third frame; fps above the video's rate would r
 raises unless allow_upsample. Frames are resized to cover the target size, keeping the aspect
 ratio, and centre-cropped.
 
+Videos carry no ego motion: records have no actions, trajectory, goal_point or command (nor
+poses or calibration), and a model that needs those keys refuses such a batch.
+
 A file that cannot be read (truncated, not a video) raises ValueError naming it when the source is
 built. With skip_bad_files (config.data.skip_bad_records) it is left out of the clips instead and
 stands as one index after the clips whose reading raises that error, so the pipeline skips and

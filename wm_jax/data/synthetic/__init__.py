@@ -3,8 +3,10 @@
   domains.py  style domains ("cities"): boston (right-hand traffic, dense brick, overcast) and
               singapore (left-hand traffic, sparse towers, trees, sunny)
   world.py    make_scene(seed, domain): roads with curves and junctions, buildings, poles, trees,
-              moving and parked vehicles, pedestrians; the ego autopilot (pure pursuit + cruise)
-  ego.py      the kinematic bicycle model that turns actions (speed, steering) into poses
+              moving and parked vehicles, pedestrians; the ego's driving plan (make_plan: lane
+              keeping, lane changes, swerves, speed changes, stops, junction turns) and the
+              autopilot that drives it (pure pursuit + speed profile + car following)
+  ego.py      the bicycle model of data/actions.py, named for the world, and its steering limit
   rig.py      camera rigs 'front', 'front2', 'front3', 'nuscenes6' at any image size
   raycast.py  jitted per-pixel ray casting (boxes, textured ground, sky) -> RGB, depth, hit ids
   render.py   render_clip(scene, rig, ...) -> a record of the batch contract (data/schema.py);

@@ -29,7 +29,10 @@ ANNOTATION_RANGE of the ego. visibility_token buckets the fraction of 9 points o
 and corners pulled 20% inwards) that some camera sees on that object; num_lidar_pts holds the
 number of camera PIXELS showing the object (there is no lidar), num_radar_pts 0. CAN-bus steering
 (`value`, `steering`) is the steering-WHEEL angle = STEERING_RATIO x road-wheel angle; divide by
-STEERING_RATIO to recover the action's steering. The ego moves on the ground plane (z = 0).
+STEERING_RATIO to recover the action's steering. The ego moves on the ground plane (z = 0) and
+drives its scene's plan (world.make_plan: lane changes, swerves, speed changes, stops, turns).
+The reader derives trajectory, goal_point and command from the exported ego poses, so a clip read
+back needs K (trajectory_points) camera frames after it in the scene: choose num_samples to fit.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@
 
 Frames of the record (all float32 unless noted):
   frames [T,V,H,W,3] uint8, depth [T,V,H,W] metres along each camera's optical axis (sky: FAR),
-  actions [T,4] speed, steering, accel, yaw_rate (see ego.py; the poses integrate them exactly),
+  actions [T,4] speed, steering, accel, yaw_rate (see data/actions.py; the poses integrate them
+  exactly), trajectory [T,K,2], goal_point [T,2], command [T] int32 (data/actions.py
+  future_actions of the ego simulated K frames past the clip, which are not rendered),
   ego_pose [T,4,4] world-from-ego (ego frame: x forward, y left, z up, origin at the rear axle on
   the ground), intrinsics [T,V,3,3] pixels, extrinsics [T,V,4,4] ego-from-camera (camera frame
   OpenCV: x right, y down, z forward), boxes [T,N,10] in the EGO frame of the same timestep
@@ -20,6 +22,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from wm_jax.data import actions as actions_lib
 from wm_jax.data import layout_render, schema
 from wm_jax.data.synthetic import ego as ego_lib
 from wm_jax.data.synthetic import raycast
@@ -143,8 +146,7 @@ def padded_crossings(scene):
 
 def ego_poses(scene, speed, steering, fps):
   """World-from-ego [T,4,4] float64 by integrating the bicycle model from the scene's start."""
-  states = ego_lib.integrate(scene.ego_start, speed, steering, 1.0 / fps)
-  return np.stack([ego_lib.pose_matrix(*s) for s in states])
+  return actions_lib.integrate_poses(scene.ego_start, speed, steering, 1.0 / fps)
 
 
 def _to_ego(boxes_world, pose):
@@ -172,17 +174,24 @@ def _map_lines_ego(scene, pose, radius):
 
 
 def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: float = 12.0,
-                image_size=(128, 256), *, actions=None, max_boxes: int = 32,
-                boxes_per_tile: int = 32, road_segments: int = 20, layout: bool = True,
-                start_time: float = 0.0, return_hit_id: bool = False, devices=None) -> dict:
+                image_size=(128, 256), *, actions=None, trajectory_points: int = 6,
+                max_boxes: int = 32, boxes_per_tile: int = 32, road_segments: int = 20,
+                layout: bool = True, start_time: float = 0.0, return_hit_id: bool = False,
+                devices=None) -> dict:
   """A record (schema dict of numpy arrays) of `num_frames` frames of `scene`.
 
   Args:
     scene: from world.make_scene.
     rig: 'front', 'nuscenes6' or a rig.Rig (its image size must equal image_size).
     fps: frame rate; the ego and the traffic advance 1/fps seconds per frame.
-    actions: None (the autopilot drives) or [T,2] / [T,4] speed (m/s) and steering (rad) for
-      action-conditioned rendering; accel and yaw rate are always re-derived from them.
+    actions: None (the ego drives its plan, world.autopilot) or [T,2|4] / [T+K,2|4] speed (m/s)
+      and steering (rad) for action-conditioned rendering; accel and yaw rate are always
+      re-derived from them. Given T rows, the last speed and steering are held for the K frames
+      past the clip that trajectory, goal_point and command look at. The ego starts at
+      scene.ego_start (where its plan has it at frame 0; world.make_scene(...,
+      manoeuvre='lane_keep') starts it on its lane, along the road).
+    trajectory_points: K, the future frames of trajectory / goal_point / command (simulated,
+      not rendered).
     max_boxes: N, rows of `boxes`.
     boxes_per_tile, road_segments: K and KR of the ray caster: each image tile tests the nearest
       K boxes that project onto it, each pixel the KR road segments nearest to the ego.
@@ -204,15 +213,24 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
   elif tuple(rig.image_size) != (h, w):
     raise ValueError(f"rig image size {rig.image_size} differs from image_size {(h, w)}")
   dt = 1.0 / fps
+  k = int(trajectory_points)
+  if k < 1:
+    raise ValueError(f"trajectory_points must be >= 1, got {trajectory_points}")
   if actions is None:
-    speed, steering = world.autopilot(scene, num_frames, fps)
+    speed, steering = world.autopilot(scene, num_frames + k, fps)
   else:
     actions = np.asarray(actions, np.float64)
-    if actions.ndim != 2 or actions.shape[0] != num_frames or actions.shape[1] not in (2, 4):
-      raise ValueError(f"actions must be [T={num_frames}, 2 or 4], got {actions.shape}")
+    if actions.ndim != 2 or actions.shape[0] not in (num_frames, num_frames + k) or \
+        actions.shape[1] not in (2, 4):
+      raise ValueError(f"actions must be [T={num_frames} or T+K={num_frames + k}, 2 or 4], got "
+                       f"{actions.shape}")
     speed, steering = actions[:, 0], actions[:, 1]
-  acts = ego_lib.make_actions(speed, steering, dt)
-  poses = ego_poses(scene, speed, steering, fps)
+    if len(speed) == num_frames:
+      speed = np.concatenate([speed, np.full(k, speed[-1])])
+      steering = np.concatenate([steering, np.full(k, steering[-1])])
+  acts = ego_lib.make_actions(speed, steering, dt)[:num_frames]
+  all_poses = actions_lib.integrate_poses(scene.ego_start, speed, steering, dt)
+  poses = all_poses[:num_frames]
 
   k_inv = np.linalg.inv(rig.intrinsics.astype(np.float64)).astype(np.float32)
   statics = static_boxes(scene)
@@ -261,10 +279,13 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
     for t in range(num_frames):
       lay[t] = layout_render.render_layout(boxes[t], _map_lines_ego(scene, poses[t], 90.0),
                                            rig.intrinsics, rig.extrinsics, (h, w))
+  future = actions_lib.future_actions(all_poses, num_points=k, front_intrinsics=rig.intrinsics[0],
+                                      front_extrinsics=rig.extrinsics[0], image_size=(h, w))
   record = {
       "frames": frames,
       "depth": depth.astype(np.float32),
       "actions": acts,
+      **future,
       "ego_pose": poses.astype(np.float32),
       "intrinsics": np.broadcast_to(rig.intrinsics, (num_frames, v, 3, 3)).copy(),
       "extrinsics": np.broadcast_to(rig.extrinsics, (num_frames, v, 4, 4)).copy(),
@@ -285,14 +306,14 @@ def record_for_index(index: int, *, seed: int = 0, domains=("boston", "singapore
   """Record number `index` of a synthetic data set: a random-access source for data pipelines.
 
   Scene `index` uses domain domains[index % len(domains)] and scene seed (seed, index) hashed to
-  one integer, with a main road long enough for the clip. Deterministic: the same arguments give
-  the same record. Extra keyword arguments go to render_clip.
+  one integer, with a main road long enough for the plan's pre-roll and the clip. Deterministic:
+  the same arguments give the same record. Extra keyword arguments go to render_clip.
   """
   if index < 0:
     raise ValueError(f"index must be >= 0, got {index}")
   domain = domains[index % len(domains)]
   scene_seed = int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
   duration = num_frames / fps
-  length = max(200.0, 80.0 + 1.5 * 15.0 * duration)
+  length = max(250.0, 150.0 + 1.5 * 15.0 * duration)
   scene = world.make_scene(scene_seed, domain, length=length)
   return render_clip(scene, rig, num_frames=num_frames, fps=fps, image_size=image_size, **kwargs)

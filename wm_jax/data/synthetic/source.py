@@ -3,6 +3,10 @@
     source = SyntheticSource(config.data, 'train')
     record = source[i]     # render.render_clip of world.make_scene(scene_seed + i, domain)
 
+Every record carries the ego's actions, trajectory, goal_point and command (K =
+config.trajectory_points), the ego driving the scene's plan (world.make_plan: lane keeping, lane
+changes, swerves, speed changes, stops, turns at junctions).
+
 Validation scenes are seeded from scene_seed + 10**6 + i and drawn from config.val_domain when
 it is set (a domain split). Rendering runs on the JAX platform config.render_device ('cpu' by
 default, so data threads stay off the accelerator that trains; '' = JAX's default device).
@@ -49,7 +53,8 @@ class SyntheticSource:
     with self._device():
       record = render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
                                   image_size=(c.image_height, c.image_width),
-                                  max_boxes=c.max_boxes, layout=c.layout)
+                                  max_boxes=c.max_boxes, layout=c.layout,
+                                  trajectory_points=c.trajectory_points)
     if not c.layout:
       record.pop("layout", None)
     if not c.depth:

@@ -13,6 +13,12 @@ every few degrees) and paints asphalt, lane markings, kerbs, sidewalks and zebra
 the distance to the nearest segment. The main road carries traffic in both directions (the side
 of the road follows the domain's traffic_side); side roads cross it at right angles (junctions)
 and carry parked cars.
+
+The ego drives a plan drawn per scene (`make_plan`, deterministic from the seed, in the shares
+MANOEUVRE_WEIGHTS): lane keeping, a lane change, a swerve, a speed change, a stop, or a left or
+right turn at a junction onto a side road. `autopilot(scene, num_frames, fps)` turns the plan
+into speed and steering per frame (pure pursuit on the plan's route, the plan's speed, the gap to
+traffic ahead); the poses follow from them through the bicycle model (data/actions.py).
 """
 
 from __future__ import annotations
@@ -88,9 +94,10 @@ class SceneSpec:
   actors: list
   map_lines: list          # [(class index into MAP_LINE_CLASSES, points [M,3] world)]
   ego_lane_u: float        # lateral offset of the ego lane on road 0
-  ego_s0: float
+  ego_s0: float            # main-road arc length of the ego at time 0
   ego_cruise: float        # m/s
   ego_speed_wobble: tuple  # (amplitude m/s, period s, phase)
+  ego_plan: "EgoPlan"      # the ego's driving policy in this scene (make_plan)
 
   def __post_init__(self):
     a = self.actors
@@ -105,8 +112,8 @@ class SceneSpec:
 
   @property
   def ego_start(self):
-    p, h = self.roads[0].offset_points(self.ego_s0, self.ego_lane_u)
-    return np.array([p[0], p[1], h], np.float64)
+    """(x, y, yaw) of the ego at time 0 (where the plan's pre-roll left it)."""
+    return self.ego_plan.state0.copy()
 
 
 def _polyline_road(rng, length, domain):
@@ -218,19 +225,25 @@ def _size(rng, cls):
 
 
 def make_scene(seed: int, domain: str | Domain = "boston", *, length: float = 400.0,
-               num_side_roads: int = 3) -> SceneSpec:
+               num_side_roads: int = 3, manoeuvre: str | None = None) -> SceneSpec:
   """Builds a procedural scene (deterministic from `seed`) in style `domain`.
 
   Args:
     seed: integer seed; the same seed and arguments give the same scene bit for bit.
     domain: a name in domains.DOMAINS or a Domain.
-    length: main-road length in metres (the ego starts 30 m in and drives along +s).
+    length: main-road length in metres (the ego drives along +s; its plan has it 20 to 50 m in
+      at time 0, or near the junction it turns at).
     num_side_roads: at most this many perpendicular side roads (junctions) on straight pieces.
+    manoeuvre: None (drawn from the seed, see make_plan) or one of MANOEUVRES for the ego's plan;
+      the rest of the scene is the same either way ('lane_keep' starts the ego on its lane's
+      centre line, heading along the road, as a fixed start for action-conditioned rendering).
   """
   if isinstance(domain, str):
     domain = get_domain(domain)
   if length < 100:
     raise ValueError(f"length must be at least 100 m, got {length}")
+  if manoeuvre is not None and manoeuvre not in MANOEUVRES:
+    raise ValueError(f"unknown manoeuvre {manoeuvre!r}; choose one of {MANOEUVRES}")
   rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5eed]))
   d = domain
   lw, n_lanes = d.lane_width, d.lanes_per_direction
@@ -353,8 +366,9 @@ def make_scene(seed: int, domain: str | Domain = "boston", *, length: float = 40
 
   ego_lane = int(rng.integers(n_lanes))
   ego_u = -d.traffic_side * (ego_lane + 0.5) * lw
-  ego_s0 = 30.0
   ego_cruise = float(rng.uniform(*d.speed_range))
+  plan = make_plan(seed, d, roads, junctions, ego_lane, ego_cruise, manoeuvre)
+  ego_s0 = plan.main_s0
   for direction in (1, -1):
     for lane in range(n_lanes):
       u = -d.traffic_side * direction * (lane + 0.5) * lw
@@ -367,10 +381,24 @@ def make_scene(seed: int, domain: str | Domain = "boston", *, length: float = 40
         s_cur += rng.uniform(10, 60)
         if s_cur > main.s[-1]:
           break
-        if direction == 1 and lane == ego_lane and s_cur < ego_s0 + 12:
+        if direction == 1 and lane == ego_lane and s_cur < EGO_S0 + 12:
           continue
         add_actor(_sample_vehicle_class(rng), 0, u, s_cur, direction * lane_speed, True)
         s_cur += 12
+  # Clear the ego's lane behind and just ahead of where the plan has it at time 0, and beside it
+  # the lane it moves into (lane change, swerve). Removed after drawing, so the random stream
+  # and all else in the scene do not depend on the plan.
+  target_u = ego_u + plan.lateral[3] if plan.lateral[0] != "none" else None
+
+  def in_the_way(a):
+    if a.road != 0 or a.speed <= 0:
+      return False
+    if abs(a.u - ego_u) < 0.5 and a.s0 < ego_s0 + 12:
+      return True
+    return target_u is not None and abs(a.u - target_u) < 0.75 * lw and \
+        ego_s0 - 15 < a.s0 < ego_s0 + 12
+
+  actors = [a for a in actors if not in_the_way(a)]
   for r, road in enumerate(roads):
     if road.parking:
       for side in (-1, 1):
@@ -427,10 +455,8 @@ def make_scene(seed: int, domain: str | Domain = "boston", *, length: float = 40
     p, _ = road.offset_points(np.array([c[0] for c in corners]), np.array([c[1] for c in corners]))
     map_lines.append((ped_cls, np.concatenate([p, np.zeros((len(p), 1))], 1)))
 
-  wobble = (float(rng.uniform(0.3, 1.5)), float(rng.uniform(4.0, 10.0)),
-            float(rng.uniform(0, 2 * np.pi)))
   return SceneSpec(int(seed), d, roads, _road_segments(roads), road_params, crossings, static,
-                   actors, map_lines, float(ego_u), ego_s0, ego_cruise, wobble)
+                   actors, map_lines, float(ego_u), ego_s0, ego_cruise, plan.wobble, plan)
 
 
 def actor_states(scene: SceneSpec, t: float):
@@ -449,46 +475,314 @@ def actor_states(scene: SceneSpec, t: float):
   return xy, yaw, active
 
 
-def autopilot(scene: SceneSpec, num_frames: int, fps: float):
-  """Speed and steering [T] that keep the ego in its lane on the main road.
+# --------------------------------------------------------------------------------------------
+# The ego's driving policy
 
-  Pure pursuit on the lane centreline for steering; a cruise speed with a slow sinusoidal wobble,
-  capped by the gap to the vehicle ahead in the lane, with accelerations limited to [-3, 2] m/s^2.
-  The poses follow from the actions through ego.integrate (the same model the renderer uses).
+
+@dataclasses.dataclass
+class EgoPlan:
+  """What the ego does in one scene: a route, a lateral and a speed profile, the state at time 0.
+
+  Times are seconds from frame 0 of a clip; route arc lengths are metres along `route`.
   """
-  dt = 1.0 / fps
-  road = scene.roads[0]
-  lane_s = road.s
-  lane_pts, _ = road.offset_points(lane_s, np.full(len(lane_s), scene.ego_lane_u))
-  amp, period, phase = scene.ego_speed_wobble
-  state = scene.ego_start
-  v = scene.ego_cruise
-  speeds, steers = [], []
-  same_lane = [a for a in scene.actors if a.road == 0 and a.speed > 0
-               and abs(a.u - scene.ego_lane_u) < 0.5]
-  for t in range(num_frames):
-    time = t * dt
-    i = int(np.argmin(np.sum((lane_pts - state[:2]) ** 2, axis=1)))
-    s_ego = lane_s[i]
-    lookahead = max(6.0, 1.2 * v)
-    j = int(np.searchsorted(lane_s, s_ego + lookahead))
-    j = min(j, len(lane_s) - 1)
-    target = lane_pts[j] - state[:2]
-    alpha = np.arctan2(target[1], target[0]) - state[2]
-    dist = max(np.hypot(*target), 1.0)
-    steer = float(np.clip(np.arctan2(2 * ego_lib.WHEELBASE * np.sin(alpha), dist),
-                          -ego_lib.MAX_STEERING, ego_lib.MAX_STEERING))
-    v_des = scene.ego_cruise + amp * np.sin(2 * np.pi * time / period + phase)
-    gaps = [(a.s0 + a.speed * time) - s_ego - a.size[0] / 2 - 1.0 for a in same_lane]
-    gaps = [(g, a.speed) for g, a in zip(gaps, same_lane) if g > 0]
+  manoeuvre: str           # one of MANOEUVRES
+  route: np.ndarray        # [M,2] world polyline the ego follows (lane centres), ~1 m apart
+  route_s: np.ndarray      # [M] arc length along the route
+  route_heading: np.ndarray  # [M] unwrapped heading of the route
+  route_main_s: np.ndarray   # [M] main-road arc length of route points on the main road, else NaN
+  lane_u: float            # lateral offset of the ego lane on the main road
+  lateral: tuple           # (kind 'none' | 'step' | 'bump', t_start, duration, offset m, + = left)
+  speed: tuple             # (kind 'cruise' | 'change' | 'stop' | 'turn', t_start, v1, t_resume)
+  turn: tuple | None       # (s_arc_start, s_arc_end, v_turn, radius) along the route, turns only
+  cruise: float            # m/s
+  wobble: tuple            # (amplitude m/s, period s, phase) of the cruise speed
+  state0: np.ndarray = None  # (x, y, yaw) at time 0
+  speed0: float = 0.0      # speed held over the last pre-roll step before time 0
+  main_s0: float = 0.0     # main-road arc length of the ego at time 0
+
+
+# Manoeuvres and the share of scenes that draws each (make_plan).
+MANOEUVRES = ("lane_keep", "lane_change", "swerve", "speed_change", "stop", "turn_left",
+              "turn_right")
+MANOEUVRE_WEIGHTS = (0.16, 0.17, 0.15, 0.12, 0.14, 0.13, 0.13)
+ACCEL_MAX, DECEL_MAX = 2.0, 4.0  # m/s^2: the ego's speed changes within these
+TURN_DECEL = 2.5  # m/s^2: planned deceleration before a turn
+SIDE_ROAD_SPEED = 9.0  # m/s: most the ego drives on a side road
+PLAN_HZ = 20.0  # rate of the pre-roll (the plan's time-0 state does not depend on the clip's fps)
+PRE_ROLL_SETTLE = 1.0  # s of plain driving before a timed manoeuvre starts in the pre-roll
+EGO_S0 = 30.0  # m: where on the main road the pre-roll aims to leave the ego at time 0
+ROUTE_TAIL = 200.0  # m of straight route past the end of the mapped road
+LOOKAHEAD_MIN, LOOKAHEAD_TIME = 4.0, 0.8  # pure pursuit: max(4 m, 0.8 s of travel)
+EGO_HALF_WIDTH = 1.0  # m: turns keep the ego's sides on asphalt
+
+
+def road_margin(scene_or_roads, xy) -> np.ndarray:
+  """Metres by which points [P,2] lie inside some road's asphalt (negative: off every road)."""
+  roads = scene_or_roads.roads if isinstance(scene_or_roads, SceneSpec) else scene_or_roads
+  xy = np.asarray(xy, np.float64).reshape(-1, 2)
+  return np.max([road.half_width - _point_polyline_distance(xy, road.points) for road in roads], 0)
+
+
+def _smoothstep(x):
+  x = np.clip(x, 0.0, 1.0)
+  return x * x * (3 - 2 * x)
+
+
+def lateral_offset(plan: EgoPlan, time) -> np.ndarray:
+  """Offset (m, + = left) of the ego's path from the route at `time`."""
+  kind, t0, duration, offset = plan.lateral
+  x = (np.asarray(time, np.float64) - t0) / duration if duration > 0 else np.zeros_like(time)
+  if kind == "step":
+    return offset * _smoothstep(x)
+  if kind == "bump":
+    return offset * np.sin(np.pi * np.clip(x, 0.0, 1.0)) ** 2
+  return np.zeros_like(np.asarray(time, np.float64))
+
+
+def desired_speed(plan: EgoPlan, time: float, route_s: float) -> float:
+  """The speed (m/s) the plan asks for at `time` and route position `route_s`, before traffic."""
+  amp, period, phase = plan.wobble
+  base = plan.cruise + amp * np.sin(2 * np.pi * time / period + phase)
+  kind, t0, v1, t_resume = plan.speed
+  if kind == "change":
+    return v1 if time >= t0 else base
+  if kind == "stop":
+    return 0.0 if t0 <= time < t_resume else base
+  if kind == "turn":
+    s_in, s_out, v_turn, _ = plan.turn
+    if route_s < s_in:
+      return min(plan.cruise, float(np.sqrt(v_turn ** 2 + 2 * TURN_DECEL * (s_in - route_s))))
+    return v_turn if route_s < s_out + 5.0 else min(plan.cruise, SIDE_ROAD_SPEED)
+  return base
+
+
+def _route(points, main_s):
+  """Route arrays (points, s, heading, main_s) with a straight tail past its end."""
+  points = np.asarray(points, np.float64)
+  step = points[-1] - points[-2]
+  step = step / np.linalg.norm(step)
+  tail = points[-1] + np.arange(1.0, ROUTE_TAIL + 1.0)[:, None] * step
+  points = np.concatenate([points, tail])
+  main_s = np.concatenate([main_s, np.full(len(tail), np.nan)])
+  d = np.diff(points, axis=0)
+  s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(d, axis=1))])
+  heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
+  return points, s, np.concatenate([heading, heading[-1:]]), main_s
+
+
+def _turn_route(main, side, s_j, lane_u, sign, radius, lane_width, traffic_side):
+  """Route points and main-road s of a turn at main-road arc length s_j onto road `side`.
+
+  Local frame of the junction: X along the main road, Y to its left; the side road runs along Y.
+  sign = +1 turns left (onto the side road's +s direction), -1 right. The ego leaves its main lane
+  (Y = lane_u) on a quarter circle of `radius` tangent to it and to the side road's lane for its
+  direction of travel (X = x_side, on the side of the traffic), then follows that lane to the
+  side road's end.
+  """
+  centre, h = main.at(s_j)
+  ex, ey = np.array([np.cos(h), np.sin(h)]), np.array([-np.sin(h), np.cos(h)])
+  x_side = sign * traffic_side * 0.5 * lane_width
+  x_in = x_side - radius
+  s_main = np.arange(0.0, s_j + x_in, 1.0)
+  lane_pts, _ = main.offset_points(s_main, np.full(len(s_main), lane_u))
+  theta = np.linspace(0.0, np.pi / 2, max(int(radius * np.pi / 2), 4) + 1)
+  arc_local = np.stack([x_in + radius * np.sin(theta),
+                        lane_u + sign * radius * (1 - np.cos(theta))], -1)
+  y_end = sign * (side.s[-1] / 2.0)  # the side road reaches ext = s[-1] / 2 either way
+  ys = np.arange(lane_u + sign * radius + sign, y_end, sign * 1.0)
+  side_local = np.stack([np.full(len(ys), x_side), ys], -1)
+  to_world = lambda q: centre + q[:, :1] * ex + q[:, 1:] * ey
+  points = np.concatenate([lane_pts, to_world(arc_local), to_world(side_local)])
+  main_s = np.concatenate([s_main, np.full(len(arc_local) + len(side_local), np.nan)])
+  return points, main_s, len(lane_pts), len(lane_pts) + len(arc_local) - 1
+
+
+def make_plan(seed: int, domain: Domain, roads, junctions, ego_lane: int, cruise: float,
+              manoeuvre: str | None = None) -> EgoPlan:
+  """The ego's plan in a scene: a manoeuvre drawn with MANOEUVRE_WEIGHTS (unless `manoeuvre`
+  names one), deterministic per seed.
+
+    lane_keep     16%  follow the ego lane of the main road at the cruise speed (slow wobble)
+    lane_change   17%  move to the other lane of the same direction (one lane width) in 1.5-3 s
+    swerve        15%  out by 1-1.8 m towards the other lane of the same direction and back in
+                       1.5-2.5 s
+    speed_change  12%  to 0.35-0.6 or 1.3-1.6 times the cruise speed (at most 16 m/s)
+    stop          14%  brake to a standstill, stand 2-6 s, pull away to the cruise speed
+    turn_left     13%  slow to 4-6.5 m/s and turn at a random junction onto the side road's lane
+    turn_right    13%  for its direction, on a quarter circle of 4.5-11 m, then follow it
+
+  Timed manoeuvres start at a random time between the manoeuvre's length before frame 0 and just
+  after it, and a turn's time 0 finds the ego between 4 m before the bend and 2 m past it, so
+  clips of any length catch a random phase of it: about a quarter of 8-frame clips at 12 fps
+  steer more than 0.05 rad for 4 frames or longer (the turns nearly all, lane changes and swerves
+  in part). To get there the ego drives the plan from a pre-roll start (time -t, or 40 m up the
+  route for a turn) at PLAN_HZ without traffic; `state0` is where that leaves it, the same for
+  every clip fps. The radius of a turn is the drawn one or the largest smaller one (down to
+  4.5 m) whose path keeps both of the ego's sides (EGO_HALF_WIDTH) on asphalt; a turn with none
+  (not seen in practice) becomes lane_keep. Lane changes and swerves stay on the main road's
+  asphalt (with one lane per direction a lane change is a shift of 0.4 lanes towards the edge).
+  A route ends with a straight past the end of its mapped road: an ego that drives that far (a
+  long clip after a turn, side roads are 60-90 m from the junction) leaves the road.
+  """
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xd71e]))
+  main = roads[0]
+  lw, n_lanes, side = domain.lane_width, domain.lanes_per_direction, domain.traffic_side
+  lane_u = -side * (ego_lane + 0.5) * lw
+  drawn = MANOEUVRES[int(rng.choice(len(MANOEUVRES), p=MANOEUVRE_WEIGHTS))]
+  manoeuvre = drawn if manoeuvre is None else manoeuvre
+  wobble = (float(rng.uniform(0.3, 1.5)), float(rng.uniform(4.0, 10.0)),
+            float(rng.uniform(0, 2 * np.pi)))
+  # Towards the other lane of the same direction (outwards from the inner lane, inwards from an
+  # outer one); with one lane per direction, towards the road's edge.
+  inward = -np.sign(lane_u)
+  toward_other = inward if ego_lane == n_lanes - 1 and n_lanes > 1 else -inward
+  lateral, speed, turn = ("none", 0.0, 0.0, 0.0), ("cruise", 0.0, 0.0, 0.0), None
+  t_event = 0.0
+  if manoeuvre == "lane_change":
+    duration = float(rng.uniform(1.5, 3.0))
+    offset = toward_other * lw if n_lanes > 1 else toward_other * 0.4 * lw
+    t_event = -float(rng.uniform(-0.3, duration))
+    lateral = ("step", t_event, duration, float(offset))
+  elif manoeuvre == "swerve":
+    duration = float(rng.uniform(1.5, 2.5))
+    t_event = -float(rng.uniform(-0.3, duration))
+    lateral = ("bump", t_event, duration, float(toward_other * rng.uniform(1.0, 1.8)))
+  elif manoeuvre == "speed_change":
+    if rng.uniform() < 0.5:
+      v1 = cruise * rng.uniform(0.35, 0.6)
+    else:
+      v1 = min(cruise * rng.uniform(1.3, 1.6), 16.0)
+    transition = abs(v1 - cruise) / (ACCEL_MAX if v1 > cruise else DECEL_MAX)
+    t_event = -float(rng.uniform(-0.3, transition + 0.5))
+    speed = ("change", t_event, float(v1), 0.0)
+  elif manoeuvre == "stop":
+    brake, hold = cruise / DECEL_MAX, float(rng.uniform(2.0, 6.0))
+    t_event = -float(rng.uniform(-0.5, brake + hold + 2.0))
+    speed = ("stop", t_event, 0.0, t_event + brake + hold)
+  if manoeuvre.startswith("turn"):
+    sign = 1 if manoeuvre == "turn_left" else -1
+    junction = int(rng.integers(len(junctions)))
+    s_j = junctions[junction][0]
+    v_turn = float(rng.uniform(4.0, 6.5))
+    radius = float(rng.uniform(6.0, 11.0))
+    route = None
+    for r in [radius] + [x for x in np.arange(10.0, 4.4, -0.5) if x < radius]:
+      points, main_s, i_in, i_out = _turn_route(main, roads[1 + junction], s_j, lane_u, sign, r,
+                                                lw, side)
+      arc = points[i_in:i_out + 1]
+      d = np.diff(arc, axis=0)
+      normal = np.stack([-d[:, 1], d[:, 0]], -1) / np.linalg.norm(d, axis=1, keepdims=True)
+      edges = np.concatenate([arc[:-1] + EGO_HALF_WIDTH * normal,
+                              arc[:-1] - EGO_HALF_WIDTH * normal])
+      if road_margin(roads, edges).min() >= 0.0:
+        route = _route(points, main_s)
+        radius = float(r)
+        break
+    if route is None:
+      manoeuvre = "lane_keep"
+    else:
+      s_in, s_out = route[1][i_in], route[1][i_out]
+      turn = (float(s_in), float(s_out), v_turn, radius)
+      speed = ("turn", 0.0, 0.0, 0.0)
+  if turn is None:
+    s_main = main.s
+    lane_pts, _ = main.offset_points(s_main, np.full(len(s_main), lane_u))
+    route = _route(lane_pts, s_main.copy())
+  plan = EgoPlan(manoeuvre, *route, float(lane_u), lateral, speed, turn, float(cruise), wobble)
+  if turn is not None:
+    s0 = turn[0] + float(rng.uniform(-4.0, turn[1] - turn[0] + 2.0))
+    _pre_roll(plan, roads, s_start=max(0.0, s0 - 40.0), t_start=0.0, until_s=s0)
+  else:
+    t_pre = max(0.0, -t_event) + PRE_ROLL_SETTLE
+    t_pre = np.ceil(t_pre * PLAN_HZ) / PLAN_HZ
+    s_start = max(5.0, EGO_S0 - cruise * t_pre)
+    _pre_roll(plan, roads, s_start=s_start, t_start=-t_pre, until_s=None)
+  return plan
+
+
+def _route_point(plan: EgoPlan, s):
+  """Point [2] and heading of the route at arc length s (clamped to its ends)."""
+  x = np.interp(s, plan.route_s, plan.route[:, 0])
+  y = np.interp(s, plan.route_s, plan.route[:, 1])
+  return np.array([x, y]), float(np.interp(s, plan.route_s, plan.route_heading))
+
+
+def _nearest(plan: EgoPlan, xy, hint=None) -> int:
+  """Index of the route point nearest to xy (within a window after `hint` when given)."""
+  lo, hi = (0, len(plan.route)) if hint is None else (max(hint - 10, 0), hint + 80)
+  d = np.sum((plan.route[lo:hi] - xy) ** 2, axis=1)
+  return lo + int(np.argmin(d))
+
+
+def _control(plan: EgoPlan, state, v_prev, time, dt, hint, traffic=None):
+  """(speed, steering, route index) for one step: pure pursuit on the offset route, the plan's
+  speed capped by the gap to traffic ahead in the lanes the ego is in, within the accel limits."""
+  i = _nearest(plan, state[:2], hint)
+  s_here = plan.route_s[i]
+  look = max(LOOKAHEAD_MIN, LOOKAHEAD_TIME * v_prev)
+  p, h = _route_point(plan, s_here + look)
+  u = float(lateral_offset(plan, time + look / max(v_prev, 1.0)))
+  target = p + u * np.array([-np.sin(h), np.cos(h)]) - state[:2]
+  alpha = np.arctan2(target[1], target[0]) - state[2]
+  dist = max(np.hypot(*target), 1.0)
+  steer = float(np.clip(np.arctan2(2 * ego_lib.WHEELBASE * np.sin(alpha), dist),
+                        -ego_lib.MAX_STEERING, ego_lib.MAX_STEERING))
+  v_des = desired_speed(plan, time, s_here)
+  s_main = plan.route_main_s[i]
+  if traffic is not None and np.isfinite(s_main):
+    u_now = plan.lane_u + float(lateral_offset(plan, time))
+    gaps = [((a.s0 + a.speed * time) - s_main - a.size[0] / 2 - 1.0, a.speed) for a, lane_gap in
+            traffic if abs(a.u - u_now) < lane_gap]
+    gaps = [g for g in gaps if g[0] > 0]
     if gaps:
       gap, v_lead = min(gaps)
       v_des = min(v_des, v_lead + 0.5 * (gap - (6.0 + 1.2 * v_lead)))
-    if t > 0:
-      v = float(np.clip(v_des, v - 3.0 * dt, v + 2.0 * dt))
-    else:
-      v = float(np.clip(v_des, 0.0, None))
-    v = max(v, 0.0)
+  v = float(np.clip(v_des, v_prev - DECEL_MAX * dt, v_prev + ACCEL_MAX * dt))
+  return max(v, 0.0), steer, i
+
+
+def _pre_roll(plan: EgoPlan, roads, *, s_start, t_start, until_s):
+  """Drives the plan (without traffic) from the route at s_start, time t_start, at PLAN_HZ until
+  time 0 (until_s None) or route arc length until_s; sets state0, speed0 and main_s0."""
+  p, h = _route_point(plan, s_start)
+  state = np.array([p[0], p[1], h])
+  time, dt = t_start, 1.0 / PLAN_HZ
+  v = desired_speed(plan, time, s_start)
+  hint = _nearest(plan, p)
+  for _ in range(int(PLAN_HZ * 120)):
+    if until_s is None and time > -0.5 * dt:
+      break
+    if until_s is not None and plan.route_s[hint] >= until_s:
+      break
+    v, steer, hint = _control(plan, state, v, time, dt, hint)
+    state = ego_lib.advance(state, v, steer, dt)
+    time += dt
+  else:
+    raise RuntimeError(f"the ego's pre-roll of plan {plan.manoeuvre!r} did not end")
+  plan.state0, plan.speed0 = state, float(v)
+  i = _nearest(plan, state[:2], hint)
+  main_s = plan.route_main_s[i]
+  plan.main_s0 = float(main_s) if np.isfinite(main_s) else float(np.nanmax(plan.route_main_s))
+
+
+def autopilot(scene: SceneSpec, num_frames: int, fps: float):
+  """Speed and steering [T] of the ego driving its plan (scene.ego_plan, make_plan) from frame 0.
+
+  Pure pursuit on the plan's route shifted by its lateral profile for steering (at most
+  ego.MAX_STEERING); the plan's speed profile, capped by the gap to the vehicle ahead in the
+  main-road lanes the ego occupies, with accelerations limited to [-DECEL_MAX, ACCEL_MAX]. The
+  poses follow from the actions through ego.integrate from scene.ego_start (the same model the
+  renderer uses). Causal: the first frames of a longer clip equal a shorter clip's.
+  """
+  plan = scene.ego_plan
+  dt = 1.0 / fps
+  lw = scene.domain.lane_width
+  traffic = [(a, 0.75 * lw) for a in scene.actors if a.road == 0 and a.speed > 0]
+  state, v = scene.ego_start, plan.speed0
+  hint = _nearest(plan, state[:2])
+  speeds, steers = [], []
+  for t in range(num_frames):
+    v, steer, hint = _control(plan, state, v, t * dt, dt, hint, traffic)
     speeds.append(v)
     steers.append(steer)
     state = ego_lib.advance(state, v, steer, dt)
