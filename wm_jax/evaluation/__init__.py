@@ -5,10 +5,10 @@
   layers.py       zero-init inference layers both networks are built from
   resize.py       bilinear resizes of the reference code (TF1 for FVD, torch for FID)
   frechet.py      Frechet distance, KID, streaming stats, sharded feature extraction
-  protocols.py    named protocols (every setting as data)
+  protocols.py    named protocols (every setting as data, the inputs each lets the model see)
   metrics.py      streamed FVD/FID/KID of generated vs reference videos under a protocol
-  controllability.py  action sweeps -> image motion -> Spearman / sign-correct
-  report.py       CLU writers, JSON summary, side-by-side sample videos
+  controllability.py  action sweeps (commanded batches) -> image motion -> Spearman / sign-correct
+  report.py       CLU writers, JSON summary, side-by-side sample videos, controllability PNGs
   videos.py       uint8 frame check / declared float -> uint8, save_video (mp4 / gif), tile_views,
                   side_by_side
 

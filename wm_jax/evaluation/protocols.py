@@ -17,6 +17,17 @@ Sources (MaskGWM sec. 4.1 and appendix 7.3; OpenDWM's configs/ctsd):
                     action) on 300 videos; FVD/FID per 2.5 s window of 25 frames, giving the curve.
   synthetic         the built-in procedural world at configs/maskgwm_tiny.py's shapes (2 views x 4
                     frames, 64x128; a 3-step rollout reaches I3D's 9 frames), small counts for CPU.
+  controllability   action sweeps on held-out synthetic scenes (kind 'controllability', see
+                    evaluation/controllability.py): steering from hard right to hard left with the
+                    noise fixed per scene -> image motion -> Spearman and sign-correct per action.
+
+What the model sees: a world model predicts the future from the past and the actions, so every
+protocol passes the model only the reference frames (as latents), the camera (intrinsics,
+extrinsics, fps, view adjacency), text and, when `use_actions`, the actions (`actions` and the
+trajectory / goal point / command derived from the ego's motion): `model_batch`. Inputs from the
+frames being predicted (layout, boxes) pass only where `future_layout` is set, which only OpenDWM's
+layout-to-video setting does; `check_model` refuses a model that needs an input its protocol
+forbids (a layout adapter under a world-model protocol, action scalars under an action-free one).
 
 Frame counts are in frames *generated per clip* (`clip_frames`, reference frames included);
 `metric_frames` slices the frames the metrics see after the reference frames are dropped.
@@ -28,6 +39,9 @@ import dataclasses
 from typing import Optional
 
 from wm_jax.diffusion import rollout
+from wm_jax.models import conditioning
+
+KINDS = ("fidelity", "controllability")   # FVD/FID/KID of sampled clips | action sweeps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +74,15 @@ class Protocol:
   rollout_steps: int = 1
   seed: int = 0
   notes: str = ""
+  # the model may see the layout (projected boxes, map) and boxes of the frames it predicts
+  future_layout: bool = False
+  kind: str = "fidelity"
+  # controllability: commanded values swept on every predicted frame (() skips that action)
+  steering_values: tuple = ()        # rad, positive = left
+  speed_values: tuple = ()           # m/s
+  steering_threshold: float = 0.5    # a scene responds when its shift ranges over more (px/frame)
+  speed_threshold: float = 0.005     # ... when its expansion ranges over more (1/frame)
+  strip_scenes: int = 3              # scenes whose frames are saved as one strip per action
 
   def __post_init__(self):
     if self.reference_frames >= self.clip_frames:
@@ -68,6 +91,20 @@ class Protocol:
     if self.fvd_frames is not None and self.fvd_frames < 9:
       raise ValueError(f"protocol {self.name}: fvd_frames {self.fvd_frames} < 9, the fewest I3D "
                        "accepts")
+    if self.kind not in KINDS:
+      raise ValueError(f"protocol {self.name}: kind {self.kind!r} not in {KINDS}")
+    if self.kind == "controllability":
+      if not self.use_actions:
+        raise ValueError(f"protocol {self.name}: a controllability protocol commands actions; "
+                         "use_actions=False")
+      if not (self.steering_values or self.speed_values):
+        raise ValueError(f"protocol {self.name}: controllability sweeps nothing (steering_values "
+                         "and speed_values are both empty)")
+      for key in ("steering_values", "speed_values"):
+        values = getattr(self, key)
+        if values and len(set(values)) < 2:
+          raise ValueError(f"protocol {self.name}: {key} {values} needs two distinct values or "
+                           "none")
 
   @property
   def horizon_frames(self) -> int:
@@ -84,8 +121,49 @@ class Protocol:
     """Every setting, flat, to be written beside the numbers."""
     out = dataclasses.asdict(self)
     out["image_size"] = list(self.image_size)
+    out["steering_values"] = list(self.steering_values)
+    out["speed_values"] = list(self.speed_values)
     out["metric_frames"] = self.metric_frames
+    out["model_inputs"] = sorted(self.model_inputs)
     return out
+
+  @property
+  def model_inputs(self) -> frozenset:
+    """The batch keys the model may see under this protocol (see the module docstring)."""
+    keys = set(CONTEXT_KEYS + CAMERA_KEYS + TEXT_KEYS)
+    if self.use_actions:
+      keys |= set(ACTION_KEYS)
+    if self.future_layout:
+      keys |= set(LAYOUT_KEYS)
+    return frozenset(keys)
+
+
+CONTEXT_KEYS = ("latents",)          # the reference frames; generate replaces the rest with noise
+CAMERA_KEYS = ("intrinsics", "extrinsics", "fps", "view_adjacency")
+TEXT_KEYS = ("text_embeddings", "pooled_text")
+ACTION_KEYS = ("actions", "trajectory", "goal_point", "command")   # the ego's motion
+LAYOUT_KEYS = ("layout", "boxes")    # of every frame, the predicted ones included
+
+
+def model_batch(protocol: Protocol, batch: dict) -> dict:
+  """The entries of `batch` the model may see under `protocol` (Protocol.model_inputs); frames,
+  depth, ego poses and, unless the protocol allows them, actions and future layout stay out."""
+  return {k: v for k, v in batch.items() if k in protocol.model_inputs}
+
+
+def check_model(protocol: Protocol, model_config) -> None:
+  """Refuses a model (config.model) that needs an input `protocol` forbids, naming both."""
+  if not protocol.future_layout and model_config.layout_adapter is not None:
+    raise ValueError(f"protocol {protocol.name!r} forbids future layout; the model has a layout "
+                     "adapter (model.layout_adapter) and would see the layout of the frames it "
+                     "predicts. Evaluate a model without it (model.layout_adapter=None), or under "
+                     "a protocol with future_layout=True (a layout-to-video setting such as "
+                     "opendwm_nuscenes)")
+  embeds_actions = int(model_config.camera_scalars) == conditioning.CAMERA_WITH_ACTIONS
+  if not protocol.use_actions and embeds_actions:
+    raise ValueError(f"protocol {protocol.name!r} evaluates without actions, but the model embeds "
+                     f"actions (model.camera_scalars={conditioning.CAMERA_WITH_ACTIONS}); use "
+                     "--protocol_set use_actions=true or a model without action scalars")
 
 
 PROTOCOLS = {
@@ -114,7 +192,10 @@ PROTOCOLS = {
         use_actions=False, fvd_frames=16, fid_frames=None,
         notes="FVD on the first 16 generated frames after the 3 reference frames, each view a "
               "separate video; FID on every generated frame of every view. OpenDWM scores FVD with "
-              "TATS' PyTorch I3D; here the Kinetics-400 weights of the original FVD are used"),
+              "TATS' PyTorch I3D; here the Kinetics-400 weights of the original FVD are used. "
+              "OpenDWM's CTSD conditions every frame on projected boxes and map (the 'bm' of the "
+              "config name): a layout-to-video setting, so future layout is allowed",
+        future_layout=True),
     "long_horizon": Protocol(
         name="long_horizon", source="MaskGWM sec. 4.3 Fig. 6, app. Fig. 7 + 7.4",
         dataset="opendv/val", num_views=1, views_as_videos=False, clip_frames=25,
@@ -132,6 +213,17 @@ PROTOCOLS = {
         notes="shapes of configs/maskgwm_tiny.py (2 views x 4 frames, 64x128): a 3-step rollout "
               "(1 condition frame) gives the 9 frames I3D needs per view; small counts for CPU; "
               "numbers track the demo model and are not comparable to published nuScenes ones"),
+    "controllability": Protocol(
+        name="controllability", source="compact world-action model sec. 5.5 (action sweeps)",
+        dataset="synthetic/val", num_views=2, views_as_videos=True, clip_frames=4,
+        reference_frames=1, exclude_reference=True, num_clips=8, image_size=(64, 128), fps=10.0,
+        sample_steps=8, cfg_scale=1.0, use_actions=True, fvd_frames=None, fid_frames=None,
+        kind="controllability", steering_values=(-0.3, -0.15, 0.0, 0.15, 0.3),
+        notes="num_clips held-out scenes at configs/maskgwm_tiny.py's shapes, noise fixed per "
+              "scene; steering (rad, + left) from hard right to hard left commanded on every "
+              "predicted frame, speed kept as recorded (speed_values=2,5,10,20 adds a speed "
+              "sweep); motion of the forward camera from the last reference frame on: horizontal "
+              "shift (phase correlation) for steering, expansion for speed"),
 }
 
 
@@ -143,8 +235,11 @@ def get(name: str) -> Protocol:
 
 
 def replace(protocol: Protocol, **changes) -> Protocol:
-  """A copy with some settings changed (the name gets a '+changed' suffix so reports show it)."""
+  """A copy with some settings changed (the name gets a '+changed' suffix so reports show it;
+  a tuple reads as its values joined by '_', image_size as HxW)."""
   if not changes:
     return protocol
-  tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+  text = lambda k, v: (("x" if k == "image_size" else "_").join(f"{x:g}" for x in v)
+                       if isinstance(v, tuple) else v)
+  tag = ",".join(f"{k}={text(k, v)}" for k, v in sorted(changes.items()))
   return dataclasses.replace(protocol, name=f"{protocol.name}+{tag}", **changes)
