@@ -2,7 +2,7 @@
 
   python tools/convert_to_pytorch.py --checkpoint=WORKDIR --out=model.safetensors [--dtype=bf16]
       [--ema] [--config=configs/maskgwm_tiny.py] [--drop_zero_paper_params]
-      [--allow_mask_module_mismatch]
+      [--drop_zero_action_params] [--allow_mask_module_mismatch]
 
 --checkpoint: a train workdir (its newest step that restores; tools/convert_from_pytorch.py
 writes one too), read by wm_jax.train.run.restore. The model config is the one saved with the
@@ -10,11 +10,14 @@ checkpoint unless --config is given. Writes OUT (safetensors, PyTorch layouts,
 keys = OpenDWM state_dict keys incl. mask_module.*) and OUT with .json for the model config in
 OpenDWM's names. Every key, shape and dtype is checked against the model the config builds and
 NaN / Inf values are refused, by name; paper-only parameters (MaskGWM Eq. 5) are refused unless
---drop_zero_paper_params and they are all zero. A mask module OpenDWM's MaskController cannot load
-or computes differently (e.g. its noise_proj takes 16 latent channels, maskgwm_tiny has 4) is
-refused, naming the parameter and shapes, unless --allow_mask_module_mismatch (each difference is
-then printed). Where the OpenDWM config is spelled differently to compute the same thing (camera
-scalars without cross-view blocks: enable_crossview=True with no cross-view layers), a note says so.
+--drop_zero_paper_params and they are all zero; the action module (MaskGWM's action conditioning,
+OpenDWM has none) is refused unless --drop_zero_action_params and its output projections are all
+zero (it then adds nothing, and all of its parameters are left out). A mask module OpenDWM's
+MaskController cannot load or computes differently (e.g. its noise_proj takes 16 latent
+channels, maskgwm_tiny has 4) is refused, naming the parameter and shapes, unless
+--allow_mask_module_mismatch (each difference is then printed). Where the OpenDWM config is
+spelled differently to compute the same thing (camera scalars without cross-view blocks:
+enable_crossview=True with no cross-view layers), a note says so.
 """
 
 import json
@@ -39,6 +42,8 @@ flags.DEFINE_bool("ema", False, "export the EMA params of a train checkpoint")
 flags.DEFINE_string("config", None, "config file (configs/NAME.py[:arg]) overriding the stored one")
 flags.DEFINE_bool("drop_zero_paper_params", False,
                   "leave out paper-only parameters when they are all still zero")
+flags.DEFINE_bool("drop_zero_action_params", False,
+                  "leave out the action module when its output projections are all still zero")
 flags.DEFINE_bool("allow_mask_module_mismatch", False,
                   "write the mask module even where OpenDWM's MaskController cannot load it or "
                   "computes it differently (each difference is printed)")
@@ -61,9 +66,11 @@ def main(argv):
   try:
     sd = to_torch.export_state_dict(flat, model_cfg, mask_cfg,
                                     drop_zero_paper_params=FLAGS.drop_zero_paper_params,
+                                    drop_zero_action_params=FLAGS.drop_zero_action_params,
                                     allow_mask_module_mismatch=FLAGS.allow_mask_module_mismatch)
     opendwm = to_torch.opendwm_model_config(
-        model_cfg, mask_cfg, dropped_paper_params=FLAGS.drop_zero_paper_params)
+        model_cfg, mask_cfg, dropped_paper_params=FLAGS.drop_zero_paper_params,
+        dropped_action_params=FLAGS.drop_zero_action_params)
     to_torch.write_safetensors(sd, FLAGS.out, dtype=FLAGS.dtype,
                                metadata={"format": "pt", "source": "wm_jax"})
   except (param_map.ConversionError, ValueError) as e:

@@ -46,6 +46,7 @@ def model() -> ConfigDict:
   m.merge_factor = 2.0                 # AlphaBlender's initial logit
   m.time_modulation = True             # the paper's Eq. 5 in the temporal blocks
   m.camera_scalars = 11                # 11: camera only; 13: camera + (speed, steering); 0: none
+  m.action_module = None               # None: no action module; action_module() for MaskGWM's
   m.layout_adapter = ConfigDict(dict(  # None: no layout input
       in_channels=6, channels=[64, 64], is_downblocks=[True, False], num_res_blocks=1,
       downscale_factor=8, use_zero_convs=True))
@@ -60,6 +61,22 @@ def model() -> ConfigDict:
   m.remat_policy = "none"              # models.ctsd_dit.REMAT_POLICIES
   m.scan_layers = False                # True: runs of identical layers stacked and scanned
   return m
+
+
+def action_module() -> ConfigDict:
+  """A config.model.action_module: MaskGWM's unified action conditioning (models.action_module).
+
+  groups: the action groups the model sees, from 'speed', 'steering' (batch 'actions'),
+  'trajectory', 'goal_point', 'command' (batch keys of those names); fourier_features: sin/cos
+  features per action value (even); trajectory_points: K, the trajectory's points (equal to
+  config.data.trajectory_points); dropout: per group, the probability that training leaves the
+  group out of a sample (so the model learns every subset of the groups, and action-free).
+  """
+  return ConfigDict(dict(
+      groups=("speed", "steering", "trajectory", "goal_point", "command"),
+      fourier_features=16,
+      trajectory_points=6,
+      dropout=dict(speed=0.15, steering=0.15, trajectory=0.15, goal_point=0.15, command=0.15)))
 
 
 def mask() -> ConfigDict:
@@ -244,7 +261,7 @@ SECTIONS = {"model": model, "mask": mask, "diffusion": diffusion, "data": data, 
             "train": train, "mesh": mesh, "checkpoint": checkpoint, "eval": eval}
 
 # Fields whose value is a free-form section (None, or a dict of its own keys).
-FREE_FORM = {("model", "layout_adapter")}
+FREE_FORM = {("model", "layout_adapter"), ("model", "action_module")}
 
 
 def config() -> ConfigDict:

@@ -18,11 +18,15 @@ whether a PyTorch `weight` is a kernel, a scale or an embedding; every missing, 
 mis-shaped key, every array holding NaN or Inf, and every array whose dtype the model does not
 hold (a floating array converts to the model's floating dtype; anything else, e.g. an int64
 array for a float parameter, must have the model's dtype exactly) is reported together in one
-ConversionError.
+ConversionError. The action module's parameters (ctsd_dit.ACTION_PARAMS) are the exception: no
+OpenDWM checkpoint has them, so a state_dict without them leaves them at the target's values (for
+an abstract target, from_torch fills them from the model's init, whose zero output projections
+keep the converted model computing what the checkpoint computes).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -31,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from wm_jax.models import scan
+from wm_jax.models.ctsd_dit import ACTION_PARAMS
 from wm_jax.models.buffers import Buffer
 
 LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
@@ -41,6 +46,12 @@ CHECKPOINT_FILTER = nnx.Any(nnx.Param, Buffer)
 
 class ConversionError(ValueError):
   """A checkpoint that does not match the model, with every offending key listed."""
+
+
+def action_keys(keys: Iterable[str]) -> list[str]:
+  """The keys of the action module's parameters (ctsd_dit.ACTION_PARAMS) among `keys`, sorted."""
+  patterns = [re.compile(p) for p in ACTION_PARAMS]
+  return sorted(k for k in keys if any(p.fullmatch(k) for p in patterns))
 
 
 def torch_key(path: tuple) -> str:
@@ -187,6 +198,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
     state_dict: PyTorch key -> array (numpy, or torch tensors converted by the caller).
     target: the model, or its abstract state (nnx.eval_shape), giving structure, shapes, dtypes.
     ignore: PyTorch keys to leave out on either side (not reported as missing or unexpected).
+      Action-module keys the state_dict lacks are always left out (they keep the target's value).
 
   Raises:
     ConversionError: listing every missing key, unexpected key, shape mismatch, dtype mismatch
@@ -197,6 +209,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
   target_flat = flat_state(target_state)
   flat = scan.unstack_flat(target_flat)
   by_key = {torch_key(path): path for path in flat}
+  ignore |= {k for k in action_keys(by_key) if k not in state_dict}
   missing = sorted(k for k in by_key if k not in state_dict and k not in ignore)
   unexpected = sorted(k for k in state_dict if k not in by_key and k not in ignore)
   mismatched, values = [], {}

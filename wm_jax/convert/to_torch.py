@@ -1,6 +1,7 @@
 """wm_jax checkpoint -> OpenDWM state_dict (safetensors) + OpenDWM model config (JSON).
 
-    sd = export_state_dict(flat, model_cfg, mask_cfg, drop_zero_paper_params=False)
+    sd = export_state_dict(flat, model_cfg, mask_cfg, drop_zero_paper_params=False,
+                           drop_zero_action_params=False)
     write_safetensors(sd, "model.safetensors", dtype="float32" | "bfloat16")
 
 Paper-only parameters (ctsd_dit.PAPER_ONLY_PARAMS: MaskGWM's Eq. 5 temporal time modulation)
@@ -8,6 +9,12 @@ have no OpenDWM equivalent. A checkpoint that has them is refused, naming them, 
 `drop_zero_paper_params` is set AND every one of them is still exactly zero (their init, where the
 model computes what OpenDWM computes); non-zero ones are always refused, because dropping them
 would change the model's output.
+
+The action module's parameters (ctsd_dit.ACTION_PARAMS: action_embedding.*, the temporal blocks'
+action_attn.*; MaskGWM's action conditioning) have no OpenDWM equivalent either. They are refused,
+naming them, unless `drop_zero_action_params` is set AND every output projection of the action
+cross-attentions (ctsd_dit.ACTION_OUTPUT_PARAMS, zero at init) is still exactly zero: then the
+module adds exactly nothing, whatever its other parameters hold, and all of them are left out.
 
 Every array is checked against the model the config builds: keys, shapes, dtypes (an integer
 array where the model has floats is refused, never cast) and values (NaN / Inf are refused, by
@@ -28,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from wm_jax.convert import opendwm_config, param_map
-from wm_jax.models.ctsd_dit import PAPER_ONLY_PARAMS, CTSDDiT
+from wm_jax.models.ctsd_dit import ACTION_OUTPUT_PARAMS, PAPER_ONLY_PARAMS, CTSDDiT
 
 DTYPES = {"float32": np.float32, "fp32": np.float32, "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": np.float16, "fp16": np.float16}
@@ -39,12 +46,18 @@ def paper_only_keys(keys) -> list[str]:
   return sorted(k for k in keys if any(p.fullmatch(k) for p in patterns))
 
 
+def action_output_keys(keys) -> list[str]:
+  patterns = [re.compile(p) for p in ACTION_OUTPUT_PARAMS]
+  return sorted(k for k in keys if any(p.fullmatch(k) for p in patterns))
+
+
 def abstract_model(model_cfg, mask_cfg):
   return nnx.eval_shape(lambda: CTSDDiT(model_cfg, mask_cfg, rngs=nnx.Rngs(0)))
 
 
 def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
                       drop_zero_paper_params: bool = False,
+                      drop_zero_action_params: bool = False,
                       allow_mask_module_mismatch: bool = False, abstract=None) -> dict[str, np.ndarray]:
   """OpenDWM-keyed, PyTorch-layout arrays; checks them against the model the config builds
   (`abstract`: that model's nnx.eval_shape when the caller has it already)."""
@@ -75,6 +88,23 @@ def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
           f"{why}")
     for k in paper:
       del sd[k]
+  action = param_map.action_keys(sd)
+  if action:
+    outputs = action_output_keys(action)
+    # abstract arrays (a shape-only check) count as non-zero, as above
+    nonzero = [k for k in outputs if not isinstance(sd[k], np.ndarray) or np.any(sd[k] != 0)]
+    if not drop_zero_action_params or nonzero:
+      why = (f"the action cross-attention output projection(s) {nonzero[:6]}"
+             f"{' ...' if len(nonzero) > 6 else ''} are non-zero (trained), so no OpenDWM model "
+             "computes what this one does" if nonzero else
+             "its output projections are all zero (their init): pass drop_zero_action_params / "
+             "--drop_zero_action_params to leave the module out, which keeps the outputs "
+             "unchanged")
+      raise param_map.ConversionError(
+          f"this checkpoint has an action module ({len(action)} parameter(s) with no OpenDWM "
+          f"equivalent: {action[:4]}{' ...' if len(action) > 4 else ''}); {why}")
+    for k in action:
+      del sd[k]
   differences = opendwm_config.mask_differences(model_cfg, mask_cfg)
   if differences and not allow_mask_module_mismatch:
     raise param_map.ConversionError(
@@ -84,10 +114,14 @@ def export_state_dict(flat: Mapping[tuple, np.ndarray], model_cfg, mask_cfg, *,
   return sd
 
 
-def opendwm_model_config(model_cfg, mask_cfg, *, dropped_paper_params: bool = False) -> dict:
+def opendwm_model_config(model_cfg, mask_cfg, *, dropped_paper_params: bool = False,
+                         dropped_action_params: bool = False) -> dict:
   """The model config JSON in OpenDWM's names; refuses models OpenDWM cannot express."""
   if model_cfg.time_modulation and not dropped_paper_params:
     raise ValueError("config.model.time_modulation=True (paper-only Eq. 5 parameters): OpenDWM "
+                     "has no such option")
+  if model_cfg.action_module is not None and not dropped_action_params:
+    raise ValueError("config.model.action_module is set (MaskGWM's action conditioning): OpenDWM "
                      "has no such option")
   return opendwm_config.to_opendwm(model_cfg, mask_cfg)
 

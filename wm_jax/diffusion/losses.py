@@ -6,6 +6,10 @@ clean (z = z0), given tau = 0 (which the backbone turns into the m_c*tau modulat
 left out of the loss. Elsewhere z_tau = (1 - tau) z0 + tau eps and the target is the velocity
 eps - z0 (schedules.py). With probability uncond_prob a sample's conditions are replaced by the
 unconditional ones (guidance.py) so that classifier-free guidance has something to contrast.
+With model.action_module, each action group of each sample is also left out with its own
+probability (action_module.dropout; cond.action_keep [B,G], a dropped group contributes exactly
+zero), independently of uncond_prob, so the model learns every subset of the groups and the
+action-free mode (all dropped == cond.actions None). Only in training (train=True).
 
 When training with config.mask.enabled, a RowMask is drawn (M_time with probability p_time) and the
 model runs its mask-reconstruction path (row_mask + noise, keyword arguments next to the
@@ -25,8 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.diffusion import guidance, schedules
-from wm_jax.models import conditioning, masking
+from wm_jax.models import action_module, conditioning, masking
 from wm_jax.parallel import shard
+
+
+# fold_in data of the action-dropout key (the other keys come from one split of the step's rng)
+ACTION_DROPOUT_STREAM = 0xAC7
 
 
 def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
@@ -78,6 +86,13 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
 
   if train and cfg.uncond_prob > 0:
     cond = guidance.drop_conditions(cond, jax.random.uniform(rng_drop, (b,)) < cfg.uncond_prob)
+  actions_cfg = config.model.action_module
+  if train and actions_cfg is not None and cond.actions is not None:
+    keep = action_module.sample_keep(jax.random.fold_in(rng, ACTION_DROPOUT_STREAM), b,
+                                     actions_cfg)
+    if cond.action_keep is not None:
+      keep = keep & jnp.asarray(cond.action_keep, bool)
+    cond = cond.replace(action_keep=keep)
 
   mask_cfg = config.mask
   row_mask = noise = None
@@ -106,6 +121,8 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
       "tau_mean": _masked_mean(tau, weight),
       "reference_frames": jnp.mean(n_ref.astype(jnp.float32)),
   }
+  if train and actions_cfg is not None and cond.actions is not None:
+    metrics["action_groups_dropped"] = jnp.mean((~cond.action_keep).astype(jnp.float32))
   if row_mask is not None:
     metrics["mask_time_fraction"] = jnp.mean(row_mask.is_time.astype(jnp.float32))
   if with_features:

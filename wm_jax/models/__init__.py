@@ -9,6 +9,8 @@
   layout_adapter.py       the layout image adapter (residuals per joint block)
   masking.py              row-wise masks with static shapes, gathers and their inverse
   mask_reconstruction.py  MaskGWM's mask module (mask tokens, side blocks)
+  action_module.py        MaskGWM's action conditioning (Fourier action embedding, the temporal
+                          blocks' action cross-attention)
   conditioning.py         Conditioning and model_inputs(batch, config)
   scan.py                 runs of identical layers, stacked and scanned
   ctsd_dit.py             CTSDDiT: the whole backbone

@@ -13,6 +13,16 @@ Conditioning fields (None where absent; every array has the leading batch dim B)
   view_adjacency [B,V,V] bool: view i's rows attend to view j's (None: every view to every view)
   disable_temporal [B], disable_crossview [B]  bool: switch a sample's temporal / cross-view
                          blocks off (None: on; model_inputs leaves them None)
+  actions [B,T,P]        float32, the action module's inputs (model.action_module; see
+                         models.action_module: speed, steering, trajectory, goal point, command,
+                         concatenated in that order); None: no actions (action-free), and always
+                         None for a model without the module
+  action_keep [B,G]      bool: which of the G action groups of a sample are given (None: all;
+                         training drops groups with their dropout probabilities, diffusion.losses)
+
+model_inputs(batch, config, drop_actions=False): with model.action_module set, the batch must
+carry the keys of its groups (actions, trajectory, goal_point, command), else a ValueError names
+the missing one; drop_actions=True is the explicit action-free choice (actions None).
 
 Camera scalars, in OpenDWM's order (S = CAMERA_SCALARS = 11): fps; fx/H, fy/H, cx/W, cy/H
 (intrinsics in pixels of the frames, divided by image height H / width W); the camera z axis in
@@ -33,6 +43,7 @@ import numpy as np
 from flax import struct
 
 from wm_jax.data import schema
+from wm_jax.models import action_module
 
 VAE_FACTOR = 8
 CAMERA_SCALARS = 11          # fps, 4 normalised intrinsics, camera z axis (3), camera position (3)
@@ -50,10 +61,12 @@ class Conditioning:
   view_adjacency: Any = None
   disable_temporal: Any = None
   disable_crossview: Any = None
+  actions: Any = None
+  action_keep: Any = None
 
 
 # fields with a frame axis (axis 1)
-FRAME_FIELDS = ("context", "pooled", "camera", "layout")
+FRAME_FIELDS = ("context", "pooled", "camera", "layout", "actions")
 
 
 def _model_config(config):
@@ -92,8 +105,9 @@ def camera_scalars(batch: Mapping[str, Any], count: int, image_size: tuple[int, 
   return jnp.concatenate(parts, -1)
 
 
-def model_inputs(batch: Mapping[str, Any], config) -> Conditioning:
-  """The Conditioning of CTSDDiT for a schema batch with 'latents'."""
+def model_inputs(batch: Mapping[str, Any], config, *, drop_actions: bool = False) -> Conditioning:
+  """The Conditioning of CTSDDiT for a schema batch with 'latents'; drop_actions: leave the
+  action module's inputs out (actions None) instead of requiring their batch keys."""
   cfg = _model_config(config)
   if "latents" not in batch:
     raise ValueError(f"model_inputs needs batch['latents'] (VAE-encoded); batch has "
@@ -123,5 +137,11 @@ def model_inputs(batch: Mapping[str, Any], config) -> Conditioning:
       layout = layout / 255.0
   view_adjacency = (jnp.asarray(batch["view_adjacency"], bool)
                     if "view_adjacency" in batch else None)
+  actions = None
+  if cfg.action_module is not None and not drop_actions:
+    actions = action_module.pack(batch, cfg.action_module)
+    if tuple(actions.shape[:2]) != (b, t):
+      raise ValueError(f"the action keys have [B,T]={tuple(actions.shape[:2])}, batch['latents'] "
+                       f"{(b, t)}")
   return Conditioning(context=context, pooled=pooled, camera=camera, layout=layout,
-                      view_adjacency=view_adjacency)
+                      view_adjacency=view_adjacency, actions=actions)

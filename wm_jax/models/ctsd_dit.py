@@ -37,8 +37,19 @@ runs of identical layers as stacked Layers under `layer_runs` and applies each r
 (wm_jax.models.scan: which runs, and how their paths map to the canonical names); the function
 computed is the same. Conversion and OpenDWM keys always use the canonical names.
 
+Action module (model.action_module, wm_jax.models.action_module): `action_embedding` turns
+cond.actions (+ cond.action_keep) into [B,T,2D] once per forward; every temporal block's
+`action_attn` cross-attends from each (frame, view) image to that frame's text context (zeros
+without text) with the action embedding added to its keys and values. cond.actions None is the
+action-free mode (the cross-attention still sees the text). Its parameters draw their initial
+values from a key stream of their own, so the other parameters of a seed are those of the model
+without the module, and its output projections start at zero: at init the output is exactly that
+model's.
+
 Parameter paths joined with '.' are OpenDWM's state_dict keys (wm_jax.convert.param_map);
-PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5).
+PAPER_ONLY_PARAMS lists the patterns of the parameters MaskGWM's paper adds (Eq. 5),
+ACTION_PARAMS those of the action module (OpenDWM has neither), ACTION_OUTPUT_PARAMS the
+zero-initialised output projections that decide whether the action module changes the output.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wm_jax.models import conditioning, layers, mask_reconstruction, masking, scan
+from wm_jax.models import action_module, conditioning, layers, mask_reconstruction, masking, scan
 from wm_jax.models.conditioning import VAE_FACTOR
 from wm_jax.models.embeddings import (MLPEmbedding, PatchEmbed, TimestepTextEmbedding,
                                       TIMESTEP_CHANNELS, sinusoidal)
@@ -63,6 +74,10 @@ from wm_jax.parallel.shard import constrain
 
 # Parameters the paper adds and OpenDWM lacks (regex over PyTorch-style keys).
 PAPER_ONLY_PARAMS = (r"temporal_transformer_blocks\.\d+\.time_modulation\.linear\.(weight|bias)",)
+# The action module's parameters (OpenDWM has no action module), and among them the output
+# projections: while these are zero the module adds exactly nothing.
+ACTION_PARAMS = (r"action_embedding\..*", r"temporal_transformer_blocks\.\d+\.action_attn\..*")
+ACTION_OUTPUT_PARAMS = (r"temporal_transformer_blocks\.\d+\.action_attn\.to_out\.0\.(weight|bias)",)
 
 
 def save_narrowing_dots(prim, *avals, **params) -> bool:
@@ -104,6 +119,8 @@ def _check_config(cfg, mask_config):
   if cfg.camera_scalars not in conditioning.CAMERA_SCALAR_COUNTS:
     raise ValueError(f"camera_scalars must be one of {conditioning.CAMERA_SCALAR_COUNTS}, got "
                      f"{cfg.camera_scalars}")
+  if cfg.action_module is not None:
+    action_module.check_config(cfg.action_module)
   for name in ("latent_height", "latent_width"):
     if cfg[name] % cfg.patch_size:
       raise ValueError(f"{name}={cfg[name]} is not divisible by patch_size={cfg.patch_size}")
@@ -159,6 +176,8 @@ class LayerInputs(NamedTuple):
   disable_crossview: jax.Array | None
   temporal_kind: str             # temporal_attention_type
   remat_policy: str              # REMAT_POLICIES key, applied per block
+  frame_context: jax.Array | None = None  # [B, T, V, L, Dj] text context (with an action module)
+  action_kv: jax.Array | None = None      # [B, T, 2D] action embedding (None: no actions)
 
 
 class Layer(nnx.Module):
@@ -188,11 +207,12 @@ class Layer(nnx.Module):
     if self.temporal is not None:
       kind = side.temporal_kind
       temporal = _remat(
-          lambda blk, mix, pos, xs, idx, cam, te, dis: temporal_step(
+          lambda blk, mix, pos, xs, idx, cam, te, dis, fctx, akv: temporal_step(
               blk, mix, pos, xs, kind=kind, index_emb=idx, cond_emb=cam, time_emb=te,
-              disabled=dis), side.remat_policy)
+              disabled=dis, frame_context=fctx, action_kv=akv), side.remat_policy)
       x = temporal(self.temporal, self.time_mixer, self.time_pos_embed, x, side.frame_index,
-                   side.camera, side.time_emb, side.disable_temporal)
+                   side.camera, side.time_emb, side.disable_temporal, side.frame_context,
+                   side.action_kv)
     if self.crossview is not None:
       crossview = _remat(
           lambda blk, mix, pos, xs, idx, cam, adj, dis: crossview_step(
@@ -211,7 +231,9 @@ class CTSDDiT(nnx.Module):
     cfg = model_config
     mask_config = mask_config if mask_config is not None and mask_config.enabled else None
     _check_config(cfg, mask_config)
-    rngs = layers.KeyStream(rngs)
+    base_rngs, rngs = rngs, layers.KeyStream(rngs)
+    # the action module's own stream: the other parameters keep the values of a model without it
+    action_keys = None if cfg.action_module is None else layers.KeyStream(base_rngs)
     self.cfg = _Static(cfg)
     self.prec = prec = layers.Precision.from_config(cfg)
     self.dim = dim = cfg.num_heads * cfg.head_dim
@@ -249,11 +271,13 @@ class CTSDDiT(nnx.Module):
         if self.layers_with(kind):
           for field in scan.PARTS[kind]:
             setattr(self, scan.FIELDS[field][0], nnx.List([
-                self._part(kind, field, rngs) for _ in self.layers_with(kind)]))
+                self._part(kind, field, rngs, action_keys) for _ in self.layers_with(kind)]))
     else:
       self.layer_runs = nnx.List([
-          nnx.List([self._stacked_layer(run.start + k, run.repeats, rngs)
+          nnx.List([self._stacked_layer(run.start + k, run.repeats, rngs, action_keys)
                     for k in range(run.period)]) for run in self.runs])
+    self.action_embedding = None if action_keys is None else action_module.ActionEmbedding(
+        cfg.action_module, dim, rngs=action_keys, prec=prec)
     self.mask_module = None if mask_config is None else mask_reconstruction.MaskModule(
         dim, cfg.num_heads, cfg.head_dim, cfg.in_channels, cfg.patch_size, mask_config,
         rngs=rngs, attention_impl=cfg.attention_impl, dtype=prec.dtype,
@@ -283,29 +307,41 @@ class CTSDDiT(nnx.Module):
         context_pre_only=i == cfg.num_layers - 1, dual_attention=i in cfg.dual_attention_layers,
         qk_norm=cfg.qk_norm, impl=cfg.attention_impl)
 
-  def _part(self, kind: str, field: str, keys):
-    """A new module for `field` of scan.PARTS[kind]: index MLP, video block or AlphaBlender."""
+  def _part(self, kind: str, field: str, keys, action_keys=None):
+    """A new module for `field` of scan.PARTS[kind]: index MLP, video block or AlphaBlender; a
+    temporal block gets its action cross-attention from action_keys (None: no action module)."""
     cfg, dim, prec = self.cfg, self.dim, self.prec
     index_mlp, block, _ = scan.PARTS[kind]
     if field == index_mlp:
       return MLPEmbedding(dim, 4 * dim, dim, rngs=keys, prec=prec, axes=("embed", "mlp", "embed"))
     if field == block:
+      action_attn = None
+      if kind == "temporal" and action_keys is not None:
+        action_attn = action_module.ActionCrossAttention(
+            dim, cfg.joint_attention_dim, cfg.num_heads, cfg.head_dim, rngs=action_keys,
+            prec=prec, qk_norm=cfg.qk_norm, impl=cfg.attention_impl)
       return VTSelfAttentionBlock(dim, cfg.num_heads, cfg.head_dim, rngs=keys, prec=prec,
                                   qk_norm=cfg.qk_norm, impl=cfg.attention_impl,
-                                  time_modulation=kind == "temporal" and cfg.time_modulation)
+                                  time_modulation=kind == "temporal" and cfg.time_modulation,
+                                  action_attn=action_attn)
     return AlphaBlender(cfg.merge_factor, prec=prec)
 
-  def _new_layer(self, i: int, keys) -> Layer:
-    parts = {field: self._part(kind, field, keys) for kind in KINDS if i in self.layers_with(kind)
-             for field in scan.PARTS[kind]}
+  def _new_layer(self, i: int, keys, action_keys=None) -> Layer:
+    parts = {field: self._part(kind, field, keys, action_keys) for kind in KINDS
+             if i in self.layers_with(kind) for field in scan.PARTS[kind]}
     return Layer(self._joint_block(i, keys), **parts)
 
-  def _stacked_layer(self, i: int, repeats: int, rngs) -> Layer:
+  def _stacked_layer(self, i: int, repeats: int, rngs, action_rngs=None) -> Layer:
     """The run's layers i, i + period, ... (`repeats` of them, all shaped like layer i; one key
-    each), their parameters stacked on a leading axis."""
-    make = nnx.vmap(lambda key: self._new_layer(i, layers.KeyStream.from_key(key)), in_axes=0,
-                    out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
-    return make(jax.random.split(rngs.params(), repeats))
+    each, and one of the action stream), their parameters stacked on a leading axis."""
+    keys = jax.random.split(rngs.params(), repeats)
+    action_keys = keys if action_rngs is None else jax.random.split(action_rngs.params(), repeats)
+    make = nnx.vmap(
+        lambda key, action_key: self._new_layer(
+            i, layers.KeyStream.from_key(key),
+            None if action_rngs is None else layers.KeyStream.from_key(action_key)),
+        in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+    return make(keys, action_keys)
 
   def layer(self, i: int) -> Layer:
     """Layer i of an unscanned model, assembled from OpenDWM's lists (scan.FIELDS)."""
@@ -354,8 +390,9 @@ class CTSDDiT(nnx.Module):
     """Velocity [B,T,V,h,w,C] (dtype of latents), and the features dict if return_features.
 
     latents [B,T,V,h,w,C]; timesteps [B,T,V] in [0, 1]; cond: a conditioning.Conditioning (None:
-    no conditions; absent context / pooled text are zeros). row_mask and noise [B,T,V,h,w,C]
-    (the eps of the noisy latents), both or neither: the training-only mask-reconstruction path.
+    no conditions; absent context / pooled text are zeros; absent actions: action-free).
+    row_mask and noise [B,T,V,h,w,C] (the eps of the noisy latents), both or neither: the
+    training-only mask-reconstruction path.
     """
     cond = conditioning.Conditioning() if cond is None else cond
     self._check_inputs(latents, timesteps, cond, row_mask, noise)
@@ -383,6 +420,11 @@ class CTSDDiT(nnx.Module):
     residuals = []
     if cond.layout is not None:
       residuals = self.condition_image_adapter(cond.layout.astype(dtype))
+    frame_context = action_kv = None
+    if self.action_embedding is not None:
+      frame_context = context.astype(dtype)
+      if cond.actions is not None:
+        action_kv = self.action_embedding(cond.actions, cond.action_keep, dtype=dtype)
 
     first_decoder = cfg.num_layers - self.decode_layers  # == num_layers without a mask module
     if row_mask is not None:
@@ -394,7 +436,7 @@ class CTSDDiT(nnx.Module):
         frame_index=sinusoidal(jnp.arange(t), dim), view_index=sinusoidal(jnp.arange(v), dim),
         view_adjacency=cond.view_adjacency, disable_temporal=cond.disable_temporal,
         disable_crossview=cond.disable_crossview, temporal_kind=cfg.temporal_attention_type,
-        remat_policy=cfg.remat_policy)
+        remat_policy=cfg.remat_policy, frame_context=frame_context, action_kv=action_kv)
 
     feats = {}
     x, ctx = self._apply_layers(x, ctx0, residuals, side, 0, first_decoder)
@@ -442,6 +484,7 @@ class CTSDDiT(nnx.Module):
         raise ValueError(f"timesteps must lie in [0, 1]; got values such as {bad.ravel()[:4]}")
     layout_channels = (None if self.condition_image_adapter is None
                        else cfg.layout_adapter.in_channels)
+    ac = cfg.action_module
     shapes = {
         "context": (cond.context, lead + (None, cfg.joint_attention_dim)),
         "pooled": (cond.pooled, lead + (cfg.pooled_projection_dim,)),
@@ -451,6 +494,8 @@ class CTSDDiT(nnx.Module):
         "disable_temporal": (cond.disable_temporal, (b,)),
         "disable_crossview": (cond.disable_crossview, (b,)),
         "noise": (noise, tuple(latents.shape)),
+        "actions": (cond.actions, (b, t, None if ac is None else action_module.input_width(ac))),
+        "action_keep": (cond.action_keep, (b, None if ac is None else len(ac.groups))),
     }
     for name, (value, expected) in shapes.items():
       if value is None:
@@ -463,6 +508,8 @@ class CTSDDiT(nnx.Module):
       raise ValueError("camera scalars given, but the model config has camera_scalars=0")
     if cond.layout is not None and self.condition_image_adapter is None:
       raise ValueError("layout given, but the model config has no layout_adapter")
+    if cond.actions is not None and self.action_embedding is None:
+      raise ValueError("actions given, but the model config has action_module=None")
     if (row_mask is None) != (noise is None):
       raise ValueError("the mask-reconstruction path needs both row_mask and noise; got "
                        f"row_mask={'set' if row_mask is not None else None}, "

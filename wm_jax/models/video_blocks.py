@@ -17,6 +17,10 @@ VTSelfAttentionBlock follows OpenDWM's residual wiring:
 Temporal blocks also carry the paper's Eq. 5 modulation (MaskGWM 7.1), a parameter OpenDWM does
 not have: the block input is (1 + scale) * u + shift with (scale, shift) = time_modulation.linear(
 SiLU(e(m_c tau))), zero-initialised so that a fresh or converted model behaves as OpenDWM's.
+With model.action_module, temporal blocks also carry MaskGWM's action cross-attention
+(models.action_module.ActionCrossAttention, parameters `action_attn.*`, which OpenDWM lacks) between
+attn1 and ff: u = u + action_attn(u per (frame, view) image, the frame's text context + actions),
+its output projection zero-initialised for the same reason.
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ class VTSelfAttentionBlock(nnx.Module):
 
   def __init__(self, dim: int, heads: int, head_dim: int, *, rngs: nnx.Rngs,
                prec: layers.Precision, qk_norm: str | None = "rms_norm", impl: str = "auto",
-               time_modulation: bool = False):
+               time_modulation: bool = False, action_attn=None):
+    """action_attn: an action_module.ActionCrossAttention (built by the caller from its own keys,
+    so that the other parameters' initial values do not depend on it) or None."""
     self.norm_in = layers.layer_norm(dim, rngs=rngs, prec=prec)
     self.ff_in = FeedForward(dim, dim, activation="geglu", rngs=rngs, prec=prec)
     self.norm1 = layers.layer_norm(dim, rngs=rngs, prec=prec)
@@ -126,21 +132,29 @@ class VTSelfAttentionBlock(nnx.Module):
     self.norm3 = layers.layer_norm(dim, rngs=rngs, prec=prec)
     self.ff = FeedForward(dim, dim, activation="geglu", rngs=rngs, prec=prec)
     self.time_modulation = TimeModulation(dim, rngs=rngs, prec=prec) if time_modulation else None
+    self.action_attn = action_attn
 
-  def __call__(self, u, mask=None):
-    """u [N, S, D] -> [N, S, D]."""
+  def __call__(self, u, mask=None, cross=None):
+    """u [N, S, D] -> [N, S, D]. cross: None, or a function [N, S, D] -> [N, S, D] whose output is
+    added between attn1 and ff (the temporal blocks' action cross-attention)."""
     u = u + self.ff_in(self.norm_in(u))
     u = u + self.attn1(self.norm1(u), mask=mask)
+    if cross is not None:
+      u = u + cross(u)
     return u + self.ff(self.norm3(u))
 
 
 def temporal_step(block: VTSelfAttentionBlock, mixer: AlphaBlender, pos_mlp, x, *, kind: str,
-                  index_emb, cond_emb=None, time_emb=None, disabled=None):
+                  index_emb, cond_emb=None, time_emb=None, disabled=None, frame_context=None,
+                  action_kv=None):
   """One temporal block on x [B, T, V, h, w, D].
 
   index_emb [T, D']: sinusoidal frame-index features fed to pos_mlp (-> [T, D]);
   cond_emb [B, T, V, D] or None: camera/action embedding added with the frame embedding;
-  time_emb [B, T, V, D] or None: the timestep embedding of m_c * tau for Eq. 5.
+  time_emb [B, T, V, D] or None: the timestep embedding of m_c * tau for Eq. 5;
+  frame_context [B, T, V, L, Dj]: the text context of each frame, keys/values of the block's action
+  cross-attention (needed iff the block has one); action_kv [B, T, 2D] or None (no actions): the
+  action embedding added to that cross-attention's keys and values.
   """
   emb = pos_mlp(index_emb.astype(x.dtype))[None, :, None]  # [1, T, 1, D]
   if cond_emb is not None:
@@ -148,7 +162,17 @@ def temporal_step(block: VTSelfAttentionBlock, mixer: AlphaBlender, pos_mlp, x, 
   u = x + emb[:, :, :, None, None]
   if block.time_modulation is not None and time_emb is not None:
     u = block.time_modulation(u, time_emb[:, :, :, None, None].astype(x.dtype))
-  y = block(temporal_sequences(u, kind))
+  cross = None
+  if block.action_attn is not None:
+    if frame_context is None:
+      raise ValueError("this temporal block has an action cross-attention: temporal_step needs "
+                       "frame_context [B,T,V,L,Dj]")
+    # the cross-attention sees the tokens of one (frame, view) image: leave the temporal layout
+    cross = lambda s: temporal_sequences(block.action_attn(
+        temporal_unsequences(s, kind, x.shape), frame_context, action_kv), kind)
+  elif action_kv is not None:
+    raise ValueError("action_kv given, but this temporal block has no action cross-attention")
+  y = block(temporal_sequences(u, kind), cross=cross)
   return mixer(x, temporal_unsequences(y, kind, x.shape), disabled)
 
 
