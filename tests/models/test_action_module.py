@@ -10,7 +10,7 @@ from flax import nnx
 
 from wm_jax import defaults
 from wm_jax.convert import checkpoints, param_map
-from wm_jax.diffusion import losses
+from wm_jax.diffusion import guidance, losses
 from wm_jax.models import action_module, conditioning, layers, scan
 from wm_jax.models.conditioning import Conditioning
 from wm_jax.models.ctsd_dit import CTSDDiT
@@ -293,7 +293,18 @@ def test_the_loss_drops_groups_in_training_only():
   assert not np.array_equal(keep[:, 2], keep[:, 4])
   np.testing.assert_allclose(float(metrics["action_groups_dropped"]), 1 - keep.mean(), rtol=1e-6)
   losses.loss_fn(model, batch, jax.random.key(0), cfg, train=False)
-  assert seen[-1].action_keep is None and seen[-1].actions is not None
+  assert np.asarray(seen[-1].action_keep).all() and seen[-1].actions is not None
+
+
+def test_guidance_unconditional_branch_and_condition_dropout_clear_the_actions():
+  cfg = _config()
+  cond = conditioning.model_inputs(_batch(cfg), cfg)
+  assert np.asarray(cond.action_keep).all() and cond.action_keep.shape == (2, 5)
+  assert not np.asarray(guidance.uncond_inputs(cond).action_keep).any()
+  both = guidance.batch_with_uncond(cond)
+  np.testing.assert_array_equal(np.asarray(both.action_keep)[:, 0], [True, True, False, False])
+  dropped = guidance.drop_conditions(cond, jnp.array([True, False]))
+  np.testing.assert_array_equal(np.asarray(dropped.action_keep)[:, 0], [False, True])
 
 
 def test_model_inputs_packs_the_groups_and_names_a_missing_key():
@@ -352,3 +363,9 @@ def test_fourier_features_and_a_saved_config_round_trip():
   back = defaults.from_dict(cfg.to_dict())
   assert back.model.action_module.to_dict() == cfg.model.action_module.to_dict()
   assert defaults.config().model.action_module is None
+
+
+def test_a_model_with_the_module_has_a_hashable_graphdef():
+  """The samplers pass the graphdef to jit as a static argument: it must hash."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: _model(_config())))
+  hash(graphdef)

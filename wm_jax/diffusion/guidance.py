@@ -4,6 +4,7 @@ Unconditional inputs follow OpenDWM's CTSD pipeline where wm_jax has the same in
   context, pooled  -> zeros (OpenDWM encodes the empty prompt; wm_jax gets precomputed text
                       embeddings, so the null condition is zeros, also during training dropout);
   layout           -> zeros (OpenDWM's uncondition_image_color 0);
+  action_keep      -> all False: no action group given (the action module's action-free mode);
   camera           -> the conditioning.CAMERA_SCALARS camera scalars kept; the action scalars
                       after them (speed, steering: camera_scalars 13) set to -1000 as OpenDWM's
                       uncond_added_time_ids does;
@@ -28,6 +29,8 @@ def uncond_inputs(cond: Conditioning) -> Conditioning:
              if getattr(cond, name) is not None}
   if cond.camera is not None and cond.camera.shape[-1] > CAMERA_SCALARS:
     changes["camera"] = jnp.asarray(cond.camera).at[..., CAMERA_SCALARS:].set(UNCOND_ACTION)
+  if cond.action_keep is not None:
+    changes["action_keep"] = jnp.zeros_like(jnp.asarray(cond.action_keep, bool))
   return cond.replace(**changes)
 
 
@@ -35,7 +38,7 @@ def drop_conditions(cond: Conditioning, drop) -> Conditioning:
   """Per sample: the unconditional inputs where drop[b], else `cond`. drop: bool [B]."""
   uncond = uncond_inputs(cond)
   changes = {}
-  for name in ZEROED_FIELDS + ("camera",):
+  for name in ZEROED_FIELDS + ("camera", "action_keep"):
     value = getattr(cond, name)
     if value is not None:
       value = jnp.asarray(value)

@@ -183,13 +183,13 @@ class ActionEmbedding(nnx.Module):
 
   def __init__(self, ac, dim: int, *, rngs, prec: layers.Precision):
     self.groups = ordered_groups(ac)
-    self.sizes = group_sizes(ac)
+    self.sizes = tuple(group_sizes(ac)[g] for g in self.groups)  # a tuple: graphdefs are hashed
     self.features = int(ac.fourier_features)
     self.command_embedding = nnx.Embed(
         len(COMMANDS), self.features, dtype=prec.dtype, param_dtype=prec.param_dtype,
         embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), (None, None)),
         rngs=rngs) if "command" in self.groups else None
-    width = self.features * sum(self.sizes.values())
+    width = self.features * sum(self.sizes)
     self.linear_1 = layers.linear(width, dim, (None, "embed"), rngs=rngs, prec=prec,
                                   use_bias=False)
     self.linear_2 = layers.linear(dim, 2 * dim, ("embed", "mlp"), rngs=rngs, prec=prec,
@@ -199,9 +199,9 @@ class ActionEmbedding(nnx.Module):
     """actions [B,T,P]; keep [B,G] bool or None (all kept) -> [B,T,2*dim]."""
     b, t = actions.shape[:2]
     feats, start = [], 0
-    for g, name in enumerate(self.groups):
-      values = actions[..., start:start + self.sizes[name]].astype(jnp.float32)
-      start += self.sizes[name]
+    for g, (name, size) in enumerate(zip(self.groups, self.sizes)):
+      values = actions[..., start:start + size].astype(jnp.float32)
+      start += size
       if name == "command":
         index = jnp.clip(jnp.round(values[..., 0]), 0, len(COMMANDS) - 1).astype(jnp.int32)
         e = self.command_embedding(index).astype(jnp.float32)

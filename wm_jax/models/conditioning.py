@@ -137,11 +137,13 @@ def model_inputs(batch: Mapping[str, Any], config, *, drop_actions: bool = False
       layout = layout / 255.0
   view_adjacency = (jnp.asarray(batch["view_adjacency"], bool)
                     if "view_adjacency" in batch else None)
-  actions = None
+  actions = action_keep = None
   if cfg.action_module is not None and not drop_actions:
     actions = action_module.pack(batch, cfg.action_module)
     if tuple(actions.shape[:2]) != (b, t):
       raise ValueError(f"the action keys have [B,T]={tuple(actions.shape[:2])}, batch['latents'] "
                        f"{(b, t)}")
+    # every group given; guidance's unconditional branch and training dropout clear it
+    action_keep = jnp.ones((b, len(action_module.ordered_groups(cfg.action_module))), bool)
   return Conditioning(context=context, pooled=pooled, camera=camera, layout=layout,
-                      view_adjacency=view_adjacency, actions=actions)
+                      view_adjacency=view_adjacency, actions=actions, action_keep=action_keep)
