@@ -15,8 +15,8 @@ of every frame; world-model evaluation protocols refuse it.
 
 Variants (the argument after ':', comma-separated flags): '' (mask reconstruction, r = 0.25),
 'nomask', 'layout' (OpenDWM's layout adapter; its 1524-key state_dict).
-Expect: 4.224e9 trainable parameters with 'layout' (tools/param_count.py prints the split; the
-adapter is its own line); accelerators only.
+Expect: 3.926e9 trainable parameters, 4.224e9 with 'layout' (tools/param_count.py prints the
+split); accelerators only.
 The mask path keeps 21 of 28 tokens per row, 5 decoder blocks.
 """
 

@@ -12,7 +12,7 @@ model, not a world model; world-model evaluation protocols refuse it).
 
 Variants (the argument after ':', comma-separated flags): '' (mask reconstruction on), 'nomask',
 'layout' (the layout adapter, and the data render the layout image).
-Expect: 1.72M trainable parameters (tools/param_count.py); 4 joint blocks (2 dual-attention),
+Expect: 1.60M trainable parameters (1.72M with 'layout'; tools/param_count.py); 4 joint blocks (2 dual-attention),
 pointwise temporal blocks after layers 0 and 2, row-wise cross-view blocks after layers 1 and 3;
 2 views x 4 frames of 8x16x4 latents (64x128 images of the synthetic world's 'front2' rig),
 8 text tokens; the mask path keeps K = 6 of W = 8 tokens per row and decodes the last joint block

@@ -45,12 +45,13 @@ def count(config, with_mask: bool = True) -> dict[str, dict[str, int]]:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True, help="path of a configs/*.py file")
+  parser.add_argument("--config", required=True, help="path of a configs/*.py file[:arg]")
   parser.add_argument("--config_arg", default=None, help="argument for get_config")
   parser.add_argument("--no-mask", action="store_true", help="count without the mask module")
   args = parser.parse_args(argv)
   print(f"[param_count] building {args.config} abstractly (nnx.eval_shape)", flush=True)
-  config = defaults.load_file(f"{args.config}:{args.config_arg or ''}")
+  spec = args.config if args.config_arg is None else f"{args.config.partition(':')[0]}:{args.config_arg}"
+  config = defaults.load_file(spec)
   groups = count(config, with_mask=not args.no_mask)
   width = max(len(g) for g in groups)
   print(f"{'group':<{width}}  {'params':>15}  {'buffers':>13}")
