@@ -267,7 +267,7 @@ def load_sampler(config, checkpoint, protocol, *, params="auto", vae_checkpoint=
     inputs = protocols.model_batch(protocol, {**batch, "latents": latents})
     gen = generate_lib.generate(model, inputs, config, n_ref=n_ref, rng=jax.random.fold_in(key, i),
                                 steps=protocol.sample_steps, cfg_scale=protocol.cfg_scale,
-                                vae=vae, mesh=run.mesh)
+                                vae=vae, mesh=run.mesh, drop_actions=not protocol.use_actions)
     videos_lib.check_frames(gen, name=f"frames generated from {checkpoint}")   # the VAE's uint8
     return gen
 

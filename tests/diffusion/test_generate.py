@@ -93,3 +93,24 @@ def test_on_a_mesh_the_batch_is_sharded_and_the_result_is_the_same(cpu_devices):
   odd = generate_lib.generate(_ToyModel(target), {"latents": latents[:3]}, _config(), n_ref=1,
                               rng=jax.random.key(0), mesh=mesh)
   np.testing.assert_allclose(np.asarray(odd), want[:3], atol=1e-6)
+
+
+def test_drop_actions_generates_action_free():
+  """A model with the action module: without action keys generate names the missing key; with
+  drop_actions=True the model gets no actions (Conditioning.actions None)."""
+  seen = []
+
+  class Recording(_ToyModel):
+    def __call__(self, latents, timesteps, cond, **kwargs):
+      seen.append(cond)
+      return super().__call__(latents, timesteps, cond, **kwargs)
+
+  c = _config()
+  c.model.action_module = defaults.action_module()
+  latents = np.zeros((1, 4, 1, 2, 2, 3), np.float32)
+  model = Recording(np.zeros((1, 1, 1, 2, 2, 3), np.float32))
+  with pytest.raises(ValueError, match="actions"):
+    generate_lib.generate(model, {"latents": latents}, c, n_ref=1, rng=jax.random.key(0))
+  generate_lib.generate(model, {"latents": latents}, c, n_ref=1, rng=jax.random.key(0),
+                        drop_actions=True)
+  assert seen and all(cond.actions is None for cond in seen)

@@ -13,6 +13,8 @@ are the conditions of all T frames (actions, cameras, layout, text). T is the ho
 With `mesh`, the batch is placed with the batch sharding and the sampler runs under the mesh
 (`jax.set_mesh`), so a model whose parameters are sharded over it (run.restore) samples sharded.
 Returns latents [B,T,V,h,w,C], or with `vae` uint8 frames [B,T,V,H,W,3] (numpy).
+drop_actions=True: a model with the action module generates action-free (Conditioning.actions
+None; the batch needs no action keys), as an action-free protocol asks.
 
 This is the one path from conditions to videos: the sample videos of training, `--mode=sample`,
 evaluation, the demo and the benchmarks all call it.
@@ -69,7 +71,8 @@ def _placed(batch: dict, mesh) -> dict:
 
 
 def generate(model, batch: dict, config, *, n_ref: int, rng, steps: int | None = None,
-             cfg_scale: float | None = None, vae=None, mesh=None, verbose: bool = False):
+             cfg_scale: float | None = None, vae=None, mesh=None, verbose: bool = False,
+             drop_actions: bool = False):
   """See the module docstring. steps / cfg_scale default to config.diffusion's."""
   if "latents" not in batch:
     raise ValueError(f"generate needs batch['latents'] (the context frames); batch has "
@@ -82,7 +85,7 @@ def generate(model, batch: dict, config, *, n_ref: int, rng, steps: int | None =
                      f"{clip_frames} (config.model.num_frames)")
   placed = _placed(batch, mesh)
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    cond = conditioning.model_inputs(placed, config)
+    cond = conditioning.model_inputs(placed, config, drop_actions=drop_actions)
     context = placed["latents"][:, :n_ref]
     if num_clips == 1:
       shape = tuple(placed["latents"].shape)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from wm_jax.data.schema import LAYOUT_CHANNELS
+from wm_jax.data.schema import COMMANDS, LAYOUT_CHANNELS
 from wm_jax.models.conditioning import VAE_FACTOR
 
 
@@ -30,6 +30,11 @@ def shapes(config, batch_size: int | None = None) -> dict[str, tuple[tuple[int, 
     out["pooled_text"] = ((b, t, v, int(m.pooled_projection_dim)), "float32")
   if m.layout_adapter is not None:
     out["layout"] = ((b, t, v, h * VAE_FACTOR, w * VAE_FACTOR, LAYOUT_CHANNELS), "uint8")
+  if m.action_module is not None:
+    k = int(m.action_module.trajectory_points)
+    out["trajectory"] = ((b, t, k, 2), "float32")
+    out["goal_point"] = ((b, t, 2), "float32")
+    out["command"] = ((b, t), "int32")
   return out
 
 
@@ -52,6 +57,10 @@ def random(config, batch_size: int | None = None, seed: int = 0) -> dict:
       out[k] = np.full(s, 10.0, np.float32)
     elif k == "view_adjacency":
       out[k] = np.ones(s, bool)
+    elif k == "command":
+      out[k] = r.integers(0, len(COMMANDS), size=s).astype(np.int32)
+    elif k == "actions":   # speed >= 0 and steering within the schema's range
+      out[k] = np.abs(r.normal(size=s)).astype(np.float32) * np.array([5, 0.1, 1, 0.1], np.float32)
     elif d == "uint8":
       out[k] = r.integers(0, 2, size=s, dtype=np.uint8) * 255
     else:
