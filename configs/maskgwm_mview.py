@@ -4,17 +4,21 @@ cross-view blocks (camera adjacency mask) after layers 1,5,9,13,17,21, 11 camera
 parameter names are exactly OpenDWM's (checkpoints convert name for name, plus the paper's Eq. 5
 time modulation).
 
-What the model sees: the reference frames of the 6 cameras, the cameras, text, and nothing of the
-frames it predicts ("without the requirement of future layouts", MaskGWM 4.3). The 'layout' flag
-is OpenDWM's CTSD-3.5 layout model: the layout adapter (6 x 1536 channels), which sees the layout
-of every frame; world-model evaluation protocols refuse it.
+What the model sees: the reference frames of the 6 cameras, the cameras, the ego's actions
+(MaskGWM's action module: speed, steering, trajectory, goal point, command from the nuScenes ego
+poses and CAN bus), text, and nothing of the frames it predicts ("without the requirement of
+future layouts", MaskGWM 4.3). The 'layout' flag is OpenDWM's CTSD-3.5 layout model: the layout
+adapter (6 x 1536 channels), which sees the layout of every frame; world-model evaluation
+protocols refuse it. 'noactions' leaves the action module out ('layout,noactions' is exactly
+OpenDWM's CTSD-3.5 layout model).
 
   python -m wm_jax.main --config=configs/maskgwm_mview.py --workdir=gs://BUCKET/maskgwm_mview \
       --config.data.path=NUSCENES_ROOT --config.vae.checkpoint=SD35_VAE_DIR
   python tools/param_count.py --config=configs/maskgwm_mview.py
 
 Variants (the argument after ':', comma-separated flags): '' (mask reconstruction, r = 0.25),
-'nomask', 'layout' (OpenDWM's layout adapter; its 1524-key state_dict).
+'nomask', 'layout' (OpenDWM's layout adapter), 'noactions' ('layout,noactions': OpenDWM's
+1524-key state_dict plus the Eq. 5 parameters).
 Expect: 3.926e9 trainable parameters, 4.224e9 with 'layout' (tools/param_count.py prints the
 split); accelerators only.
 The mask path keeps 21 of 28 tokens per row, 5 decoder blocks.
@@ -22,7 +26,7 @@ The mask path keeps 21 of 28 tokens per row, 5 decoder blocks.
 
 from wm_jax import defaults
 
-FLAGS = ("nomask", "layout")
+FLAGS = ("nomask", "layout", "noactions")
 
 
 def get_config(arg=None):
@@ -43,6 +47,9 @@ def get_config(arg=None):
   if "layout" not in flags:
     config.model.layout_adapter = None
   config.data.layout = "layout" in flags
+  if "noactions" not in flags:
+    config.model.action_module = defaults.action_module()
+    config.model.action_module.trajectory_points = config.data.trajectory_points
   config.mask.enabled = "nomask" not in flags  # r = 0.25: 21 of 28 tokens per row
   config.mask.decode_layers = 5          # as OpenDWM
   config.diffusion.shift = 3.0         # SD3/SD3.5 sizes

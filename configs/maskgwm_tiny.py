@@ -1,17 +1,20 @@
 """MaskGWM, tiny: the whole world model (all block kinds, camera embedding, mask reconstruction)
 at toy sizes that run on one CPU core in about a second per training step.
 
-What the model sees: the reference (context) frames, the camera of every frame, text (zeros
+What the model sees: the reference (context) frames, the camera and the ego's actions (speed,
+steering, trajectory, goal point, command: MaskGWM's action module) of every frame, text (zeros
 here) and nothing of the frames it predicts: no future layout, boxes or frames. The 'layout'
 flag adds OpenDWM's layout adapter, which DOES see the layout of every frame (a layout-to-video
-model, not a world model; world-model evaluation protocols refuse it).
+model, not a world model; world-model evaluation protocols refuse it); 'noactions' leaves the
+action module out (the model OpenDWM's layout can hold: export needs it or
+--drop_zero_action_params).
 
   python -m wm_jax.main --config=configs/maskgwm_tiny.py --workdir=/tmp/wm_tiny
   python -m wm_jax.main --config=configs/maskgwm_tiny.py:nomask --workdir=/tmp/wm_tiny_nomask
   python tools/param_count.py --config=configs/maskgwm_tiny.py
 
 Variants (the argument after ':', comma-separated flags): '' (mask reconstruction on), 'nomask',
-'layout' (the layout adapter, and the data render the layout image).
+'layout' (the layout adapter, and the data render the layout image), 'noactions'.
 Expect: 1.60M trainable parameters (1.72M with 'layout'; tools/param_count.py); 4 joint blocks (2 dual-attention),
 pointwise temporal blocks after layers 0 and 2, row-wise cross-view blocks after layers 1 and 3;
 2 views x 4 frames of 8x16x4 latents (64x128 images of the synthetic world's 'front2' rig),
@@ -24,7 +27,7 @@ rectified-flow loss falls more than 10x in about 55 Adam steps at lr 1e-3
 
 from wm_jax import defaults
 
-FLAGS = ("nomask", "layout")
+FLAGS = ("nomask", "layout", "noactions")
 
 
 def get_config(arg=None):
@@ -36,4 +39,7 @@ def get_config(arg=None):
   if "layout" not in flags:
     config.model.layout_adapter = None
   config.data.layout = "layout" in flags
+  if "noactions" not in flags:
+    config.model.action_module = defaults.action_module()
+    config.model.action_module.trajectory_points = config.data.trajectory_points
   return config

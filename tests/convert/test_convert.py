@@ -69,7 +69,7 @@ def test_ctsd35_conversion_has_exactly_the_opendwm_key_and_shape_set():
 
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = maskgwm_tiny.get_config()
+  cfg = maskgwm_tiny.get_config("noactions")
   cfg.train.batch_size = 8   # one row per virtual device
   model = random_model(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)), seed=1)
   return cfg, model
@@ -208,7 +208,7 @@ def test_command_line_tools_round_trip(tiny, tmp_path):
   assert opendwm["num_attention_heads"] == cfg.model.num_heads
   assert opendwm["temporal_block_layers"] == list(cfg.model.temporal_block_layers)
   r = run("tools/convert_from_pytorch.py", f"--checkpoint={out}", f"--out={tmp_path / 'back'}",
-          f"--opendwm_config={out.with_suffix('.json')}", "--config=configs/maskgwm_tiny.py",
+          f"--opendwm_config={out.with_suffix('.json')}", "--config=configs/maskgwm_tiny.py:noactions",
           "--time_modulation")
   assert r.returncode == 0, r.stderr[-2000:]
   orig, back = _flat(model), _restored(tmp_path / "back")
@@ -251,7 +251,7 @@ def test_camera_without_crossview_blocks_exports_a_config_that_keeps_it():
   assert out["projection_class_embeddings_input_dim"] == 13 * 256
   notes = opendwm_config.export_notes(model)
   assert len(notes) == 1 and "enable_crossview=True" in notes[0] and "camera" in notes[0]
-  back, _ = opendwm_config.from_opendwm(out, maskgwm_tiny.get_config().model)
+  back, _ = opendwm_config.from_opendwm(out, maskgwm_tiny.get_config("noactions").model)
   assert back.camera_scalars == 13 and list(back.crossview_block_layers) == []
   assert list(back.temporal_block_layers) == list(model.temporal_block_layers)
   assert back.crossview_attention_type in ("rowwise",)
@@ -301,7 +301,7 @@ def test_mask_module_opendwm_cannot_load_is_refused_by_name():
   """OpenDWM's MaskController builds noise_proj as Conv3d(16, D, ...) whatever the latent
   channels: a 4-channel model's mask module cannot load there (a size mismatch, even with
   strict=False). Export refuses it, naming the parameter and both shapes, unless allowed."""
-  cfg = maskgwm_tiny.get_config()
+  cfg = maskgwm_tiny.get_config("noactions")
   cfg.model.time_modulation = False
   abstract = to_torch.abstract_model(cfg.model, cfg.mask)
   flat = param_map.flat_state(param_map.checkpoint_state(abstract))

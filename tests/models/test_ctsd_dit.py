@@ -39,7 +39,7 @@ def _reference_shapes():
 
 
 def test_param_tree_equals_opendwm_ctsd35_keys_and_shapes():
-  cfg = maskgwm_mview.get_config("layout")
+  cfg = maskgwm_mview.get_config("layout,noactions")
   abstract = nnx.eval_shape(lambda: CTSDDiT(cfg.model, cfg.mask, rngs=nnx.Rngs(0)))
   ours = param_map.torch_shapes(abstract)
   ref = _reference_shapes()

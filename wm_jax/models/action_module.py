@@ -226,9 +226,11 @@ class ActionCrossAttention(nnx.Module):
     self.norm = layers.layer_norm(dim, rngs=rngs, prec=prec)
     self.to_q = layers.linear(dim, inner, ("embed", "heads"), rngs=rngs, prec=prec,
                               use_bias=False)
-    self.to_k = layers.linear(context_dim, inner, (None, "heads"), rngs=rngs, prec=prec,
+    # The text-context side is sharded like the embedding (fsdp): one of these per temporal
+    # block is Dj x D (4096 x 1536 at SD3.5 sizes), too large to keep whole on every device.
+    self.to_k = layers.linear(context_dim, inner, ("embed", "heads"), rngs=rngs, prec=prec,
                               use_bias=False)
-    self.to_v = layers.linear(context_dim, inner, (None, "heads"), rngs=rngs, prec=prec,
+    self.to_v = layers.linear(context_dim, inner, ("embed", "heads"), rngs=rngs, prec=prec,
                               use_bias=False)
     norm = lambda: (layers.rms_norm(head_dim, rngs=rngs, prec=prec, eps=1e-5)
                     if qk_norm else None)
