@@ -19,8 +19,8 @@ OpenDWM's CTSD-3.5 layout model).
 Variants (the argument after ':', comma-separated flags): '' (mask reconstruction, r = 0.25),
 'nomask', 'layout' (OpenDWM's layout adapter), 'noactions' ('layout,noactions': OpenDWM's
 1524-key state_dict plus the Eq. 5 parameters).
-Expect: 3.926e9 trainable parameters, 4.224e9 with 'layout' (tools/param_count.py prints the
-split); accelerators only.
+Expect: 4.139e9 trainable parameters (3.926e9 'noactions', 4.224e9 'layout,noactions';
+tools/param_count.py prints the split); accelerators only.
 The mask path keeps 21 of 28 tokens per row, 5 decoder blocks.
 """
 

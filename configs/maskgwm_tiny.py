@@ -15,7 +15,8 @@ action module out (the model OpenDWM's layout can hold: export needs it or
 
 Variants (the argument after ':', comma-separated flags): '' (mask reconstruction on), 'nomask',
 'layout' (the layout adapter, and the data render the layout image), 'noactions'.
-Expect: 1.60M trainable parameters (1.72M with 'layout'; tools/param_count.py); 4 joint blocks (2 dual-attention),
+Expect: 1.65M trainable parameters (1.60M 'noactions', 1.77M 'layout'; tools/param_count.py); 4 joint
+blocks (2 dual-attention),
 pointwise temporal blocks after layers 0 and 2, row-wise cross-view blocks after layers 1 and 3;
 2 views x 4 frames of 8x16x4 latents (64x128 images of the synthetic world's 'front2' rig),
 8 text tokens; the mask path keeps K = 6 of W = 8 tokens per row and decodes the last joint block
