@@ -44,12 +44,7 @@ def get_config(arg=None):
   config.model.layout_adapter.update(
       in_channels=6, channels=[1536] * 6, is_downblocks=[True] + [False] * 5, num_res_blocks=2,
       downscale_factor=8, use_zero_convs=True)
-  if "layout" not in flags:
-    config.model.layout_adapter = None
-  config.data.layout = "layout" in flags
-  if "noactions" not in flags:
-    config.model.action_module = defaults.action_module()
-    config.model.action_module.trajectory_points = config.data.trajectory_points
+  defaults.set_model_inputs(config, flags)
   config.mask.enabled = "nomask" not in flags  # r = 0.25: 21 of 28 tokens per row
   config.mask.decode_layers = 5          # as OpenDWM
   config.diffusion.shift = 3.0         # SD3/SD3.5 sizes

@@ -37,10 +37,5 @@ def get_config(arg=None):
                                        # before the last of the 4 joint blocks (decode_layers 1)
   config.mask.enabled = "nomask" not in flags
   config.data.update(rig="front2", num_frames=4, image_height=64, image_width=128)
-  if "layout" not in flags:
-    config.model.layout_adapter = None
-  config.data.layout = "layout" in flags
-  if "noactions" not in flags:
-    config.model.action_module = defaults.action_module()
-    config.model.action_module.trajectory_points = config.data.trajectory_points
+  defaults.set_model_inputs(config, flags)
   return config

@@ -369,3 +369,15 @@ def variant_flags(arg: str | None, allowed: tuple[str, ...], name: str) -> set[s
     raise ValueError(f"{name}: unknown variant flag(s) {unknown} in {arg!r}; the argument after "
                      f"':' is a comma-separated subset of {list(allowed)}")
   return flags
+
+
+def set_model_inputs(config: ConfigDict, flags: set[str]) -> None:
+  """The inputs a world-model config's model takes, by its variant flags: the layout adapter (and
+  the layout image in the data) only with 'layout' (it sees the layout of the predicted frames);
+  the action module unless 'noactions', with K = config.data.trajectory_points."""
+  if "layout" not in flags:
+    config.model.layout_adapter = None
+  config.data.layout = "layout" in flags
+  if "noactions" not in flags:
+    config.model.action_module = action_module()
+    config.model.action_module.trajectory_points = config.data.trajectory_points
