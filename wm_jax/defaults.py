@@ -131,6 +131,7 @@ def data() -> ConfigDict:
   # content
   c.layout = True  # render the 6-channel layout image
   c.depth = False  # synthetic: also return depth [T,V,H,W] (metres)
+  c.supersample = 1  # synthetic: s x s rays per pixel, averaged (anti-aliasing; s^2 the cost)
   c.max_boxes = 32  # N: boxes per frame (nearest first, padded with valid=0)
   c.trajectory_points = 6  # K: future ego positions per frame (trajectory, goal_point, command)
   # synthetic world
@@ -318,6 +319,7 @@ VALUE_RULES = {
     "checkpoint.best_mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "data.image_size_mismatch": (lambda v: v in ("rescale", "error"), "'rescale' or 'error'"),
     "data.worker_count": _AT_LEAST_0, "data.trajectory_points": _ABOVE_0,
+    "data.supersample": (lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
 }
 
 

@@ -216,6 +216,27 @@ def test_rig_scaling_keeps_field_of_view():
   assert k[1, 1] == big.intrinsics[0, 1, 1] / 2 and k[0, 0] == big.intrinsics[0, 0, 0]
 
 
+def test_supersampling_averages_the_rays_of_a_finer_image(boston):
+  """supersample=2 at (H, W) is the 2x2 pixel mean of the (2H, 2W) render (the same rays), keeps
+  the (H, W) intrinsics, and smooths the frames (less energy between neighbouring pixels)."""
+  half = (SIZE[0] // 2, SIZE[1] // 2)
+  fine = render.render_clip(boston, "front", num_frames=2, image_size=SIZE, layout=False,
+                            return_hit_id=True)
+  ss = render.render_clip(boston, "front", num_frames=2, image_size=half, layout=False,
+                          supersample=2, return_hit_id=True)
+  plain = render.render_clip(boston, "front", num_frames=2, image_size=half, layout=False)
+  f = fine["frames"].astype(np.float32).reshape(2, 1, half[0], 2, half[1], 2, 3).mean((3, 5))
+  np.testing.assert_array_equal(ss["frames"], np.round(f).astype(np.uint8))
+  assert ss["frames"].shape == plain["frames"].shape and ss["hit_id"].shape == (2, 1) + half
+  np.testing.assert_array_equal(ss["hit_id"], fine["hit_id"][..., ::2, ::2])
+  np.testing.assert_array_equal(ss["intrinsics"], plain["intrinsics"])
+  np.testing.assert_array_equal(ss["actions"], plain["actions"])
+  jump = lambda x: np.abs(np.diff(x["frames"].astype(np.float32), axis=-2)).mean()
+  assert jump(ss) < jump(plain)
+  with pytest.raises(ValueError, match="supersample"):
+    render.render_clip(boston, "front", num_frames=1, image_size=half, supersample=0)
+
+
 def test_bad_inputs_raise():
   scene = world.make_scene(0, "boston", length=150.0)
   with pytest.raises(ValueError, match="unknown rig"):

@@ -19,6 +19,8 @@ Frames of the record (all float32 unless noted):
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -177,7 +179,7 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
                 image_size=(128, 256), *, actions=None, trajectory_points: int = 6,
                 max_boxes: int = 32, boxes_per_tile: int = 32, road_segments: int = 20,
                 layout: bool = True, start_time: float = 0.0, return_hit_id: bool = False,
-                devices=None) -> dict:
+                supersample: int = 1, devices=None) -> dict:
   """A record (schema dict of numpy arrays) of `num_frames` frames of `scene`.
 
   Args:
@@ -199,6 +201,11 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
     start_time: time of frame 0 for the traffic (the ego always starts at the scene's start).
     return_hit_id: add 'hit_id' [T,V,H,W] int32 (track id seen per pixel, 0 = none); not a
       schema key, pop it before validation.
+    supersample: s >= 1 rays per pixel side: the frames are cast at (s*H, s*W) and each pixel is
+      the mean of its s x s rays (anti-aliasing, as a camera integrates over its pixel: thin
+      structure such as window rows, lane markings and far poles no longer flickers between
+      frames); depth is the mean of the s x s depths, hit_id the id of the pixel's first ray.
+      Intrinsics, boxes, layout and actions are those of the (H, W) image.
     devices: None renders on the default device; a list of devices (e.g.
       jax.local_devices(backend="cpu") in a process started with one XLA CPU device per core)
       gets the frames round-robin, so they render in parallel. Each device compiles once.
@@ -212,6 +219,12 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
     rig = rig_lib.make_rig(rig, (h, w))
   elif tuple(rig.image_size) != (h, w):
     raise ValueError(f"rig image size {rig.image_size} differs from image_size {(h, w)}")
+  s = int(supersample)
+  if s < 1:
+    raise ValueError(f"supersample must be an int >= 1, got {supersample!r}")
+  ray_rig = rig if s == 1 else dataclasses.replace(
+      rig, image_size=(h * s, w * s),
+      intrinsics=(np.diag([s, s, 1.0]) @ rig.intrinsics.astype(np.float64)).astype(np.float32))
   dt = 1.0 / fps
   k = int(trajectory_points)
   if k < 1:
@@ -232,7 +245,7 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
   all_poses = actions_lib.integrate_poses(scene.ego_start, speed, steering, dt)
   poses = all_poses[:num_frames]
 
-  k_inv = np.linalg.inv(rig.intrinsics.astype(np.float64)).astype(np.float32)
+  k_inv = np.linalg.inv(ray_rig.intrinsics.astype(np.float64)).astype(np.float32)
   statics = static_boxes(scene)
   crossings = padded_crossings(scene)
   style = raycast.style_vector(scene.domain)
@@ -245,17 +258,22 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
     cam_world = poses[t][None] @ rig.extrinsics.astype(np.float64)  # [V,4,4] world-from-camera
     origins = cam_world[:, :3, 3]
     r_wc = cam_world[:, :3, :3]
-    sel = np.stack([select_boxes(prims, origins[v], r_wc[v], rig.intrinsics[v], (h, w),
-                                 boxes_per_tile) for v in range(rig.num_views)])
+    sel = np.stack([select_boxes(prims, origins[v], r_wc[v], ray_rig.intrinsics[v],
+                                 ray_rig.image_size, boxes_per_tile)
+                    for v in range(rig.num_views)])
     segs = select_segments(scene, poses[t][:2, 3], road_segments)
     inputs = (origins.astype(np.float32), r_wc.astype(np.float32), k_inv, sel, segs, crossings,
               style)
     device = devices[t % len(devices)]
     if device is not None:
       inputs = jax.device_put(inputs, device)
-    outs.append(raycast.render_views(*inputs, height=h, width=w))
+    outs.append(raycast.render_views(*inputs, height=h * s, width=w * s))
   frames = np.stack([np.asarray(o[0]) for o in outs])
   depth = np.stack([np.asarray(o[1]) for o in outs])
+  if s > 1:
+    pixel_mean = lambda a: a.reshape(a.shape[:-3] + (h, s, w, s) + a.shape[-1:]).mean((-4, -2))
+    frames = np.round(pixel_mean(frames.astype(np.float32))).astype(np.uint8)
+    depth = pixel_mean(depth[..., None].astype(np.float32))[..., 0]
 
   # Boxes in each timestep's ego frame; rows fixed per track for the whole clip.
   ego_boxes = [_to_ego(bw, poses[t]) for t, bw in enumerate(world_boxes)]
@@ -296,7 +314,7 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
   }
   schema.validate(record, source=f"synthetic:{scene.domain.name}:seed={scene.seed}")
   if return_hit_id:
-    record["hit_id"] = np.stack([np.asarray(o[2]) for o in outs])
+    record["hit_id"] = np.stack([np.asarray(o[2]) for o in outs])[..., ::s, ::s]
   return record
 
 

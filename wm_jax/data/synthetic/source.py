@@ -54,7 +54,8 @@ class SyntheticSource:
       record = render.render_clip(scene, self.rig, num_frames=c.num_frames, fps=c.fps,
                                   image_size=(c.image_height, c.image_width),
                                   max_boxes=c.max_boxes, layout=c.layout,
-                                  trajectory_points=c.trajectory_points)
+                                  trajectory_points=c.trajectory_points,
+                                  supersample=c.supersample)
     if not c.layout:
       record.pop("layout", None)
     if not c.depth:
