@@ -270,7 +270,8 @@ def main(argv=None):
   val_clips = render(config, "val", args.val_clips, args.val_frames)
   timings["data_s"] = time.time() - t
 
-  say(f"2/6 training the tiny VAE for {args.vae_steps} steps")
+  say(f"2/6 training the VAE ({args.vae_channels} wide, {args.latent_channels} latent channels) "
+      f"for {args.vae_steps} steps")
   t = time.time()
   frames = np.concatenate([c["frames"].reshape((-1,) + c["frames"].shape[-3:]) for c in train_clips])
   vae, vae_curve = vae_training.train_vae(config, frames, steps=args.vae_steps,
