@@ -242,7 +242,7 @@ def render_clip(scene: world.SceneSpec, rig="front", num_frames: int = 8, fps: f
       speed = np.concatenate([speed, np.full(k, speed[-1])])
       steering = np.concatenate([steering, np.full(k, steering[-1])])
   acts = ego_lib.make_actions(speed, steering, dt)[:num_frames]
-  all_poses = actions_lib.integrate_poses(scene.ego_start, speed, steering, dt)
+  all_poses = ego_poses(scene, speed, steering, fps)
   poses = all_poses[:num_frames]
 
   k_inv = np.linalg.inv(ray_rig.intrinsics.astype(np.float64)).astype(np.float32)
