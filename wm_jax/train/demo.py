@@ -22,8 +22,10 @@ Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 
                 baselines: the last context frame copied, and the model with the actions of
                 another scene; PSNR and (with the eval extra's I3D) FVD of each
              b. controllability: `control_scenes` held-out scenes swept over commanded steering
-                with the noise fixed; image motion against command: Spearman, sign-correct,
-                WORKDIR/controllability/steering_motion.png and a frame strip per scene
+                with the noise fixed (evaluate.evaluate_controllability); image motion against
+                command: Spearman, sign-correct, WORKDIR/eval_demo_controllability.json,
+                WORKDIR/controllability/demo_controllability/steering_motion.png and a frame strip
+                per video scene, both also in TensorBoard (WORKDIR/eval)
              c. WORKDIR/videos/scene*_{left,own,right}.{mp4,gif}: ground truth | generated
   6 summary  WORKDIR/summary.json: loss curve, VAE PSNR, quality and baselines, controllability
 """
@@ -31,6 +33,7 @@ Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -40,6 +43,7 @@ import numpy as np
 
 import wm_jax  # noqa: F401  (package settings)
 from wm_jax import defaults
+from wm_jax import evaluate as evaluate_lib
 from wm_jax.data import pipeline
 from wm_jax.data import sources
 from wm_jax.data.synthetic import source as synthetic_source
@@ -47,7 +51,7 @@ from wm_jax.diffusion import generate as generate_lib
 from wm_jax.evaluation import controllability as ctl
 from wm_jax.evaluation import frechet
 from wm_jax.evaluation import i3d
-from wm_jax.evaluation import report
+from wm_jax.evaluation import protocols
 from wm_jax.evaluation import videos as videos_lib
 from wm_jax.models import vae as vae_lib
 from wm_jax.train import loop
@@ -191,23 +195,25 @@ def quality(sample, batch, args) -> dict:
   return out, videos["model"]
 
 
-def controllability(sample, batch, args, workdir, config) -> dict:
-  """Steering swept over args.steer_values on the scenes of `batch`, the noise fixed per scene."""
-  values = [float(v) for v in args.steer_values.split(",")]
-  motion, clips = ctl.sweep_videos(sample, [batch], {"steering": values}, n_ref=args.ref_frames,
-                                   num_points=int(config.data.trajectory_points), keep=2)
-  result = ctl.summarize(values, motion["steering"], ctl.MEASURE["steering"],
-                         ctl.EXPECTED_SIGN["steering"], threshold=0.5)
-  out_dir = os.path.join(workdir, "controllability")
-  files = [os.path.join(out_dir, "steering_motion.png")]
-  report.plot_motion(files[0], values, motion["steering"], action="steering",
-                     measure=ctl.MEASURE["steering"])
-  for n, scene in enumerate(clips["steering"]):
-    files.append(os.path.join(out_dir, f"strip_steering_scene{n}.png"))
-    report.save_strip(files[-1], scene, values, label="steer")
-  result["files"] = files
-  say(f"steering sweep {values} over {len(motion['steering'])} scenes: Spearman "
-      f"{result['spearman']:.3f}, sign-correct {result['sign_correct_all']:.0%} of scenes")
+def controllability(sample, batch, args, workdir, config, step: int) -> dict:
+  """Steering swept over args.steer_values on the scenes of `batch`, the noise fixed per scene:
+  evaluate.evaluate_controllability under a protocol of the demo's own sampling settings.
+  Returns summarize's dict with the written `files`."""
+  protocol = dataclasses.replace(
+      protocols.get("controllability"), name="demo_controllability",
+      dataset="synthetic/val (the demo's held-out clips)", num_views=1,
+      clip_frames=args.clip_frames, reference_frames=args.ref_frames,
+      rollout_steps=generate_lib.rollout_clips(args.val_frames, args.clip_frames, args.ref_frames),
+      num_clips=len(batch["actions"]), fps=float(config.data.fps),
+      sample_steps=args.sample_steps, cfg_scale=args.cfg_scale,
+      steering_values=tuple(float(v) for v in args.steer_values.split(",")),
+      strip_scenes=args.video_scenes)
+  results = evaluate_lib.evaluate_controllability(
+      protocol, sample, [batch], workdir=workdir, num_points=int(config.data.trajectory_points),
+      step=step)
+  result = dict(results["steering"], files=results["files"])
+  say(f"steering sweep {list(protocol.steering_values)} over {result['num_scenes']} scenes: "
+      f"Spearman {result['spearman']:.3f}, sign-correct {result['sign_correct_all']:.0%} of scenes")
   return result
 
 
@@ -309,7 +315,8 @@ def main(argv=None):
   scores, generated = quality(sample, batch, args)
   scene = lambda n: {k: v[:n] for k, v in batch.items()}
   say(f"controllability: {args.control_scenes} held-out scenes")
-  control = controllability(sample, scene(args.control_scenes), args, workdir, config)
+  control = controllability(sample, scene(args.control_scenes), args, workdir, config,
+                            step=summary["step"])
   writer = metrics_lib.create_writer(dit_dir)
   paths = []
   steered = steered_videos(sample, scene(args.video_scenes), args, config)
