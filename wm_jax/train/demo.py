@@ -118,21 +118,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- 3 latents ------------------------------------------------------------------------------------
 
-def encode_clips(vae, clips: list[dict]) -> list[dict]:
-  out = []
-  for clip in clips:
-    rec = {k: v for k, v in clip.items() if k not in NOT_MODEL_INPUTS}
-    rec["latents"] = np.asarray(vae_lib.encode_frames(vae, clip["frames"]), np.float32)
-    out.append(rec)
-  return out
+def encode_clips(vae, clips: list[dict], protocol) -> list[dict]:
+  """The clips as the model may see them (protocols.model_batch), frames encoded to latents."""
+  return [protocols.model_batch(protocol, dict(
+      clip, latents=np.asarray(vae_lib.encode_frames(vae, clip["frames"]), np.float32)))
+          for clip in clips]
 
 
 # -- 5 sample -------------------------------------------------------------------------------------
 
 ACTION_KEYS = ("actions", "trajectory", "goal_point", "command")
-NOT_MODEL_INPUTS = ("frames", "depth", "boxes", "layout", "ego_pose")
-
-
 def stack(records: list[dict], frames: int) -> dict:
   """Schema records -> one batch of their first `frames` frames."""
   out = {}
@@ -143,12 +138,13 @@ def stack(records: list[dict], frames: int) -> dict:
   return out
 
 
-def make_sampler(run, model, vae, args):
+def make_sampler(run, model, vae, args, protocol):
   """sample(batch, i) -> uint8 frames [B,T,V,H,W,3]: the batch rolled out from its first
-  ref_frames latents, with the noise of key i (the same i, the same noise)."""
+  ref_frames latents, with the noise of key i (the same i, the same noise), seeing only what
+  `protocol` allows (protocols.model_batch)."""
 
   def sample(batch, i):
-    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+    inputs = protocols.model_batch(protocol, batch)
     z = generate_lib.generate(model, inputs, run.config, n_ref=args.ref_frames,
                               rng=jax.random.key(1000 + i), steps=args.sample_steps,
                               cfg_scale=args.cfg_scale, mesh=run.mesh)
@@ -195,19 +191,24 @@ def quality(sample, batch, args) -> dict:
   return out, videos["model"]
 
 
-def controllability(sample, batch, args, workdir, config, step: int) -> dict:
-  """Steering swept over args.steer_values on the scenes of `batch`, the noise fixed per scene:
-  evaluate.evaluate_controllability under a protocol of the demo's own sampling settings.
-  Returns summarize's dict with the written `files`."""
-  protocol = dataclasses.replace(
+def demo_protocol(args, config) -> protocols.Protocol:
+  """The controllability protocol at the demo's own sampling settings: what the model may see
+  (reference latents, camera, actions; no layout, boxes or frames of the predicted frames) and
+  the steering sweep."""
+  return dataclasses.replace(
       protocols.get("controllability"), name="demo_controllability",
       dataset="synthetic/val (the demo's held-out clips)", num_views=1,
       clip_frames=args.clip_frames, reference_frames=args.ref_frames,
       rollout_steps=generate_lib.rollout_clips(args.val_frames, args.clip_frames, args.ref_frames),
-      num_clips=len(batch["actions"]), fps=float(config.data.fps),
+      num_clips=args.control_scenes, fps=float(config.data.fps),
       sample_steps=args.sample_steps, cfg_scale=args.cfg_scale,
       steering_values=tuple(float(v) for v in args.steer_values.split(",")),
       strip_scenes=args.video_scenes)
+
+
+def controllability(sample, batch, protocol, workdir, config, step: int) -> dict:
+  """The protocol's steering sweep on the scenes of `batch`, the noise fixed per scene
+  (evaluate.evaluate_controllability). Returns summarize's dict with the written `files`."""
   results = evaluate_lib.evaluate_controllability(
       protocol, sample, [batch], workdir=workdir, num_points=int(config.data.trajectory_points),
       step=step)
@@ -290,8 +291,9 @@ def main(argv=None):
 
   say("3/6 encoding clips to latents")
   t = time.time()
-  train_records = encode_clips(vae, train_clips)
-  val_records = encode_clips(vae, val_clips)
+  protocol = demo_protocol(args, config)
+  train_records = encode_clips(vae, train_clips, protocol)
+  val_records = encode_clips(vae, val_clips, protocol)
   timings["encode_s"] = time.time() - t
 
   say(f"4/6 training maskgwm_tiny (mask ratio {config.mask.ratio}) for {args.steps} steps, "
@@ -309,13 +311,13 @@ def main(argv=None):
       f"{args.val_frames} frames)")
   t = time.time()
   run, model, _ = run_lib.restore(dit_dir)
-  sample = make_sampler(run, model, vae, args)
+  sample = make_sampler(run, model, vae, args, protocol)
   batch = stack([dict(r, frames=c["frames"]) for r, c in zip(val_records, val_clips)],
                 args.val_frames)
   scores, generated = quality(sample, batch, args)
   scene = lambda n: {k: v[:n] for k, v in batch.items()}
   say(f"controllability: {args.control_scenes} held-out scenes")
-  control = controllability(sample, scene(args.control_scenes), args, workdir, config,
+  control = controllability(sample, scene(args.control_scenes), protocol, workdir, config,
                             step=summary["step"])
   writer = metrics_lib.create_writer(dit_dir)
   paths = []
