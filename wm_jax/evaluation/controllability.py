@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import pathlib
+
 import numpy as np
 import scipy.ndimage
 import scipy.stats
 
 from wm_jax.data import actions as actions_lib
+from wm_jax.evaluation import report
 
 
 def _gray(frame):
@@ -290,3 +293,64 @@ def sweep_videos(sample: Callable, batches: Iterable, sweeps: dict, *, n_ref: in
     raise ValueError("no scenes to sweep: the batches were empty")
   return ({a: np.array(m) for a, m in motion.items()},
           {a: np.concatenate(v) for a, v in videos.items()})
+
+
+def evaluate_controllability(protocol, sample: Callable, batches: Iterable, *, workdir,
+                             num_points: int, step: int = 0, extra: dict | None = None) -> dict:
+  """Sweeps the actions of `protocol` (a protocols.Protocol of kind 'controllability') on the
+  scenes of `batches` (schema batches with frames) and writes the results (sweep_videos,
+  summarize). num_points: the look-ahead frames of the trajectory keys built for the commanded
+  actions (config.data.trajectory_points).
+
+  sample(batch, i) -> uint8 [B,T,V,H,W,3] generates the i-th batch with the same noise whatever
+  its actions (evaluate.load_sampler's sample, or a stand-in). Per swept action: `<action>` in the
+  JSON summary holds summarize's dict (spearman, spearman_p, spearman_scene_median, sign_correct,
+  sign_correct_all, detected_scenes, num_scenes, actions, motion [N,S], per_scene); the scalars
+  `<action>_spearman`, `<action>_sign_correct`, `<action>_sign_correct_all` and
+  `<action>_detected_scenes` also go to TensorBoard. Files under
+  WORKDIR/controllability/<protocol>/: `<action>_motion.png` (motion against command, one line
+  per scene) and `strip_<action>_scene<NNN>.png` (one row of frames of the forward camera per
+  command) for the first protocol.strip_scenes scenes; both go to TensorBoard as images. `files`
+  lists the written paths."""
+  if protocol.kind != "controllability":
+    raise ValueError(f"protocol {protocol.name} is of kind {protocol.kind!r}, not "
+                     "'controllability'")
+  sweeps = {a: tuple(v) for a, v in (("steering", protocol.steering_values),
+                                     ("speed", protocol.speed_values)) if v}
+  thresholds = {"steering": protocol.steering_threshold, "speed": protocol.speed_threshold}
+  print(f"[eval] {protocol.name}: sweeping " + ", ".join(
+      f"{a} over {list(v)}" for a, v in sweeps.items()) + f" on {protocol.num_clips} scenes",
+      flush=True)
+  motion, clips = sweep_videos(sample, batches, sweeps, n_ref=protocol.reference_frames,
+                               num_points=num_points, limit=protocol.num_clips,
+                               keep=protocol.strip_scenes)
+  out_dir = pathlib.Path(workdir) / "controllability" / protocol.name
+  results = {"protocol": protocol.settings(), "kind": protocol.kind}
+  files, images = [], {}
+  for action, values in sweeps.items():
+    measure = MEASURE[action]
+    r = summarize(values, motion[action], measure, EXPECTED_SIGN[action], thresholds[action])
+    results[action] = r
+    for key in ("spearman", "sign_correct", "sign_correct_all", "detected_scenes"):
+      results[f"{action}_{key}"] = r[key]
+    path = out_dir / f"{action}_motion.png"
+    images[f"{action}_motion"] = report.plot_motion(path, values, motion[action], action=action,
+                                                    measure=measure)
+    files.append(str(path))
+    for n, scene in enumerate(clips[action]):
+      path = out_dir / f"strip_{action}_scene{n:03d}.png"
+      images[f"strip_{action}_scene{n:03d}"] = report.save_strip(path, scene, values, action)
+      files.append(str(path))
+  num_scenes = len(next(iter(motion.values())))
+  if protocol.num_clips is not None and num_scenes < protocol.num_clips:
+    print(f"[eval] WARNING: {num_scenes} scenes swept, fewer than the {protocol.num_clips} asked "
+          "for", flush=True)
+  results["num_scenes"] = num_scenes
+  results["files"] = files
+  results.update(extra or {})
+  path = report.write_metrics(workdir, results, step=step, images=images)
+  print(f"[eval] {protocol.name}: " + ", ".join(
+      f"{a} spearman={results[a]['spearman']:.3f} sign_correct={results[a]['sign_correct']:.3f} "
+      f"({results[a]['detected_scenes']}/{num_scenes} scenes respond)" for a in sweeps) +
+      f"  -> {path}", flush=True)
+  return results

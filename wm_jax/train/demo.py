@@ -22,8 +22,9 @@ Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 
                 baselines: the last context frame copied, and the model with the actions of
                 another scene; PSNR and (with the eval extra's I3D) FVD of each
              b. controllability: `control_scenes` held-out scenes swept over commanded steering
-                with the noise fixed (evaluate.evaluate_controllability); image motion against
-                command: Spearman, sign-correct, WORKDIR/eval_demo_controllability.json,
+                with the noise fixed (evaluation.controllability.evaluate_controllability); image
+                motion against command: Spearman, sign-correct,
+                WORKDIR/eval_demo_controllability.json,
                 WORKDIR/controllability/demo_controllability/steering_motion.png and a frame strip
                 per video scene, both also in TensorBoard (WORKDIR/eval)
              c. WORKDIR/videos/scene*_{left,own,right}.{mp4,gif}: ground truth | generated
@@ -43,7 +44,6 @@ import numpy as np
 
 import wm_jax  # noqa: F401  (package settings)
 from wm_jax import defaults
-from wm_jax import evaluate as evaluate_lib
 from wm_jax.data import pipeline
 from wm_jax.data import sources
 from wm_jax.data.synthetic import source as synthetic_source
@@ -208,8 +208,8 @@ def demo_protocol(args, config) -> protocols.Protocol:
 
 def controllability(sample, batch, protocol, workdir, config, step: int) -> dict:
   """The protocol's steering sweep on the scenes of `batch`, the noise fixed per scene
-  (evaluate.evaluate_controllability). Returns summarize's dict with the written `files`."""
-  results = evaluate_lib.evaluate_controllability(
+  (controllability.evaluate_controllability). Returns summarize's dict with the written `files`."""
+  results = ctl.evaluate_controllability(
       protocol, sample, [batch], workdir=workdir, num_points=int(config.data.trajectory_points),
       step=step)
   result = dict(results["steering"], files=results["files"])
