@@ -105,7 +105,8 @@ def diffusion() -> ConfigDict:
   c.logit_mean = 0.0
   c.logit_std = 1.0
   c.shift = 1.0
-  c.max_reference_frames = 3     # clean leading frames per sample drawn from [0, this]
+  c.max_reference_frames = 3     # clean leading frames per sample drawn from
+  c.min_reference_frames = 0     # [min, max] (MaskGWM, after Vista: 0 to 3)
   c.feature_loss_weight = 0.0    # lambda of the auxiliary feature-reconstruction loss
   c.uncond_prob = 0.1            # per-sample probability of dropping all conditions in training
   c.loss_target = "velocity"     # 'velocity' (MSE on v) or 'x0' (MSE on z_tau - tau*v)
@@ -313,6 +314,7 @@ VALUE_RULES = {
     "train.sample_every": _AT_LEAST_0, "train.sample_steps": _ABOVE_0,
     "train.sample_clips": _ABOVE_0, "train.profile_steps": _AT_LEAST_0,
     "train.vae_steps": _AT_LEAST_0,
+    "diffusion.min_reference_frames": _AT_LEAST_0, "diffusion.max_reference_frames": _AT_LEAST_0,
     "train.schedule": (lambda v: v in ("cosine", "constant"), "'cosine' or 'constant'"),
     "checkpoint.every_steps": _ABOVE_0, "checkpoint.keep": _ABOVE_0,
     "checkpoint.keep_best": _AT_LEAST_0,

@@ -78,6 +78,24 @@ def test_loss_excludes_reference_frames(field_model, make_config, simple_inputs)
   assert float(m0["reference_frames"]) == 0
 
 
+def test_reference_count_stays_within_min_and_max():
+  counts = np.asarray(losses.reference_count(jax.random.key(0), 4096, 4, 3, 2))
+  assert set(counts.tolist()) == {2, 3}  # both ends drawn, nothing outside
+  counts = np.asarray(losses.reference_count(jax.random.key(0), 4096, 4, 9, 5))
+  assert set(counts.tolist()) == {3}     # both capped at T - 1
+  with pytest.raises(ValueError, match="min_reference_frames=3 exceeds max_reference_frames=2"):
+    losses.reference_count(jax.random.key(0), 4, 4, 2, 3)
+
+
+def test_min_reference_frames_reaches_the_loss(field_model, make_config, simple_inputs):
+  model = field_model(lambda z, tau, _: jnp.zeros_like(z))
+  config = make_config(max_reference_frames=2)
+  config.diffusion.min_reference_frames = 2
+  for seed in range(4):
+    _, metrics = _loss(model, config, simple_inputs, rng=jax.random.key(seed))
+    assert float(metrics["reference_frames"]) == 2.0
+
+
 def test_mask_only_in_training_and_when_enabled(field_model, make_config, simple_inputs):
   seen = []
   model = field_model(lambda z, tau, inputs: seen.append(inputs) or jnp.zeros_like(z))

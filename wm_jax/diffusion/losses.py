@@ -1,7 +1,8 @@
 """Rectified-flow training loss with clean reference frames and mask reconstruction.
 
 Per sample b: one tau_b ~ logit-normal (+shift) shared by every frame and view to predict; the
-first n_b frames (n_b uniform in [0, min(max_reference_frames, T-1)]) are reference frames: fed
+first n_b frames (n_b uniform in [min_reference_frames, max_reference_frames], both at most T-1)
+are reference frames: fed
 clean (z = z0), given tau = 0 (which the backbone turns into the m_c*tau modulation of Eq. 5), and
 left out of the loss. Elsewhere z_tau = (1 - tau) z0 + tau eps and the target is the velocity
 eps - z0 (schedules.py). With probability uncond_prob a sample's conditions are replaced by the
@@ -37,10 +38,15 @@ from wm_jax.parallel import shard
 ACTION_DROPOUT_STREAM = 0xAC7
 
 
-def reference_count(rng, batch: int, frames: int, max_reference_frames: int):
-  """int32 [B]: clean leading frames per sample, uniform in [0, min(max, T-1)]."""
+def reference_count(rng, batch: int, frames: int, max_reference_frames: int,
+                    min_reference_frames: int = 0):
+  """int32 [B]: clean leading frames per sample, uniform in [min, max], both capped at T-1."""
+  if min_reference_frames > max_reference_frames:
+    raise ValueError(f"config.diffusion.min_reference_frames={min_reference_frames} exceeds "
+                     f"max_reference_frames={max_reference_frames}")
   top = max(0, min(int(max_reference_frames), frames - 1))
-  return jax.random.randint(rng, (batch,), 0, top + 1, dtype=jnp.int32)
+  low = max(0, min(int(min_reference_frames), top))
+  return jax.random.randint(rng, (batch,), low, top + 1, dtype=jnp.int32)
 
 
 def _feature(feats, key, which):
@@ -76,7 +82,7 @@ def loss_fn(model, batch, rng, config, train: bool = True, *, inputs_fn=None):
   rng_tau, rng_ref, rng_eps, rng_drop, rng_mask = jax.random.split(rng, 5)
 
   tau_b = schedules.sample_tau(rng_tau, (b,), cfg)
-  n_ref = reference_count(rng_ref, b, t, cfg.max_reference_frames)
+  n_ref = reference_count(rng_ref, b, t, cfg.max_reference_frames, cfg.min_reference_frames)
   is_ref = jnp.arange(t)[None, :] < n_ref[:, None]  # [B, T]
   tau = jnp.broadcast_to(jnp.where(is_ref, 0.0, tau_b[:, None])[:, :, None], (b, t, v))
   eps = shard.flat_normal(rng_eps, z0.shape)
