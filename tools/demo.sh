@@ -2,9 +2,10 @@
 # The main job: from nothing to videos of a trained driving world model, on a CPU machine.
 #   bash tools/demo.sh [WORKDIR] [demo flags...]     (default WORKDIR: ./workdir_demo)
 # Creates .venv (first time: a few minutes), renders the synthetic world, trains a tiny VAE and
-# maskgwm_tiny with mask reconstruction and the action module, rolls out held-out scenes under
-# their own and commanded steering, measures controllability and quality against two baselines
-# (FVD with the eval extra's I3D), and writes videos, plots and summary.json into WORKDIR.
+# maskgwm_tiny with the action module (mask reconstruction: --mask_reconstruction=1), rolls out
+# held-out scenes under their own and commanded steering, measures controllability and quality
+# against two baselines (FVD with the eval extra's I3D), and writes videos, plots and
+# summary.json into WORKDIR.
 # Flags: python -m wm_jax.train.demo --help (e.g. --steps=600 for a longer run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
-"""The end-to-end demo (tools/demo.sh): synthetic world -> small VAE -> maskgwm_tiny with mask
-reconstruction and MaskGWM's action module -> held-out rollouts under commanded steering ->
-videos, controllability and quality against baselines, in summary.json.
+"""The end-to-end demo (tools/demo.sh): synthetic world -> small VAE -> maskgwm_tiny with MaskGWM's
+action module (mask reconstruction with --mask_reconstruction=1) -> held-out rollouts under
+commanded steering -> videos, controllability and quality against baselines, in summary.json.
 
   python -m wm_jax.train.demo --workdir=/tmp/wm_demo
 
@@ -13,10 +13,12 @@ Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 
              `supersample`^2 rays per pixel; the ego drives lane changes, swerves, stops, turns:
              data/synthetic/world.py's plans)
   2 vae      train an AutoencoderKL of `vae_channels` widths (default 4x downsampling to 16x32
-             latents of `latent_channels` 8) on the training frames (L1 + small KL); set its
+             latents of `latent_channels` 8) on the training frames (L1 + small KL; 3600 steps
+             of 2 crops of 32x64 pixels: more, smaller steps beat fewer, larger ones); set its
              latent shift/scale from the training latents so they have zero mean and unit variance
   3 latents  encode every clip once (the DiT trains on cached latents)
-  4 train    wm_jax.train.loop.train on maskgwm_tiny (mask reconstruction and action module on),
+  4 train    wm_jax.train.loop.train on maskgwm_tiny (action module on; mask reconstruction off
+             unless --mask_reconstruction=1),
              Grain iterator over the cached records, Orbax checkpoints, TensorBoard in WORKDIR/dit
   5 sample   a. every held-out clip rolled out from its first frames with its own actions; the
                 baselines: the last context frame copied, and the model with the actions of
@@ -82,11 +84,12 @@ def demo_config(args):
   c.model.layout_adapter = None
   c.model.action_module = defaults.action_module()
   c.model.action_module.trajectory_points = c.data.trajectory_points
-  c.mask.decode_layers = 1
+  c.mask.update(enabled=bool(args.mask_reconstruction), decode_layers=1)
   c.data.update(source="synthetic", rig="front", num_frames=args.clip_frames, layout=False,
                 image_height=height, image_width=width, supersample=args.supersample,
                 num_train=args.train_clips, num_val=args.val_clips, read_threads=1)
-  c.diffusion.max_reference_frames = args.ref_frames
+  c.diffusion.update(max_reference_frames=args.ref_frames,
+                     min_reference_frames=min(args.min_train_ref_frames, args.ref_frames))
   c.train.update(batch_size=args.batch, num_steps=args.steps, learning_rate=args.lr,
                  warmup_steps=max(1, args.steps // 20), schedule="cosine", log_every=args.log_every,
                  weight_decay=0.0, vae_steps=args.vae_steps)
@@ -239,15 +242,21 @@ def main(argv=None):
   p.add_argument("--clip_frames", type=int, default=4)
   p.add_argument("--val_frames", type=int, default=10, help="frames of a held-out clip (I3D needs >= 9)")
   p.add_argument("--ref_frames", type=int, default=2)
+  p.add_argument("--min_train_ref_frames", type=int, default=0,
+                 help="fewest context frames a training sample gets (it gets min..ref_frames)")
   p.add_argument("--supersample", type=int, default=2,
                  help="rays per pixel side of the synthetic renderer (anti-aliasing)")
   p.add_argument("--vae_channels", default="16,32,64",
                  help="VAE block widths; n levels downsample 2^(n-1) times (16,32,64: 4x)")
   p.add_argument("--latent_channels", type=int, default=8)
   p.add_argument("--vae_attention", type=int, default=0, help="1: the VAE's mid-block attention")
-  p.add_argument("--vae_steps", type=int, default=900)
-  p.add_argument("--vae_batch", type=int, default=8)
+  p.add_argument("--vae_steps", type=int, default=3600)
+  p.add_argument("--vae_batch", type=int, default=2)
   p.add_argument("--vae_crop", type=int, default=32, help="VAE training crop height (width 2x)")
+  p.add_argument("--mask_reconstruction", type=int, default=0,
+                 help="1: train with MaskGWM's row-wise mask reconstruction. Off by default: "
+                      "trained from scratch for a few hundred steps, the masked model's rollouts "
+                      "lose the scene (see the README's demo section)")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--lr", type=float, default=1e-3)
@@ -296,7 +305,8 @@ def main(argv=None):
   val_records = encode_clips(vae, val_clips, protocol)
   timings["encode_s"] = time.time() - t
 
-  say(f"4/6 training maskgwm_tiny (mask ratio {config.mask.ratio}) for {args.steps} steps, "
+  masking = f"mask ratio {config.mask.ratio}" if config.mask.enabled else "no mask reconstruction"
+  say(f"4/6 training maskgwm_tiny ({masking}) for {args.steps} steps, "
       f"batch {args.batch}")
   t = time.time()
   source = sources.ListSource(train_records, name="demo-latents")
