@@ -2,15 +2,14 @@
 
 Per sample b: one tau_b ~ logit-normal (+shift) shared by every frame and view to predict; the
 first n_b frames (n_b uniform in [min_reference_frames, max_reference_frames], both at most T-1)
-are reference frames: fed
-clean (z = z0), given tau = 0 (which the backbone turns into the m_c*tau modulation of Eq. 5), and
-left out of the loss. Elsewhere z_tau = (1 - tau) z0 + tau eps and the target is the velocity
-eps - z0 (schedules.py). With probability uncond_prob a sample's conditions are replaced by the
-unconditional ones (guidance.py) so that classifier-free guidance has something to contrast.
-With model.action_module, each action group of each sample is also left out with its own
-probability (action_module.dropout; cond.action_keep [B,G], a dropped group contributes exactly
-zero), independently of uncond_prob, so the model learns every subset of the groups and the
-action-free mode (all dropped == cond.actions None). Only in training (train=True).
+are reference frames: fed clean (z = z0), given tau = 0 (which the backbone turns into the m_c*tau
+modulation of Eq. 5), and left out of the loss. Elsewhere z_tau = (1 - tau) z0 + tau eps and the
+target is the velocity eps - z0 (schedules.py). With probability uncond_prob a sample's conditions
+are replaced by the unconditional ones (guidance.py) so that classifier-free guidance has
+something to contrast. With model.action_module, each action group of each sample is also left out
+with its own probability (action_module.dropout; cond.action_keep [B,G], a dropped group
+contributes exactly zero), independently of uncond_prob, so the model learns every subset of the
+groups and the action-free mode (all dropped == cond.actions None). Only in training (train=True).
 
 When training with config.mask.enabled, a RowMask is drawn (M_time with probability p_time) and the
 model runs its mask-reconstruction path (row_mask + noise, keyword arguments next to the

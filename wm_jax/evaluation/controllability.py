@@ -25,9 +25,8 @@ frame through the predicted frames.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
-
 import pathlib
+from typing import Callable, Iterable
 
 import numpy as np
 import scipy.ndimage

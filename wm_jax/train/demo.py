@@ -89,7 +89,7 @@ def demo_config(args):
                 image_height=height, image_width=width, supersample=args.supersample,
                 num_train=args.train_clips, num_val=args.val_clips, read_threads=1)
   c.diffusion.update(max_reference_frames=args.ref_frames,
-                     min_reference_frames=min(args.min_train_ref_frames, args.ref_frames))
+                     min_reference_frames=args.min_train_ref_frames)
   c.train.update(batch_size=args.batch, num_steps=args.steps, learning_rate=args.lr,
                  warmup_steps=max(1, args.steps // 20), schedule="cosine", log_every=args.log_every,
                  weight_decay=0.0, vae_steps=args.vae_steps)
@@ -256,7 +256,7 @@ def main(argv=None):
   p.add_argument("--mask_reconstruction", type=int, default=0,
                  help="1: train with MaskGWM's row-wise mask reconstruction. Off by default: "
                       "trained from scratch for a few hundred steps, the masked model's rollouts "
-                      "lose the scene (see the README's demo section)")
+                      "lose the scene (README, Measured)")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--lr", type=float, default=1e-3)
@@ -268,6 +268,9 @@ def main(argv=None):
   p.add_argument("--steer", type=float, default=0.3, help="steering of the left / right videos")
   p.add_argument("--video_scenes", type=int, default=2)
   args = p.parse_args(argv)
+  if not 0 <= args.min_train_ref_frames <= args.ref_frames:
+    p.error(f"--min_train_ref_frames={args.min_train_ref_frames} must lie in [0, --ref_frames="
+            f"{args.ref_frames}]")
   workdir = os.path.abspath(args.workdir)
   os.makedirs(workdir, exist_ok=True)
   config = demo_config(args)
