@@ -4,8 +4,10 @@
       [--opendwm_config=model.json] [--config=configs/maskgwm_long.py] [--source=opendwm|sd3]
       [--ignore=key1,key2] [--prefix=transformer.] [--time_modulation]
 
---checkpoint: .safetensors, a directory of .safetensors shards (diffusers folder), or
-.pth/.pt/.bin read with torch.load(weights_only=True).
+--checkpoint: .safetensors, a sharded checkpoint's NAME.safetensors.index.json or the folder
+holding it (a diffusers folder; a folder without an index: every .safetensors in it), read tensor by
+tensor without torch; or .pth/.pt/.bin/.ckpt, read with torch.load(weights_only=True) (the torch
+extra).
 The model config: --config (a wm_jax config file) gives the run-time fields and, without
 --opendwm_config, the architecture; --opendwm_config (OpenDWM's model config JSON, e.g. the one
 tools/convert_to_pytorch.py writes) replaces the architecture fields. Default base config:
@@ -39,7 +41,7 @@ from wm_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from wm_jax.train import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.safetensors or .pth)")
+flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.safetensors, its index or folder, or .pth)")
 flags.DEFINE_string("out", None, "output directory")
 flags.DEFINE_string("opendwm_config", None, "OpenDWM model config JSON (architecture)")
 flags.DEFINE_string("config", "configs/maskgwm_long.py", "wm_jax config file (configs/NAME.py[:arg])")
@@ -69,7 +71,9 @@ def main(argv):
     build = run_lib.model_factory(config)
     state = from_torch.convert_state_dict(sd, nnx.eval_shape(build), source=FLAGS.source,
                                           ignore=FLAGS.ignore, init=build)
-  except ValueError as e:  # ConversionError, CheckpointFileError, options wm_jax lacks, bad JSON
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    # ConversionError, CheckpointFileError, options wm_jax lacks, bad JSON, a missing file or
+    # shard, a .pth without torch
     where = f"{FLAGS.opendwm_config}: " if isinstance(e, json.JSONDecodeError) else ""
     print(f"[convert] refused: {where}{e}", file=sys.stderr)
     sys.exit(2)

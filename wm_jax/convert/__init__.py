@@ -9,7 +9,8 @@ wm_jax.train.checkpoint's.
   vae_weights.py     diffusers AutoencoderKL weights (folder or .safetensors) -> models.vae
   to_torch.py        export to an OpenDWM state_dict (shape-checked, paper-only policy) and
                      safetensors (fp32 / bf16 / fp16)
-  from_torch.py      read .safetensors / .pth (weights_only) and convert OpenDWM or diffusers SD3
+  from_torch.py      read .safetensors (sharded by index too; on access, without torch) / .pth
+                     (weights_only, the torch extra) and convert OpenDWM or diffusers SD3
                      checkpoints strictly (missing / unexpected / mis-shaped / non-finite /
                      integer-for-float keys are refused; unreadable files by path)
 

@@ -18,12 +18,13 @@ source='sd3': a diffusers SD3Transformer2DModel (SD3 / SD3.5) state_dict: its ke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Callable, Iterable, Mapping
 
 import jax
-
+import ml_dtypes  # registers bfloat16 with numpy, so safetensors' numpy reader takes it
 import numpy as np
 from flax import nnx
 
@@ -44,48 +45,119 @@ class CheckpointFileError(ValueError):
   torch.save file. The message names the file."""
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """numpy arrays from a .safetensors file (bf16/fp16 tensors are read as float32; integer
-  tensors keep their dtype). Raises CheckpointFileError naming a truncated or foreign file."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
+def read_safetensors(path: str) -> SafetensorsTensors:
+  """The tensors of one .safetensors file, read on access (SafetensorsTensors). Raises
+  CheckpointFileError naming a truncated or foreign file."""
+  return SafetensorsTensors.open([path])
+
+
+class SafetensorsTensors(Mapping):
+  """PyTorch-layout numpy arrays of one or more .safetensors files, without torch.
+
+  The keys come from the files' headers; a value is read from its memory-mapped file when it is
+  asked for (safe_open), so a converter that takes one tensor at a time holds one in memory, not
+  the checkpoint. bf16 / fp16 values come back as float32 (exactly: both are subsets of it), other
+  dtypes as they are stored. Reading a key twice reads it twice."""
+
+  def __init__(self, where: dict[str, str], handles: dict):
+    self._where = where         # key -> the file holding it
+    self._handles = handles     # file -> its safe_open handle
+
+  @classmethod
+  def open(cls, paths, expected: Mapping[str, str] | None = None) -> SafetensorsTensors:
+    """The tensors of the files `paths` (a key in two files is refused naming both). expected:
+    {key: file} of an index (model.safetensors.index.json's weight_map): each file must hold
+    exactly the keys the index gives it."""
+    from safetensors import SafetensorError, safe_open
+    where, handles = {}, {}
+    for path in paths:
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+      try:
+        handles[path] = safe_open(path, framework="numpy")
+      except SafetensorError as e:
+        raise CheckpointFileError(f"{path}: cannot read it, the file is truncated or not a "
+                                  f"safetensors file ({e})") from None
+      for key in handles[path].keys():
+        if key in where:
+          raise ValueError(f"{path}: key {key!r} is also in {where[key]}")
+        where[key] = path
+    if expected is not None:
+      wrong = sorted(k for k in set(where) | set(expected) if where.get(k) != expected.get(k))
+      if wrong:
+        raise ValueError("the index and the shards disagree on " + "; ".join(
+            f"{k!r} (index: {expected.get(k, 'absent')}, shards: {where.get(k, 'absent')})"
+            for k in wrong[:10]) + (f"; and {len(wrong) - 10} more" if len(wrong) > 10 else ""))
+    return cls(where, handles)
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return to_numpy(self._handles[self._where[key]].get_tensor(key))
+
+  def __contains__(self, key) -> bool:   # Mapping's default would read the tensor
+    return key in self._where
+
+  def __iter__(self):
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._where)
+
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def read_safetensors_index(path: str) -> SafetensorsTensors:
+  """The tensors of a sharded checkpoint from its index (NAME.safetensors.index.json, as
+  diffusers and transformers write it: {"weight_map": {key: shard file name}}); the shards lie
+  beside it."""
   try:
-    try:
-      arrays = load_file(path)
-    except TypeError:  # bfloat16: safetensors.numpy has no such dtype, torch has
-      from safetensors.torch import load_file as load_torch
-      arrays = load_torch(path)
-  except SafetensorError as e:
-    raise CheckpointFileError(f"{path}: cannot read it, the file is truncated or not a "
-                              f"safetensors file ({e})") from None
-  return {k: to_numpy(v) for k, v in arrays.items()}
+    with open(path) as f:
+      weight_map = json.load(f)["weight_map"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise CheckpointFileError(f"{path}: not a safetensors index (want a JSON object with a "
+                              f"'weight_map' of key -> shard file; {type(e).__name__}: {e})"
+                              ) from None
+  folder = os.path.dirname(path)
+  expected = {k: os.path.join(folder, v) for k, v in weight_map.items()}
+  shards = sorted(set(expected.values()))
+  missing = [s for s in shards if not os.path.exists(s)]
+  if missing:
+    raise FileNotFoundError(f"{path} names shards that are not there: {missing}")
+  return SafetensorsTensors.open(shards, expected=expected)
 
 
-def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """PyTorch-layout numpy arrays from .safetensors, or .pth/.pt/.bin via torch.load(weights_only),
-  or a directory of .safetensors shards (a diffusers model folder: every shard is read).
+def read_torch_checkpoint(path: str) -> Mapping[str, np.ndarray]:
+  """PyTorch-layout numpy arrays (bf16 / fp16 as float32) from:
+    .safetensors, or a sharded checkpoint's NAME.safetensors.index.json, or a directory holding
+    one such index or else .safetensors shards (every one is read): read on access, without
+    torch (SafetensorsTensors);
+    .pth / .pt / .bin / .ckpt: torch.load(weights_only=True), which needs the torch extra.
   Raises CheckpointFileError naming a file that is truncated or not what its name says."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"no checkpoint at {path}")
   if os.path.isdir(path):
-    shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    names = sorted(os.listdir(path))
+    indexes = [f for f in names if f.endswith(INDEX_SUFFIX)]
+    if len(indexes) > 1:
+      raise ValueError(f"{path}: several safetensors indexes {indexes}; pass the one to read")
+    if indexes:
+      return read_safetensors_index(os.path.join(path, indexes[0]))
+    shards = [os.path.join(path, f) for f in names if f.endswith(".safetensors")]
     if not shards:
       raise ValueError(f"{path}: a directory without .safetensors files")
-    out = {}
-    for shard in shards:
-      part = read_torch_checkpoint(os.path.join(path, shard))
-      dup = sorted(set(part) & set(out))
-      if dup:
-        raise ValueError(f"{path}/{shard}: keys also in an earlier shard: {dup[:10]}")
-      out.update(part)
-    return out
+    return SafetensorsTensors.open(shards)
+  if path.endswith(INDEX_SUFFIX):
+    return read_safetensors_index(path)
   if path.endswith(".safetensors"):
     return read_safetensors(path)
   if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
     import pickle
-    import torch
+    try:
+      import torch
+    except ImportError:
+      raise ImportError(f"{path}: reading a PyTorch pickle (.pth/.pt/.bin/.ckpt) needs torch: "
+                        "pip install -e '.[torch]' (or convert it to .safetensors, which wm_jax "
+                        "reads without torch)") from None
     try:
       tensors = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
@@ -95,7 +167,8 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
       if isinstance(tensors, dict) and wrapper in tensors and isinstance(tensors[wrapper], dict):
         tensors = tensors[wrapper]
   else:
-    raise ValueError(f"{path}: unknown checkpoint type (want .safetensors, .pth, .pt, .bin)")
+    raise ValueError(f"{path}: unknown checkpoint type (want .safetensors, "
+                     f"{INDEX_SUFFIX}, .pth, .pt, .bin, .ckpt)")
   bad = [k for k, v in tensors.items() if not hasattr(v, "dtype")]
   if bad:
     raise ValueError(f"{path}: entries that are not tensors: {bad[:10]}")
@@ -105,18 +178,49 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
 def to_numpy(t) -> np.ndarray:
   """A numpy array of a torch tensor or numpy array; bf16/fp16 -> float32, other dtypes kept."""
   if isinstance(t, np.ndarray):
-    return t.astype(np.float32) if t.dtype == np.float16 else t
+    return t.astype(np.float32) if t.dtype in (np.float16, ml_dtypes.bfloat16) else t
   import torch
   if t.dtype in (torch.bfloat16, torch.float16):
     t = t.float()
   return t.detach().cpu().numpy()
 
 
-def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-  """Keys under `prefix` (e.g. 'transformer.' or 'model.') without it; others kept as they are."""
-  if not prefix:
-    return dict(sd)
-  return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+class RenamedKeys(Mapping):
+  """A view of `tensors` under other keys ({new key: key in tensors}); values are read from
+  `tensors` when asked for, so renaming a SafetensorsTensors reads nothing."""
+
+  def __init__(self, tensors: Mapping[str, np.ndarray], names: dict[str, str]):
+    self._tensors, self._names = tensors, names
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return self._tensors[self._names[key]]
+
+  def __contains__(self, key) -> bool:
+    return key in self._names
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+
+def renamed(tensors: Mapping[str, np.ndarray], rename: Callable[[str], str]) -> RenamedKeys:
+  """`tensors` with every key k under rename(k), read on access; two keys that rename to one are
+  refused naming both."""
+  names = {}
+  for key in tensors:
+    new = rename(key)
+    if new in names:
+      raise ValueError(f"keys {names[new]!r} and {key!r} both become {new!r}")
+    names[new] = key
+  return RenamedKeys(tensors, names)
+
+
+def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> Mapping[str, np.ndarray]:
+  """Keys under `prefix` (e.g. 'transformer.' or 'model.') without it; others kept as they are
+  (read on access: renamed)."""
+  return renamed(sd, lambda k: k[len(prefix):] if prefix and k.startswith(prefix) else k)
 
 
 def sd3_ignore(model_keys: Iterable[str]) -> list[str]:

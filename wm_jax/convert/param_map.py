@@ -228,7 +228,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], target, *,
   if missing or unexpected or mismatched or dtypes or finite:
     raise ConversionError("checkpoint does not match the model:\n" +
                           format_problems(missing, unexpected, mismatched, dtypes, finite))
-  return replace_values(target_state, {path: array.astype(flat[path].dtype)
+  return replace_values(target_state, {path: array.astype(flat[path].dtype, copy=False)
                                        for path, array in values.items()})
 
 

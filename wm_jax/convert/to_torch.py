@@ -37,8 +37,8 @@ from flax import nnx
 from wm_jax.convert import opendwm_config, param_map
 from wm_jax.models.ctsd_dit import ACTION_OUTPUT_PARAMS, PAPER_ONLY_PARAMS, CTSDDiT
 
-DTYPES = {"float32": np.float32, "fp32": np.float32, "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": np.float16, "fp16": np.float16}
+DTYPES = {"float32": np.float32, "fp32": np.float32, "bfloat16": ml_dtypes.bfloat16,
+          "bf16": ml_dtypes.bfloat16, "float16": np.float16, "fp16": np.float16}
 
 
 def paper_only_keys(keys) -> list[str]:
@@ -128,12 +128,11 @@ def opendwm_model_config(model_cfg, mask_cfg, *, dropped_paper_params: bool = Fa
 
 def write_safetensors(sd: Mapping[str, np.ndarray], path: str, *, dtype: str = "float32",
                       metadata: dict | None = None) -> None:
-  """Writes PyTorch-layout arrays as safetensors (no pickle); floating arrays cast to `dtype`."""
+  """Writes PyTorch-layout arrays as safetensors (no pickle, no torch: bf16 as ml_dtypes'
+  bfloat16); floating arrays cast to `dtype`."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
   target = DTYPES[dtype]
-  if target == "bfloat16":
-    target = ml_dtypes.bfloat16
   arrays = {k: np.ascontiguousarray(v.astype(target) if jnp.issubdtype(v.dtype, jnp.floating)
                                     else v)
             for k, v in sd.items()}
@@ -142,12 +141,5 @@ def write_safetensors(sd: Mapping[str, np.ndarray], path: str, *, dtype: str = "
     raise param_map.ConversionError(
         f"values {dtype} cannot hold (NaN or Inf once cast; float16 ends at 65504), nothing "
         "written:\n    " + "\n    ".join(bad))
-  if target is ml_dtypes.bfloat16:  # safetensors.numpy has no bf16: go through torch
-    import torch
-    from safetensors.torch import save_file
-    save_file({k: (torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
-                   if v.dtype == ml_dtypes.bfloat16 else torch.from_numpy(v))
-               for k, v in arrays.items()}, path, metadata=metadata)
-    return
   from safetensors.numpy import save_file
   save_file(arrays, path, metadata=metadata)

@@ -53,20 +53,22 @@ def config_from_diffusers(diffusers_config: Mapping[str, Any], **overrides) -> m
 _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict:
-  """Old diffusers attention names (query/key/value/proj_attn) -> to_q/to_k/to_v/to_out.0."""
-  out = {}
-  for key, value in state_dict.items():
-    parts = key.split(".")
-    if len(parts) >= 2 and "attentions" in parts and parts[-2] in _LEGACY_ATTENTION:
-      parts = parts[:-2] + _LEGACY_ATTENTION[parts[-2]].split(".") + parts[-1:]
-    out[".".join(parts)] = value
-  return out
+def _current_name(key: str) -> str:
+  parts = key.split(".")
+  if len(parts) >= 2 and "attentions" in parts and parts[-2] in _LEGACY_ATTENTION:
+    parts = parts[:-2] + _LEGACY_ATTENTION[parts[-2]].split(".") + parts[-1:]
+  return ".".join(parts)
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """numpy arrays from a .safetensors file (bf16/fp16 tensors are read as float32); a truncated
-  or foreign file raises from_torch.CheckpointFileError naming it."""
+def rename_legacy_keys(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Old diffusers attention names (query/key/value/proj_attn) -> to_q/to_k/to_v/to_out.0 (a view:
+  values are read when asked for)."""
+  return from_torch.renamed(state_dict, _current_name)
+
+
+def read_safetensors(path: str) -> Mapping[str, np.ndarray]:
+  """The tensors of a .safetensors file, read on access without torch (bf16/fp16 as float32); a
+  truncated or foreign file raises from_torch.CheckpointFileError naming it."""
   return from_torch.read_safetensors(path)
 
 
@@ -85,9 +87,11 @@ def load_state_dict(vae: AutoencoderKL, state_dict: Mapping[str, Any], *, ignore
 def from_pretrained(path: str, config=None, *, rngs: nnx.Rngs | None = None, ignore=()) -> AutoencoderKL:
   """A VAE with the weights of a diffusers checkpoint.
 
-  path: a .safetensors file (architecture from `config`, a config.vae), or a diffusers model
-  directory holding config.json and diffusion_pytorch_model.safetensors (architecture from its
-  config.json; `config` then only supplies runtime fields: dtype, tiling, batch_slice).
+  path: a weights file from_torch.read_torch_checkpoint reads (.safetensors, a sharded one's
+  .safetensors.index.json; architecture from `config`, a config.vae), or a diffusers model
+  directory holding config.json and diffusion_pytorch_model.safetensors or its sharded index
+  (architecture from its config.json; `config` then only supplies runtime fields: dtype, tiling,
+  batch_slice). Safetensors are read tensor by tensor, without torch.
   """
   if os.path.isdir(path):
     with open(os.path.join(path, "config.json")) as f:
@@ -96,12 +100,14 @@ def from_pretrained(path: str, config=None, *, rngs: nnx.Rngs | None = None, ign
                           "tile_overlap")}
       config = config_from_diffusers(json.load(f), **runtime)
     weights = os.path.join(path, "diffusion_pytorch_model.safetensors")
+    if os.path.exists(weights + ".index.json"):   # sharded
+      weights += ".index.json"
   else:
     weights = path
     config = config if config is not None else defaults.vae()
   abstract = nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)))
   graphdef, _ = nnx.split(abstract)
-  sd = rename_legacy_keys(read_safetensors(weights))
+  sd = rename_legacy_keys(from_torch.read_torch_checkpoint(weights))
   state = param_map.from_torch_state_dict(sd, abstract, ignore=ignore)
   if ignore:  # ignored keys kept abstract values: start from a real init instead
     vae = AutoencoderKL(config, rngs=rngs or nnx.Rngs(0))
