@@ -4,7 +4,8 @@ and MFU, with and without mask reconstruction.
   python tools/bench.py train                                   # configs/bench.py, mask on and off
   python tools/bench.py train --config=configs/maskgwm_long.py --batch=1 --mask=both
 
-One JSON line per mask setting. tokens/s counts the latent tokens of the full video (B*T*V*h*w/p^2)
+One JSON line per mask setting; step_ms is the mean of the timed steps (each timed to its end),
+step_ms_median and step_ms_min beside it. tokens/s counts the latent tokens of the full video (B*T*V*h*w/p^2)
 whether or not some are masked out, so the masked and unmasked lines compare throughput on the same
 data; flops_per_step is the analytic count (3x forward matmuls; masked-out tokens not counted) and
 MFU = flops_per_step / step time / (peak per device * devices), shown where the peak is known
@@ -100,11 +101,13 @@ def run(args):
     for _ in range(args.warmup):
       state, metrics = compiled(state, batch)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
+    times = []
+    for _ in range(args.steps):   # each step timed to its end: the median resists a noisy machine
+      t0 = time.perf_counter()
       state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    dt = (time.perf_counter() - t0) / args.steps
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t0)
+    dt = float(np.mean(times))
     m = config.model
     tokens = (config.train.batch_size * m.num_frames * m.num_views *
               (m.latent_height // m.patch_size) * (m.latent_width // m.patch_size))
@@ -113,7 +116,8 @@ def run(args):
     yield {"config": args.config, "mask": masked, "mask_ratio": float(config.mask.ratio) if masked else 0.0,
            "batch": int(config.train.batch_size), "dtype": str(m.dtype),
            "remat": str(m.remat_policy), "mesh": dict(mesh.shape),
-           "step_ms": round(dt * 1e3, 3), "steps_per_s": round(1 / dt, 4),
+           "step_ms": round(dt * 1e3, 3), "step_ms_median": round(float(np.median(times)) * 1e3, 3),
+           "step_ms_min": round(min(times) * 1e3, 3), "steps_per_s": round(1 / dt, 4),
            "tokens_per_s": round(tokens / dt, 1), "flops_per_step": step_flops,
            "model_tflops_per_s": round(step_flops / dt / 1e12, 4),
            "mfu": None if peak is None else round(flops.mfu(step_flops, dt, jax.device_count(), peak), 4),
