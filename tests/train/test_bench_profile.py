@@ -17,7 +17,7 @@ def test_compiled_ops_are_classified_by_what_they_compute():
   y = jnp.ones((32, 48), jnp.float32)
   kinds = profile.op_kinds(jax.jit(f).lower(x, y).compile().as_text())
   by_kind = {}
-  for name, (kind, contains, result) in kinds.items():
+  for name, (kind, contains, result, _) in kinds.items():
     by_kind.setdefault(kind, []).append((name, contains, result))
   assert any("dot" in c.split(",") for _, c, _ in by_kind["matmul"]), kinds
   assert all("dot" not in c.split(",") and "convolution" not in c.split(",")
@@ -38,9 +38,9 @@ def test_classify_table():
 
 
 def test_trace_is_summed_per_step_by_kind_without_counting_loops_twice():
-  kinds = {"fusion.1": ("matmul", "dot,add", "f32[8,8]"),
-           "copy.2": ("layout", "copy", "f32[8,8]"),
-           "while.3": ("control", "while", "(f32[8,8])")}
+  kinds = {"fusion.1": ("matmul", "dot,add", "f32[8,8]", "forward"),
+           "copy.2": ("layout", "copy", "f32[8,8]", "backward"),
+           "while.3": ("control", "while", "(f32[8,8])", "rest")}
   ms = 1_000_000
   events = [("tf_XLAEigen/1", "fusion.1", 0, 6 * ms), ("tf_XLAEigen/2", "copy.2", 0, 2 * ms),
             ("tf_XLAEigen/1", "fusion.1", 0, 2 * ms),
@@ -49,6 +49,10 @@ def test_trace_is_summed_per_step_by_kind_without_counting_loops_twice():
             ("tf_XLAEigen/2", "mystery.9", 0, 2 * ms)]
   rows = list(profile.summarize(events, kinds, steps=2, wall_s=0.010, top=2))
   kind_rows = {r["kind"]: r for r in rows if "kind" in r and "op" not in r}
+  phase_rows = {r["phase"]: r for r in rows if "phase" in r and "op" not in r}
+  assert phase_rows["forward"]["by_kind"] == {"matmul": 4.0}
+  assert phase_rows["backward"]["ms_per_step"] == 1.0
+  assert phase_rows["rest"]["by_kind"] == {"other": 1.0}        # not in the HLO: rest, other
   assert kind_rows["matmul"]["ms_per_step"] == 4.0 and kind_rows["layout"]["ms_per_step"] == 1.0
   assert kind_rows["other"]["ms_per_step"] == 1.0 and "control" not in kind_rows
   np.testing.assert_allclose(sum(r["share"] for r in kind_rows.values()), 1.0, atol=1e-3)
@@ -58,3 +62,17 @@ def test_trace_is_summed_per_step_by_kind_without_counting_loops_twice():
   (summary,) = [r for r in rows if r.get("summary")]
   assert summary["wall_ms_per_step"] == 5.0 and summary["busy_ms_per_step"] == 6.0
   assert summary["threads"] == 2 and summary["parallelism"] == 1.2
+
+
+def test_phases_follow_jax_autodiff_op_names():
+  def loss(w, x):
+    return jnp.sum(jnp.tanh(x @ w) ** 2)
+  w = jnp.ones((32, 16), jnp.float32)
+  x = jnp.ones((8, 32), jnp.float32)
+  step = jax.jit(lambda w, x: w - 0.1 * jax.grad(loss)(w, x))
+  kinds = profile.op_kinds(step.lower(w, x).compile().as_text())
+  phases = {phase for _, _, _, phase in kinds.values()}
+  assert {"forward", "backward"} <= phases, kinds
+  assert profile.phase_of("jit(step)/transpose(jvp(bqhd,bkhd->bhqk))/dot_general") == "backward"
+  assert profile.phase_of("jit(step)/jvp()/tanh") == "forward"
+  assert profile.phase_of("jit(step)/sub") == "rest"

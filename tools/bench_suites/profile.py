@@ -5,8 +5,10 @@ the Euler sampler's model call, its XLA ops classified from the compiled HLO.
   python tools/bench.py profile --what=sample --cfg=2           # one Euler step (2B batch with CFG)
   python tools/bench.py profile --mask=on --top=30 --trace_dir=/tmp/prof   # keep the trace (TensorBoard)
 
-Lines: one per op kind ({"kind", "ms_per_step", "share", "ops"}), then the --top ops by time
-({"op", "kind", "ms_per_step", "calls_per_step", "contains", "result"}), then a summary: wall time per step,
+Lines: one per op kind ({"kind", "ms_per_step", "share", "ops"}), one per phase ({"phase":
+forward | backward | rest, "ms_per_step", "share", "by_kind"}; phase_of), then the --top ops by
+time ({"op", "kind", "phase", "ms_per_step", "calls_per_step", "contains", "result"}), then a
+summary: wall time per step,
 the time XLA's threads spent in ops (busy_ms_per_step, which exceeds the wall time when ops run in
 parallel), their ratio (parallelism: ops running at once on average, at most the core count), the
 threads that ran ops and the machine's cores. Kinds:
@@ -66,12 +68,23 @@ def add_arguments(parser):
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", re.M | re.S)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?)\s([a-z][\w\-]*)\(", re.M)
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_OP_NAME = re.compile(r'metadata=\{op_name="([^"]*)"')
+PHASES = ("forward", "backward", "rest")
 
 
-def op_kinds(hlo_text: str) -> dict[str, tuple[str, str, str]]:
-  """{instruction name: (kind, the ops it contains, its result type)} for every instruction of a
-  compiled module's text (compiled.as_text()); a fusion is classified by the ops of the
-  computation it calls."""
+def phase_of(op_name: str) -> str:
+  """'backward' for an op JAX's autodiff transposed (op_name 'transpose(jvp(...))'), 'forward'
+  for one it differentiated ('jvp(...)'), else 'rest' (the optimizer update, the loss's own
+  bookkeeping, or a program without gradients such as the sampler)."""
+  if "transpose(jvp(" in op_name:
+    return "backward"
+  return "forward" if "jvp(" in op_name else "rest"
+
+
+def op_kinds(hlo_text: str) -> dict[str, tuple[str, str, str, str]]:
+  """{instruction name: (kind, the ops it contains, its result type, phase)} for every instruction
+  of a compiled module's text (compiled.as_text()); a fusion is classified by the ops of the
+  computation it calls, the phase from the JAX op it came from (phase_of)."""
   bodies = {m.group(1): m.group(2) for m in _COMPUTATION.finditer(hlo_text)}
 
   def opcodes(body, depth=0):
@@ -98,8 +111,10 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str, str]]:
         ops = set()
         for callee in _CALLS.findall(line):
           ops |= opcodes(bodies.get(callee, ""))
+      source = _OP_NAME.search(line)
       out[name] = (classify(opcode, ops), ",".join(sorted(ops - {"parameter", "constant"})),
-                   re.sub(r"\{[^}]*\}", "", result))   # the type without its layout
+                   re.sub(r"\{[^}]*\}", "", result),   # the type without its layout
+                   phase_of(source.group(1) if source else ""))
   return out
 
 
@@ -148,20 +163,27 @@ def summarize(events, kinds: dict[str, tuple[str, str]], steps: int, wall_s: flo
     calls[op] += 1
     busy_by_thread[thread] += duration / 1e9
   by_kind, ops_in_kind = collections.Counter(), collections.Counter()
+  by_phase = collections.Counter()
   for op, ms in by_op.items():
-    kind = kinds.get(op, ("other",))[0]
+    kind, _, _, phase = kinds.get(op, ("other", "", "", "rest"))
     if kind == "control":
       continue                       # a while loop's span holds its body's ops: not counted twice
     by_kind[kind] += ms
     ops_in_kind[kind] += 1
+    by_phase[phase, kind] += ms
   busy = sum(by_kind.values())
   for kind in KINDS:
     if by_kind[kind]:
       yield {"kind": kind, "ms_per_step": round(by_kind[kind], 3),
              "share": round(by_kind[kind] / busy, 4), "ops": ops_in_kind[kind]}
+  for phase in PHASES:
+    total = sum(ms for (p, _), ms in by_phase.items() if p == phase)
+    if total:
+      yield {"phase": phase, "ms_per_step": round(total, 3), "share": round(total / busy, 4),
+             "by_kind": {k: round(by_phase[phase, k], 3) for k in KINDS if by_phase[phase, k]}}
   for op, ms in by_op.most_common(top):
-    kind, contains, result = kinds.get(op, ("other", "not in the HLO", ""))
-    yield {"op": op, "kind": kind, "ms_per_step": round(ms, 3),
+    kind, contains, result, phase = kinds.get(op, ("other", "not in the HLO", "", "rest"))
+    yield {"op": op, "kind": kind, "phase": phase, "ms_per_step": round(ms, 3),
            "calls_per_step": round(calls[op] / steps, 2), "contains": contains, "result": result}
   wall_ms = wall_s * 1e3 / steps
   yield {"summary": True, "wall_ms_per_step": round(wall_ms, 3),
@@ -208,15 +230,14 @@ def _sample_call(config, args):
   sigmas = jnp.asarray([1.0, 0.0], jnp.float32)
   graphdef, state = nnx.split(model)
   use_cfg = args.cfg != 1.0
-  step = lambda noise: samplers._euler(graphdef, state, noise, cond, ref, sigmas,
-                                       jnp.float32(args.cfg), n_ref=1, use_cfg=use_cfg)
   with jax.set_mesh(r.mesh):
     compiled = samplers._euler.lower(graphdef, state, latents, cond, ref, sigmas,
                                      jnp.float32(args.cfg), n_ref=1, use_cfg=use_cfg).compile()
 
-  def call(i):
+  def call(i):   # the compiled executable itself, so the trace's op names are its HLO's
+    noise = jax.random.normal(jax.random.key(i), latents.shape, latents.dtype)
     with jax.set_mesh(r.mesh):
-      return step(jax.random.normal(jax.random.key(i), latents.shape, latents.dtype))
+      return compiled(state, noise, cond, ref, sigmas, jnp.float32(args.cfg))
 
   return call, compiled
 
