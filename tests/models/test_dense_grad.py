@@ -27,7 +27,9 @@ def test_value_and_gradients_equal_lax_dot_general(shape):
 
 def test_bf16_compute_keeps_the_gradient_dtypes():
   lin = layers.linear(8, 4, ("embed", "mlp"), rngs=nnx.Rngs(0),
-                      prec=layers.Precision(dtype=jnp.bfloat16, param_dtype=jnp.float32))
+                      prec=layers.Precision(dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                                            dense_grad=True))
+  assert lin.dot_general is layers.dense_dot_general
   x = jnp.ones((3, 8), jnp.bfloat16)
   grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(lin)
   assert grads.kernel.get_value().dtype == jnp.float32
@@ -39,3 +41,15 @@ def test_other_contractions_go_to_lax_unchanged():
   y = jnp.arange(12.0).reshape(3, 4)
   dn = (((0,), (0,)), ((), ()))          # not the last-dim product of nnx.Linear
   np.testing.assert_array_equal(layers.dense_dot_general(x, y, dn), jax.lax.dot_general(x, y, dn))
+
+
+def test_only_a_model_without_remat_uses_it():
+  """A checkpoint policy cannot see into the custom gradient: with one, the plain product."""
+  from wm_jax import defaults
+  cfg = defaults.model()
+  assert layers.Precision.from_config(cfg).dense_grad
+  cfg.remat_policy = "dots_saveable"
+  prec = layers.Precision.from_config(cfg)
+  assert not prec.dense_grad
+  lin = layers.linear(4, 4, ("embed", "mlp"), rngs=nnx.Rngs(0), prec=prec)
+  assert lin.dot_general is jax.lax.dot_general

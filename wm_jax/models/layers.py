@@ -20,15 +20,19 @@ from wm_jax.models.buffers import Buffer
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
-  """Compute and storage dtypes handed to every layer."""
+  """Compute and storage dtypes handed to every layer, and whether linear layers multiply through
+  dense_dot_general (its custom gradient is opaque to jax.checkpoint policies, so only a model
+  without rematerialisation uses it: from_config sets it for remat_policy 'none')."""
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  dense_grad: bool = False
 
   @classmethod
   def from_config(cls, config) -> "Precision":
     def as_dtype(name):
       return None if name in (None, "", "none") else jnp.dtype(name)
-    return cls(as_dtype(config["dtype"]), as_dtype(config["param_dtype"]))
+    return cls(as_dtype(config["dtype"]), as_dtype(config["param_dtype"]),
+               dense_grad=config.get("remat_policy", "none") == "none")
 
 
 class KeyStream:
@@ -94,7 +98,9 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   JAX's own transpose of dot_general computes g^T x and transposes it, which XLA:CPU folds into
   one transposed-operand dot that its XNNPACK path does not take (several times slower). The
   values and FLOPs are the same on every backend; any other contraction, a preferred element type
-  or an output sharding goes to lax.dot_general unchanged."""
+  or an output sharding goes to lax.dot_general unchanged. Its gradient is a custom VJP, which
+  jax.checkpoint policies cannot look into (a policy that saves dots would recompute these):
+  layers.linear uses it only with Precision.dense_grad."""
   last = (((lhs.ndim - 1,), (0,)), ((), ()))
   if (tuple(map(tuple, dimension_numbers[0])), tuple(map(tuple, dimension_numbers[1]))) != last \
       or rhs.ndim != 2 or preferred_element_type is not None or out_sharding is not None:
@@ -107,12 +113,12 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
 def linear(din: int, dout: int, axes: Sequence[str | None], *, rngs: nnx.Rngs, prec: Precision,
            use_bias: bool = True, zero_init: bool = False) -> nnx.Linear:
   """nnx.Linear with logical axes (in, out) on the kernel and (out,) on the bias, computed by
-  dense_dot_general."""
+  dense_dot_general when prec.dense_grad."""
   kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal()
   return nnx.Linear(din, dout, use_bias=use_bias, dtype=prec.dtype, param_dtype=prec.param_dtype,
                     kernel_init=_part(kernel_init, axes),
                     bias_init=_part(nnx.initializers.zeros_init(), axes[1:]), rngs=rngs,
-                    dot_general=dense_dot_general)
+                    dot_general=dense_dot_general if prec.dense_grad else jax.lax.dot_general)
 
 
 def conv(din: int, dout: int, kernel: int | Sequence[int], *, rngs: nnx.Rngs, prec: Precision,
