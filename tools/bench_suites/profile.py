@@ -8,10 +8,9 @@ the Euler sampler's model call, its XLA ops classified from the compiled HLO.
 Lines: one per op kind ({"kind", "ms_per_step", "share", "ops"}), one per phase ({"phase":
 forward | backward | rest, "ms_per_step", "share", "by_kind"}; phase_of), then the --top ops by
 time ({"op", "kind", "phase", "ms_per_step", "calls_per_step", "contains", "result"}), then a
-summary: wall time per step,
-the time XLA's threads spent in ops (busy_ms_per_step, which exceeds the wall time when ops run in
-parallel), their ratio (parallelism: ops running at once on average, at most the core count), the
-threads that ran ops and the machine's cores. Kinds:
+summary: wall time per step, the time XLA's threads spent in ops (busy_ms_per_step, which
+exceeds the wall time when ops run in parallel), their ratio (parallelism: ops running at once on
+average, at most the core count), the threads that ran ops and the machine's cores. Kinds:
 
   matmul      a dot or convolution, alone or in the fusion that holds it (with its fused epilogue)
   reduction   a fusion or op with a reduce and no dot (norm statistics, softmax sums, loss means)
@@ -151,7 +150,8 @@ def xla_events(trace_dir: str):
           yield line.name, event.name, event.start_ns, event.duration_ns
 
 
-def summarize(events, kinds: dict[str, tuple[str, str]], steps: int, wall_s: float, top: int):
+def summarize(events, kinds: dict[str, tuple[str, str, str, str]], steps: int, wall_s: float,
+              top: int):
   """The rows this suite prints (see the module docstring) from xla_events and op_kinds."""
   by_op, calls = collections.Counter(), collections.Counter()
   busy_by_thread = collections.Counter()
@@ -195,20 +195,10 @@ def summarize(events, kinds: dict[str, tuple[str, str]], steps: int, wall_s: flo
 # -- what is profiled ----------------------------------------------------------------------------
 
 def _train_call(config, args):
-  """(call(i) -> outputs, compiled) for one train step of `config`."""
-  from wm_jax.train import example_batch
-  from wm_jax.train import run as run_lib
-  s = run_lib.build(config)
-  abstract_state, abstract_batch = s.abstract_inputs()
-  compiled = s.step_fn.lower(abstract_state, abstract_batch).compile()
-  holder = {"state": s.init_state()}
-  batch = s.device_batch(example_batch.random(config))
-
-  def call(i):
-    holder["state"], metrics = compiled(holder["state"], batch)
-    return metrics
-
-  return call, compiled
+  """(call(i) -> (state, metrics), compiled) for one train step of `config`."""
+  from tools.bench_suites import train as train_suite
+  step, compiled = train_suite.compiled_step(config)
+  return (lambda i: step()), compiled
 
 
 def _sample_call(config, args):

@@ -39,6 +39,25 @@ def load_config(path: str):
   return defaults.load_file(path)
 
 
+def compiled_step(config):
+  """(step() -> (state, metrics), compiled): one train step of `config` per call, compiled from
+  abstract shapes, on random weights and a random batch, the state carried from call to call.
+  step() does not wait for the device: the caller blocks on its outputs where it times."""
+  from wm_jax.train import example_batch
+  from wm_jax.train import run as run_lib
+  s = run_lib.build(config)
+  abstract_state, abstract_batch = s.abstract_inputs()
+  compiled = s.step_fn.lower(abstract_state, abstract_batch).compile()
+  holder = {"state": s.init_state()}
+  batch = s.device_batch(example_batch.random(config))
+
+  def step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    return holder["state"], metrics
+
+  return step, compiled
+
+
 def apply_overrides(config, items) -> None:
   """--set KEY=VALUE items (Python literals, else strings) onto the config, in order."""
   for item in items:

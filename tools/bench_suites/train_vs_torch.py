@@ -49,18 +49,12 @@ def load_config(path: str):
 def jax_stepper(config):
   """step() -> seconds of one compiled wm_jax train step, timed to its end."""
   import jax
-  from wm_jax.train import example_batch
-  from wm_jax.train import run as run_lib
-  s = run_lib.build(config)
-  abstract_state, abstract_batch = s.abstract_inputs()
-  compiled = s.step_fn.lower(abstract_state, abstract_batch).compile()
-  holder = {"state": s.init_state()}
-  batch = s.device_batch(example_batch.random(config))
+  from tools.bench_suites import train as train_suite
+  run_step, _ = train_suite.compiled_step(config)
 
   def step():
     t0 = time.perf_counter()
-    holder["state"], _ = compiled(holder["state"], batch)
-    jax.block_until_ready(holder["state"])
+    jax.block_until_ready(run_step())
     return time.perf_counter() - t0
 
   return step
