@@ -1,4 +1,5 @@
-"""Test setup: 8 virtual CPU devices before JAX starts, and clean skips for gpu/tpu tests."""
+"""Test setup: 8 virtual CPU devices before JAX starts, and clean skips for gpu/tpu/tpu_aot tests."""
+import importlib.util
 import os
 
 _flag = "--xla_force_host_platform_device_count=8"
@@ -19,10 +20,14 @@ def _has_backend(name):
 
 def pytest_collection_modifyitems(config, items):
   have = {"gpu": _has_backend("gpu"), "tpu": _has_backend("tpu")}
+  libtpu = importlib.util.find_spec("libtpu") is not None
   for item in items:
     for kind, present in have.items():
       if kind in item.keywords and not present:
         item.add_marker(pytest.mark.skip(reason=f"needs a {kind.upper()}; none present"))
+    if "tpu_aot" in item.keywords and not libtpu:
+      item.add_marker(pytest.mark.skip(reason="needs libtpu to compile for TPU: pip install -e "
+                                              "'.[tpu]'"))
 
 
 @pytest.fixture

@@ -67,13 +67,37 @@ def test_auto_falls_back_once_per_reason(caplog, monkeypatch, fresh_warnings):
     ("gpu", "gpu", {"d": 12}, "head_dim 12 is not a power of two"),
     ("cudnn", "gpu", {"mask": attn.BlockCausal(4)}, "cuDNN takes no mask or token-causal only"),
     ("cudnn", "gpu", {}, "cuDNN needs float16/bfloat16 inputs, got float32"),
-    ("splash", "tpu", {"s": 200_000}, "over the 24 MiB budget"),
+    # a per-example camera-adjacency table: wm_jax's own kernel, whose sequence stays in VMEM
+    ("splash", "tpu", {"s": 200_000, "mask": attn.BlockMask(
+        100_000, np.array([[[1, 0], [0, 1]], [[1, 1], [1, 1]]], bool))}, "over the 24 MiB budget"),
 ])
 def test_explicit_impl_raises_with_reason(impl, backend, kwargs, reason, monkeypatch):
   monkeypatch.setattr(attn, "_backend", lambda: backend)
   x = _x(s=kwargs.get("s", 12), d=kwargs.get("d", 8))
   with pytest.raises(ValueError, match=f"impl '{impl}' cannot run this call: .*{reason}"):
     attn.resolve_impl(impl, x, x, kwargs.get("mask"))
+
+
+def test_splash_takes_what_jax_splash_can_express_and_the_own_kernel_the_rest(monkeypatch):
+  monkeypatch.setattr(attn, "_backend", lambda: "tpu")
+  x = _x(s=200_000)  # JAX's splash tiles the sequence: no VMEM limit on its length
+  assert attn.resolve_impl("splash", x, x) == "splash"
+  table = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]], bool)
+  ids = np.zeros((2, 12), np.int32)
+  for mask in (None, attn.BlockCausal(4), attn.BlockMask(4, table),
+               attn.BlockMask(4, np.stack([table, table])), attn.SegmentIds(ids, ids),
+               (attn.BlockMask(4, table), attn.SegmentIds(ids, ids), attn.BlockCausal(3))):
+    assert attn.uses_splash("splash", mask), mask
+    assert attn.uses_splash("splash_interpret", mask), mask
+  per_example = attn.BlockMask(4, np.stack([table, table.T]))
+  two_segments = (attn.SegmentIds(ids, ids), attn.SegmentIds(ids, ids))
+  for mask in (per_example, two_segments):
+    assert not attn.uses_splash("splash", mask)
+  assert not attn.uses_splash("splash", None, gathered=True)
+  assert not attn.uses_splash("pallas_interpret", None)
+  seen = []  # a table traced under jit (the model's camera adjacency from the batch)
+  jax.jit(lambda t: seen.append(attn.uses_splash("splash", attn.BlockMask(4, t))) or t)(table)
+  assert seen == [False]
 
 
 def test_cudnn_accepts_token_causal_half_precision(monkeypatch):

@@ -137,18 +137,6 @@ def test_keeps_last_n_plus_best(tmp_path):
   mgr.close()
 
 
-def test_aot_compile_without_libtpu_explains_and_fails():
-  pytest.importorskip("jax")
-  try:
-    import libtpu  # noqa: F401
-    pytest.skip("libtpu is installed here")
-  except ImportError:
-    pass
-  from tools import aot_compile
-  with pytest.raises(SystemExit, match=r"needs libtpu .*--topology=cpu"):
-    aot_compile.main(["--config=configs/bench.py", "--topology=v5e:2x2"])
-
-
 def test_checkpoints_of_another_model_are_not_overwritten(tmp_path):
   from wm_jax.train import checkpoint as ckpt
   from tests.train import toy

@@ -8,11 +8,15 @@ Softmax runs in float32; a query row with no allowed key returns zeros.
 
 impl:
   xla               the reference below (dense logits; any mask, any backend)
-  splash            Pallas TPU (Mosaic) flash kernel, wm_jax/kernels/flash.py, under shard_map
-  gpu               the same kernel body lowered by Pallas Triton, under shard_map
+  splash            TPU: JAX's maintained splash kernel (wm_jax/kernels/splash.py) under
+                    shard_map; for what it cannot express (a traced or per-example BlockMask
+                    table, two SegmentIds) and for attention_gathered (the kept rows of the
+                    masked path, read in-kernel), wm_jax's own Mosaic kernel (flash.py)
+  splash_interpret  the same two kernels in Pallas interpret mode (any backend; the CPU tests)
+  gpu               wm_jax's kernel body lowered by Pallas Triton, under shard_map
   cudnn             jax.nn.dot_product_attention(implementation='cudnn'): no mask or token-causal,
                     fp16/bf16 only
-  pallas_interpret  the TPU kernel in interpret mode (any backend; what the CPU tests run)
+  pallas_interpret  wm_jax's own TPU kernel in interpret mode (any backend)
   auto              AUTO[backend] for sequences >= AUTO_MIN_SEQ, else xla; when the picked impl
                     cannot do the mask/shape, falls back to xla with one warning per reason.
 
@@ -30,6 +34,7 @@ from absl import logging
 from wm_jax.kernels import flash
 from wm_jax.kernels import masks as masks_lib
 from wm_jax.kernels import sharded
+from wm_jax.kernels import splash
 # Public API: the mask specs live in masks.py and are re-exported here.
 from wm_jax.kernels.masks import (  # noqa: F401
     BlockCausal, BlockMask, MaskSpec, SegmentIds, dense_mask)
@@ -40,7 +45,7 @@ from wm_jax.kernels.masks import (  # noqa: F401
 # ('gpu') is opt-in until tools/gpu_acceptance.sh has shown it correct and faster on hardware.
 AUTO = {"tpu": "splash", "gpu": "cudnn"}
 AUTO_MIN_SEQ = 256
-# Whole-sequence K/V (forward) and Q/dO (backward) of one head stay in VMEM on TPU.
+# wm_jax's own TPU kernel keeps the whole K/V (forward) and Q/dO (backward) of a head in VMEM.
 TPU_VMEM_BUDGET_BYTES = 24 * 2**20
 
 
@@ -81,7 +86,12 @@ def _check_shapes(q, k, v):
 
 
 def _backend():
-  return jax.default_backend()
+  """The platform the program is built for: that of the current mesh's devices (abstract TPU
+  devices when compiling ahead of time for a topology), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  platform = jax.default_backend() if device is None else device.platform
+  return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
 
 
 def _needs_backend(name):
@@ -92,8 +102,10 @@ def _needs_backend(name):
   return check
 
 
-def _splash_limits(q, k, mask):
+def _own_tpu_kernel_limits(q, k, gathered=False):
   itemsize = jnp.dtype(q.dtype).itemsize
+  if gathered:                       # its gathered rows are copied in 32 bits (flash.py)
+    itemsize = max(itemsize, 4)
   rows = max(q.shape[1], k.shape[1]) + 128
   # Resident per head, double-buffered: two [S, D] arrays (K/V, or Q/dO in the dkv kernel) and
   # two [S, 1] float32 row statistics, which VMEM pads to 128 lanes.
@@ -139,12 +151,21 @@ def _all(*checks):
 LIMITS: dict[str, Callable] = {
     "xla": lambda q, k, mask: None,
     "pallas_interpret": lambda q, k, mask: None,
-    "splash": _all(_needs_backend("tpu"), _splash_limits),
+    "splash": _needs_backend("tpu"),
+    "splash_interpret": lambda q, k, mask: None,
     "gpu": _all(_needs_backend("gpu"), _gpu_limits),
     "cudnn": _all(_needs_backend("gpu"), _cudnn_limits),
 }
-# impl -> (kernel target, interpret) for the Pallas impls
-PALLAS = {"splash": ("tpu", False), "gpu": ("gpu", False), "pallas_interpret": ("tpu", True)}
+# impl -> (kernel target, interpret) of wm_jax's own Pallas kernels (flash.py)
+PALLAS = {"splash": ("tpu", False), "splash_interpret": ("tpu", True), "gpu": ("gpu", False),
+          "pallas_interpret": ("tpu", True)}
+# impl -> interpret, for the impls that run JAX's splash kernel where it can express the mask
+SPLASH = {"splash": False, "splash_interpret": True}
+
+
+def uses_splash(impl: str, mask: MaskSpec = None, gathered: bool = False) -> bool:
+  """Whether `impl` runs JAX's splash kernel for this call (else wm_jax's own, for PALLAS)."""
+  return impl in SPLASH and not gathered and splash.unsupported_reason(mask) is None
 
 _warned: set[str] = set()
 
@@ -155,10 +176,11 @@ def _warn_once(reason):
     logging.warning("attention falls back to XLA: %s", reason)
 
 
-def resolve_impl(impl: str, q, k, mask: MaskSpec = None) -> str:
+def resolve_impl(impl: str, q, k, mask: MaskSpec = None, gathered: bool = False) -> str:
   """The impl that will run: checks an explicit impl, picks and falls back for 'auto'.
 
-  q, k: arrays or ShapeDtypeStructs [B, S, H, D] (for attention_gathered: the gathered shapes).
+  q, k: arrays or ShapeDtypeStructs [B, S, H, D] (for attention_gathered, gathered=True: the
+  gathered shapes).
   """
   if impl != "auto" and impl not in LIMITS:
     raise ValueError(f"unknown attention impl {impl!r}; available: {sorted(LIMITS)} or 'auto'")
@@ -168,6 +190,8 @@ def resolve_impl(impl: str, q, k, mask: MaskSpec = None) -> str:
     if max(q.shape[1], k.shape[1]) < AUTO_MIN_SEQ:
       impl = "xla"
   reason = LIMITS[impl](q, k, mask)
+  if reason is None and impl == "splash" and not uses_splash(impl, mask, gathered):
+    reason = _own_tpu_kernel_limits(q, k, gathered)
   if reason is None and impl in PALLAS:
     reason = sharded.unsupported_reason(q, mask)
   if reason is None:
@@ -189,7 +213,8 @@ def attention(q, k, v, *, mask: MaskSpec = None, impl: str = "auto", scale: floa
   """Multi-head attention, q [B, Sq, H, D], k/v [B, Sk, H, D] -> [B, Sq, H, D].
 
   impl: 'auto' or one of LIMITS (see the module docstring). block_sizes (block_q, block_k)
-  overrides the Pallas kernels' tiling (tests use tiny blocks).
+  overrides the tiling of wm_jax's own Pallas kernels (tests use tiny blocks); JAX's splash picks
+  its own (splash.py).
   """
   _check_shapes(q, k, v)
   masks_lib.validate(mask, q.shape[0], q.shape[1], k.shape[1])
@@ -198,6 +223,8 @@ def attention(q, k, v, *, mask: MaskSpec = None, impl: str = "auto", scale: floa
     return xla_attention(q, k, v, mask=mask, scale=scale)
   if impl == "cudnn":
     return _cudnn_attention(q, k, v, mask=mask, scale=scale)
+  if uses_splash(impl, mask):
+    return splash.splash_attention(q, k, v, mask=mask, scale=scale, interpret=SPLASH[impl])
   name, interpret = PALLAS[impl]
 
   def run(q, k, v, mask):
@@ -228,7 +255,7 @@ def attention_gathered(q_full, k_full, v_full, keep_idx, *, kv_idx=None, mask: M
   q_shape = jax.ShapeDtypeStruct((batch, keep_idx.shape[1]) + q_full.shape[2:], q_full.dtype)
   k_shape = jax.ShapeDtypeStruct((batch, kv_idx.shape[1]) + k_full.shape[2:], k_full.dtype)
   masks_lib.validate(mask, batch, keep_idx.shape[1], kv_idx.shape[1])
-  impl = resolve_impl(impl, q_shape, k_shape, mask)
+  impl = resolve_impl(impl, q_shape, k_shape, mask, gathered=True)
   if impl in ("xla", "cudnn"):
     return attention(take(q_full, keep_idx), take(k_full, kv_idx), take(v_full, kv_idx), mask=mask,
                      impl=impl, scale=scale)

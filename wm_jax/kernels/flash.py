@@ -168,7 +168,7 @@ def _copy_rows(ref, idx_ref, b, start, size, buf_ref):
 # Kernels
 
 
-def _fwd_kernel(*refs, plan, target, scale, gathered):
+def _fwd_kernel(*refs, plan, target, scale, gathered, dtype):
   n_mask = sum(bt.arrays_per_kind(k) for k in plan.kinds)
   table_ref, refs = refs[0], refs[1:]
   if gathered:
@@ -182,17 +182,18 @@ def _fwd_kernel(*refs, plan, target, scale, gathered):
     # Kept q rows per q block; kept K/V rows once per (batch, head), at the first q block (the
     # q axis is sequential for this kernel), into VMEM buffers reused by the later q blocks.
     b = pl.program_id(0)
+    # The rows move in 32 bits (_forward) and are cast to the compute dtype as blocks.
     q_buf, k_buf, v_buf = refs[5:]
     _copy_rows(q_ref, q_idx_ref, b, q_start, bq, q_buf)
-    q = q_buf[...]
+    q = q_buf[...].astype(dtype)
 
     @pl.when(pl.program_id(2) == 0)
     def _():
       _copy_rows(k_ref, kv_idx_ref, b, 0, plan.sk_pad, k_buf)
       _copy_rows(v_ref, kv_idx_ref, b, 0, plan.sk_pad, v_buf)
 
-    load_k = lambda start: _rows(k_buf, start, bk)
-    load_v = lambda start: _rows(v_buf, start, bk)
+    load_k = lambda start: _rows(k_buf, start, bk).astype(dtype)
+    load_v = lambda start: _rows(v_buf, start, bk).astype(dtype)
   elif gathered:
     b = pl.program_id(0)
     q = _gather_rows(q_ref, q_idx_ref, b, q_start, bq)
@@ -383,10 +384,15 @@ def _forward(plan, target, scale, table, arrays, q, k, v, idx=None):
   out_shape = [_sds(o_shape, q.dtype, q), _sds((b, h, plan.sq_pad, 1), jnp.float32, q)]
   out_specs = [_seq_spec(target, plan.block_q, d, outer=True), _row_stat_spec(plan.block_q, True)]
   scratch = ()
+  dtype = q.dtype
   if gathered and target.name == "tpu":
-    scratch = [pltpu.VMEM((n, d), q.dtype) for n in (plan.block_q, plan.sk_pad, plan.sk_pad)]
+    # Mosaic cannot copy one row of a packed (16-bit) VMEM array at a dynamic offset, so the
+    # TPU gather copies rows of 32-bit copies of q/k/v into 32-bit buffers.
+    wide = jnp.promote_types(dtype, jnp.float32)
+    q, k, v = (x.astype(wide) for x in (q, k, v))
+    scratch = [pltpu.VMEM((n, d), wide) for n in (plan.block_q, plan.sk_pad, plan.sk_pad)]
   kernel = functools.partial(_fwd_kernel, plan=plan, target=target, scale=scale,
-                             gathered=gathered)
+                             gathered=gathered, dtype=dtype)
   name = "wm_flash_fwd_gathered" if gathered else "wm_flash_fwd"
   return _call(kernel, target, (b, h, plan.nq), prefetch, in_specs, out_specs, out_shape, name,
                scratch, sequential_outer=gathered)(*arrays, q, k, v)
