@@ -3,19 +3,30 @@
 Interpret-mode compiles are the cost here, so each case jits forward + vjp once, at XLA's lowest
 backend optimisation level, on tiny shapes with 8-wide blocks and odd lengths (padding).
 """
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType, NamedSharding, PartitionSpec as P
 
 from wm_jax.kernels import attention as attn
 from wm_jax.kernels import block_table as bt
 from wm_jax.kernels import flash
 
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+# With no GPU present, jax >= 0.11 lowers Pallas Triton kernels only for a GPU the context mesh
+# names by an abstract device (older jax fell back to compute capability 9.0, an H100).
+_H100 = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="cuda")
+
+
+def _on_h100(mesh=None):
+  """`mesh`'s axes (else one axis of size 1) as an abstract mesh on H100s, to lower for Triton."""
+  am = AbstractMesh((1,), ("_",), (AxisType.Explicit,)) if mesh is None else mesh.abstract_mesh
+  return am.update(abstract_device=_H100)
 
 
 def _qkv(b, sq, sk, h, d, seed=0):
@@ -138,15 +149,16 @@ def test_inside_a_callers_shard_map(cpu_devices):
   want = attn.xla_attention(q, k, v, mask=mask)
   np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
 
-  x = jax.ShapeDtypeStruct((8, 256, 4, 64), jnp.bfloat16, sharding=NamedSharding(mesh, spec))
   for platform, name in (("tpu", "tpu"), ("cuda", "gpu")):
+    m = mesh if platform == "tpu" else _on_h100(mesh)
+    x = jax.ShapeDtypeStruct((8, 256, 4, 64), jnp.bfloat16, sharding=NamedSharding(m, spec))
     def per_shard(q, k, v, name=name):
       target = flash.make_target(name, 256, 256)
       o, vjp = jax.vjp(lambda q, k, v: flash.flash_attention(q, k, v, mask=mask, target=target),
                        q, k, v)
       return o, vjp(o)
-    f = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec, (spec,) * 3))
-    with jax.set_mesh(mesh):
+    f = jax.shard_map(per_shard, mesh=m, in_specs=(spec,) * 3, out_specs=(spec, (spec,) * 3))
+    with jax.set_mesh(m) if platform == "tpu" else jax.sharding.use_abstract_mesh(m):
       jax.jit(f).trace(x, x, x).lower(lowering_platforms=(platform,))
 
 
@@ -224,6 +236,8 @@ def test_kernels_lower_for_tpu_and_gpu(platform):
       outs.append((o, vjp(o)))
     return outs
 
-  text = jax.jit(f).trace(x, x, x, ids, idx).lower(lowering_platforms=(platform,)).as_text()
+  on_gpu = platform == "cuda"
+  with jax.sharding.use_abstract_mesh(_on_h100()) if on_gpu else contextlib.nullcontext():
+    text = jax.jit(f).trace(x, x, x, ids, idx).lower(lowering_platforms=(platform,)).as_text()
   marker = "tpu_custom_call" if platform == "tpu" else "xla.gpu.triton"
   assert text.count(marker) >= 6  # fwd, dq, dkv for each of the two entry points
