@@ -1,6 +1,7 @@
 """Compile the train step ahead of time for a TPU topology (no TPU needed, libtpu is) and report
 what the compiled program needs, so a config/mesh/batch that does not fit is found before a pod
-is booked: memory per device, XLA's FLOPs, the collectives (kind, count, bytes), the Pallas
+is booked: memory per device against the chip's HBM (`fits_hbm`: XLA compiles a program larger
+than the HBM without complaint), XLA's FLOPs, the collectives (kind, count, bytes), the Pallas
 kernels and the compile time, as one JSON line (the last line of the output).
 
   python tools/aot_compile.py --config=configs/maskgwm_long.py --topology=v5p:2x2x1 \\
@@ -98,7 +99,8 @@ def compile_train_step(config, devices, log=print):
   t = time.time()
   compiled = lowered.compile()
   compile_s = time.time() - t
-  log(f"[aot] compiled in {compile_s:.1f} s")
+  log(f"[aot] compiled in {compile_s:.1f} s (XLA does not refuse a program larger than the "
+      "chip's HBM: see fits_hbm)")
   mem = compiled.memory_analysis()
   memory = {f: getattr(mem, f, None) for f in MEMORY_FIELDS}
   # donated state aliases its outputs: live bytes ~ arguments + outputs - aliased + temporaries
@@ -120,6 +122,9 @@ def compile_train_step(config, devices, log=print):
       "mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
       "batch": int(config.train.batch_size), "remat_policy": config.model.remat_policy,
       "attention_impl": config.model.attention_impl, "mask": bool(config.mask.enabled),
+      "hbm_per_device_bytes": aot.hbm_bytes(devices[0].device_kind),
+      "fits_hbm": None if aot.hbm_bytes(devices[0].device_kind) is None else
+                  memory["total_estimate_bytes"] <= aot.hbm_bytes(devices[0].device_kind),
       "params": params, "model_flops_per_step": model_flops,
       "xla_flops_per_device": cost.get("flops"), "memory_per_device": memory,
       "collectives": aot.collectives(text), "pallas_kernels": aot.pallas_kernels(text),

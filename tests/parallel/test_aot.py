@@ -62,3 +62,10 @@ def test_overrides_name_unknown_keys():
     aot_compile.apply_overrides(config, sets=["model.nope=1"])
   with pytest.raises(ValueError, match="unknown axis 'pipeline'"):
     aot_compile.apply_overrides(config, mesh="pipeline=2")
+
+
+def test_hbm_per_chip_by_device_kind():
+  assert aot.hbm_bytes("TPU v5 lite") == 16 * 2**30
+  assert aot.hbm_bytes("TPU v5") == 95 * 2**30
+  assert aot.hbm_bytes("TPU v6 lite") == 32 * 2**30
+  assert aot.hbm_bytes("cpu") is None

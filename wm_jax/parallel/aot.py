@@ -27,6 +27,18 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 
+# HBM a program may allocate per chip, by jax device_kind (Cloud TPU documentation: v5p lists
+# 95 GiB of its 96 GiB as allocatable). XLA's ahead-of-time compile does not refuse a program
+# larger than this, so callers compare (hbm_bytes).
+HBM_BYTES = {"TPU v4": 32 * 2**30, "TPU v5 lite": 16 * 2**30, "TPU v5": 95 * 2**30,
+             "TPU v6 lite": 32 * 2**30}
+
+
+def hbm_bytes(device_kind: str) -> int | None:
+  """Allocatable HBM per chip for a device_kind, or None when unknown."""
+  return HBM_BYTES.get(device_kind)
+
+
 def has_libtpu() -> bool:
   return importlib.util.find_spec("libtpu") is not None
 
