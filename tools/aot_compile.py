@@ -1,7 +1,7 @@
 """Compile the train step ahead of time for a TPU topology (no TPU needed, libtpu is) and report
 what the compiled program needs, so a config/mesh/batch that does not fit is found before a pod
-is booked: memory per device against the chip's HBM (`fits_hbm`: XLA compiles a program larger
-than the HBM without complaint), XLA's FLOPs, the collectives (kind, count, bytes), the Pallas
+is booked: memory per device against the chip's HBM (`fits_hbm`: XLA refuses some programs
+larger than the HBM, not all), XLA's FLOPs, the collectives (kind, count, bytes), the Pallas
 kernels and the compile time, as one JSON line (the last line of the output).
 
   python tools/aot_compile.py --config=configs/maskgwm_long.py --topology=v5p:2x2x1 \\
@@ -99,8 +99,8 @@ def compile_train_step(config, devices, log=print):
   t = time.time()
   compiled = lowered.compile()
   compile_s = time.time() - t
-  log(f"[aot] compiled in {compile_s:.1f} s (XLA does not refuse a program larger than the "
-      "chip's HBM: see fits_hbm)")
+  log(f"[aot] compiled in {compile_s:.1f} s (XLA refuses some programs larger than the chip's "
+      "HBM, not all: see fits_hbm)")
   mem = compiled.memory_analysis()
   memory = {f: getattr(mem, f, None) for f in MEMORY_FIELDS}
   # donated state aliases its outputs: live bytes ~ arguments + outputs - aliased + temporaries
