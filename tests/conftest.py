@@ -1,5 +1,4 @@
 """Test setup: 8 virtual CPU devices before JAX starts, and clean skips for gpu/tpu/tpu_aot tests."""
-import importlib.util
 import os
 
 _flag = "--xla_force_host_platform_device_count=8"
@@ -9,6 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402
+
+from wm_jax.parallel import aot  # noqa: E402
 
 
 def _has_backend(name):
@@ -20,7 +21,7 @@ def _has_backend(name):
 
 def pytest_collection_modifyitems(config, items):
   have = {"gpu": _has_backend("gpu"), "tpu": _has_backend("tpu")}
-  libtpu = importlib.util.find_spec("libtpu") is not None
+  libtpu = aot.has_libtpu()
   for item in items:
     for kind, present in have.items():
       if kind in item.keywords and not present:

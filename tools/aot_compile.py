@@ -19,7 +19,6 @@ inside the scanned layer body counts once (wm_jax.parallel.aot).
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -43,15 +42,9 @@ def topology_devices(name: str):
     raise SystemExit(f"[aot] {e}. --topology=cpu compiles for the devices present.") from e
 
 
-def _value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
 def apply_overrides(config, mesh: str = "", batch: int = 0, mask: str = "config", sets=()):
   """config with --mesh, --batch, --mask and --set applied; ValueError naming an unknown key."""
+  from tools.bench_suites import train as train_suite
   for item in filter(None, mesh.split(",")):
     key, _, value = item.partition("=")
     if key not in config.mesh:
@@ -61,17 +54,7 @@ def apply_overrides(config, mesh: str = "", batch: int = 0, mask: str = "config"
     config.train.batch_size = batch
   if mask != "config":
     config.mask.enabled = mask == "on"
-  for item in sets:
-    key, _, value = item.partition("=")
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name] if name in node else None
-      if node is None:
-        break
-    if node is None or leaf not in node:
-      raise ValueError(f"--set {item!r}: the config has no entry {key!r}")
-    node[leaf] = _value(value)
+  train_suite.apply_overrides(config, sets)
   return config
 
 
@@ -118,13 +101,13 @@ def compile_train_step(config, devices, log=print):
   r = run_lib.build(reference, mesh=mesh_lib.make_mesh(reference.mesh, jax.devices()[:1]))
   model_flops = flops.train_flops(flops.loss_forward_flops(
       r.graphdef, r.abstract.params, r.abstract.rest, r.loss_fn, batch, reference))
+  hbm = aot.hbm_bytes(devices[0].device_kind)
   report = {
       "mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
       "batch": int(config.train.batch_size), "remat_policy": config.model.remat_policy,
       "attention_impl": config.model.attention_impl, "mask": bool(config.mask.enabled),
-      "hbm_per_device_bytes": aot.hbm_bytes(devices[0].device_kind),
-      "fits_hbm": None if aot.hbm_bytes(devices[0].device_kind) is None else
-                  memory["total_estimate_bytes"] <= aot.hbm_bytes(devices[0].device_kind),
+      "hbm_per_device_bytes": hbm,
+      "fits_hbm": None if hbm is None else memory["total_estimate_bytes"] <= hbm,
       "params": params, "model_flops_per_step": model_flops,
       "xla_flops_per_device": cost.get("flops"), "memory_per_device": memory,
       "collectives": aot.collectives(text), "pallas_kernels": aot.pallas_kernels(text),

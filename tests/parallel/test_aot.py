@@ -58,8 +58,10 @@ def test_overrides_name_unknown_keys():
                               sets=["model.attention_impl=splash", "model.remat_policy=full"])
   assert (config.mesh.fsdp, config.mesh.tensor, config.train.batch_size) == (2, 2, 4)
   assert (config.model.attention_impl, config.model.remat_policy) == ("splash", "full")
-  with pytest.raises(ValueError, match="no entry 'model.nope'"):
+  with pytest.raises(ValueError, match="no field 'model.nope'"):
     aot_compile.apply_overrides(config, sets=["model.nope=1"])
+  with pytest.raises(ValueError, match="no field 'nope.x'"):
+    aot_compile.apply_overrides(config, sets=["nope.x=1"])
   with pytest.raises(ValueError, match="unknown axis 'pipeline'"):
     aot_compile.apply_overrides(config, mesh="pipeline=2")
 

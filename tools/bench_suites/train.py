@@ -72,6 +72,8 @@ def _override(config, item: str):
   *parents, leaf = key.split(".")
   node = config
   for name in parents:
+    if name not in node:
+      raise ValueError(f"--set {item!r}: the config has no field {key!r}")
     node = node[name]
   if leaf not in node:
     raise ValueError(f"--set {item!r}: the config has no field {key!r}")
