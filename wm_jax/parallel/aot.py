@@ -27,12 +27,12 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 
-# HBM a program may allocate per chip, by jax device_kind (v5e: what libtpu reports available;
-# v5p: the 95 GiB of 96 the Cloud TPU documentation lists as allocatable; v4, v6e: the listed
-# capacity). XLA's ahead-of-time compile refuses some programs larger than this, not all, so
+# HBM a program may allocate per chip, by jax device_kind (v5e, v6e: what libtpu reports
+# available in its out-of-memory errors; v5p: the 95 GiB of 96 the Cloud TPU documentation lists
+# as allocatable; v4: the listed capacity). XLA's ahead-of-time compile refuses some programs larger than this, not all, so
 # callers compare (hbm_bytes).
 HBM_BYTES = {"TPU v4": 32 * 2**30, "TPU v5 lite": int(15.75 * 2**30), "TPU v5": 95 * 2**30,
-             "TPU v6 lite": 32 * 2**30}
+             "TPU v6 lite": int(31.25 * 2**30)}
 
 
 def hbm_bytes(device_kind: str) -> int | None:
