@@ -143,6 +143,8 @@ def data() -> ConfigDict:
   c.num_val = 64
   c.scene_seed = 0  # scene of index i is seeded with scene_seed + i (+ offset for validation)
   c.render_device = "cpu"  # JAX platform the renderer runs on ('' = JAX's default)
+  c.steer_takeover = 0.0  # share of clips whose steering leaves the plan at a random frame
+  c.takeover_steering = 0.3  # rad: most |steering| of a takeover (world.takeover)
   # nuScenes
   c.keyframes_only = False  # True: 2 Hz annotated samples; False: all 12 Hz camera sweeps
   c.box_mode = "interpolate"  # sweeps: 'interpolate' between keyframes | 'nearest' keyframe
@@ -322,6 +324,8 @@ VALUE_RULES = {
     "data.image_size_mismatch": (lambda v: v in ("rescale", "error"), "'rescale' or 'error'"),
     "data.worker_count": _AT_LEAST_0, "data.trajectory_points": _ABOVE_0,
     "data.supersample": (lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
+    "data.steer_takeover": (lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]"),
+    "data.takeover_steering": (lambda v: 0.0 < v <= 0.6, "in (0, 0.6] rad"),
 }
 
 

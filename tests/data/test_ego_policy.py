@@ -156,3 +156,27 @@ def test_a_named_manoeuvre_changes_only_the_plan(scenes):
   assert abs(keep.ego_start[2] - heading[np.argmin(gap)]) < 1e-3  # along the road
   with pytest.raises(ValueError, match="unknown manoeuvre 'drift'"):
     world.make_scene(3, manoeuvre="drift")
+
+
+def test_a_steering_takeover_holds_a_drawn_value_from_a_drawn_frame(scenes):
+  scene, frames = scenes[3], 6
+  speed, steering = world.autopilot(scene, frames + K, FPS)
+  switches, values = set(), []
+  for seed in range(40):
+    v, s = world.takeover(speed, steering, seed, num_frames=frames, max_steering=0.3)
+    np.testing.assert_array_equal(v, speed)
+    changed = np.flatnonzero(s != steering)
+    j = int(changed[0])
+    assert 1 <= j <= frames - 1
+    np.testing.assert_array_equal(s[:j], steering[:j])   # the plan's steering up to the takeover
+    assert np.all(s[j:] == s[j]) and abs(s[j]) <= 0.3     # then one value, to the last look-ahead
+    switches.add(j)
+    values.append(s[j])
+    again = world.takeover(speed, steering, seed, num_frames=frames, max_steering=0.3)[1]
+    np.testing.assert_array_equal(again, s)              # deterministic per seed
+  assert switches == set(range(1, frames))
+  assert min(values) < -0.15 and max(values) > 0.15
+  with pytest.raises(ValueError, match="num_frames >= 2"):
+    world.takeover(speed, steering, 0, num_frames=1, max_steering=0.3)
+  with pytest.raises(ValueError, match="max_steering 0.9"):
+    world.takeover(speed, steering, 0, num_frames=frames, max_steering=0.9)

@@ -5,6 +5,7 @@ import pytest
 
 from wm_jax import defaults
 from wm_jax.data import pipeline, schema, sources, tfds_builders, tfds_cache
+from wm_jax.data.synthetic import source as synthetic_source
 
 
 def _config(**kw):
@@ -37,6 +38,23 @@ def test_index_maps_to_a_seeded_scene_and_domain_split(train_source):
   val = sources.make_source(_config(), "validation")
   assert len(val) == 2 and val.domain == "singapore" and train_source.domain == "boston"
   assert val.seed0 != train_source.seed0
+
+
+def test_steer_takeover_drives_the_drawn_share_of_clips_off_their_plans(train_source):
+  plan, taken = train_source[1], sources.make_source(_config(steer_takeover=1.0), "train")[1]
+  schema.validate(taken, source="takeover", index=1)
+  changed = np.flatnonzero(plan["actions"][:, 1] != taken["actions"][:, 1])
+  np.testing.assert_array_equal(changed, [1])  # 2 frames: the takeover starts at frame 1
+  # Frame 1's pose follows frame 0's steering, so both frames still show the plan ...
+  np.testing.assert_array_equal(plan["frames"], taken["frames"])
+  # ... and the future the model is told of is the taken-over one, read off the driven poses.
+  assert not np.allclose(plan["trajectory"][1], taken["trajectory"][1], atol=1e-3)
+  np.testing.assert_array_equal(plan["trajectory"][0, 0], taken["trajectory"][0, 0])
+  share = 0.5
+  some = sources.make_source(_config(steer_takeover=share), "train")
+  drawn = [synthetic_source._draw(some.seed0 + i) < share for i in range(3)]
+  moved = [not np.array_equal(some[i]["actions"], train_source[i]["actions"]) for i in range(3)]
+  assert moved == drawn and 0 < sum(drawn) < 3  # the share is drawn per clip
 
 
 def test_iterator_over_rendered_clips_and_tfds_cache(train_source, tmp_path):

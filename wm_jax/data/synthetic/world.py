@@ -787,3 +787,26 @@ def autopilot(scene: SceneSpec, num_frames: int, fps: float):
     steers.append(steer)
     state = ego_lib.advance(state, v, steer, dt)
   return np.asarray(speeds), np.asarray(steers)
+
+
+def takeover(speed, steering, seed: int, *, num_frames: int, max_steering: float):
+  """The autopilot's controls (speed, steering [T+K]) with a steering takeover: from a frame j
+  drawn uniformly in [1, num_frames - 1] on, steering is a value drawn uniformly in
+  [-max_steering, max_steering] and held (the K look-ahead frames past the clip included); the
+  speed stays the autopilot's. Deterministic per seed.
+
+  It makes the steering of a clip's later frames independent of what its first frames show, as
+  a commanded steering is in the controllability protocol: an ego that only follows its plan
+  steers as the road and its manoeuvre already suggest, and a model can predict that motion
+  from the context frames without reading the actions.
+  """
+  if num_frames < 2:
+    raise ValueError(f"a steering takeover needs num_frames >= 2, got {num_frames}")
+  if not 0 < max_steering <= ego_lib.MAX_STEERING:
+    raise ValueError(f"takeover max_steering {max_steering} rad must lie in (0, "
+                     f"{ego_lib.MAX_STEERING}]")
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7a4e]))
+  j = int(rng.integers(1, num_frames))
+  steering = np.array(steering, np.float64)
+  steering[j:] = rng.uniform(-max_steering, max_steering)
+  return np.asarray(speed, np.float64), steering
