@@ -11,8 +11,9 @@ boxes or future frames).
 Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 CPU cores):
   1 data     render `train_clips` + `val_clips` clips of the synthetic world (front camera, 64x128,
              `supersample`^2 rays per pixel; the ego drives lane changes, swerves, stops, turns:
-             data/synthetic/world.py's plans)
-  2 vae      train an AutoencoderKL of `vae_channels` widths (default 4x downsampling to 16x32
+             data/synthetic/world.py's plans; in a `steer_takeover` share of the training clips
+             its steering leaves the plan at a random frame for a random value, world.takeover)
+  2 vae      (`vae_from`: the VAE of an earlier run) train an AutoencoderKL of `vae_channels` widths (default 4x downsampling to 16x32
              latents of `latent_channels` 8) on the training frames (L1 + small KL; 3600 steps
              of 2 crops of 32x64 pixels: more, smaller steps beat fewer, larger ones); set its
              latent shift/scale from the training latents so they have zero mean and unit variance
@@ -87,7 +88,8 @@ def demo_config(args):
   c.mask.update(enabled=bool(args.mask_reconstruction), decode_layers=1)
   c.data.update(source="synthetic", rig="front", num_frames=args.clip_frames, layout=False,
                 image_height=height, image_width=width, supersample=args.supersample,
-                num_train=args.train_clips, num_val=args.val_clips, read_threads=1)
+                num_train=args.train_clips, num_val=args.val_clips, read_threads=1,
+                steer_takeover=args.steer_takeover)
   c.diffusion.update(max_reference_frames=args.ref_frames,
                      min_reference_frames=args.min_train_ref_frames)
   c.train.update(batch_size=args.batch, num_steps=args.steps, learning_rate=args.lr,
@@ -101,8 +103,12 @@ def demo_config(args):
 # -- 1 data ---------------------------------------------------------------------------------------
 
 def render(config, split: str, n: int, frames: int) -> list[dict]:
+  """n clips of `split`; steering takeovers (config.data.steer_takeover) in training clips only:
+  held-out clips drive their plans."""
   data = config.data.copy_and_resolve_references()
   data.num_frames = frames
+  if split != "train":
+    data.steer_takeover = 0.0
   src = synthetic_source.SyntheticSource(data, split)
   out = []
   for i in range(n):
@@ -117,6 +123,25 @@ def render(config, split: str, n: int, frames: int) -> list[dict]:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
   return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def reuse_vae(config, path: str):
+  """The VAE an earlier demo saved in `path` (WORKDIR/vae), its calibration set in `config`;
+  the widths and latent channels are this run's flags and must be that run's."""
+  calibration = os.path.join(path, "calibration.json")
+  if not os.path.exists(calibration):
+    raise FileNotFoundError(f"--vae_from={path!r}: no calibration.json there (a demo's "
+                            f"WORKDIR/vae holds one)")
+  with open(calibration) as f:
+    config.vae.update(json.load(f))
+  vae_config = config.copy_and_resolve_references()
+  vae_config.vae.checkpoint = path
+  try:
+    return run_lib.load_vae(vae_config)
+  except ValueError as e:  # Orbax names the first parameter whose shape differs
+    raise ValueError(f"--vae_from={path!r} does not hold a VAE of --vae_channels="
+                     f"{tuple(config.vae.block_out_channels)} and --latent_channels="
+                     f"{config.vae.latent_channels}: {e}") from e
 
 
 # -- 3 latents ------------------------------------------------------------------------------------
@@ -236,7 +261,7 @@ def steered_videos(sample, batch, args, config) -> dict:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--train_clips", type=int, default=64)
+  p.add_argument("--train_clips", type=int, default=128)
   p.add_argument("--val_clips", type=int, default=32, help="held-out clips for PSNR / FVD")
   p.add_argument("--control_scenes", type=int, default=8, help="held-out scenes swept in steering")
   p.add_argument("--clip_frames", type=int, default=4)
@@ -244,6 +269,9 @@ def main(argv=None):
   p.add_argument("--ref_frames", type=int, default=2)
   p.add_argument("--min_train_ref_frames", type=int, default=0,
                  help="fewest context frames a training sample gets (it gets min..ref_frames)")
+  p.add_argument("--steer_takeover", type=float, default=0.75,
+                 help="share of training clips whose steering leaves the plan at a random frame "
+                      "for a random value (data.steer_takeover)")
   p.add_argument("--supersample", type=int, default=2,
                  help="rays per pixel side of the synthetic renderer (anti-aliasing)")
   p.add_argument("--vae_channels", default="16,32,64",
@@ -251,6 +279,8 @@ def main(argv=None):
   p.add_argument("--latent_channels", type=int, default=8)
   p.add_argument("--vae_attention", type=int, default=0, help="1: the VAE's mid-block attention")
   p.add_argument("--vae_steps", type=int, default=3600)
+  p.add_argument("--vae_from", default="",
+                 help="WORKDIR/vae of an earlier demo run: reuse its VAE instead of training one")
   p.add_argument("--vae_batch", type=int, default=2)
   p.add_argument("--vae_crop", type=int, default=32, help="VAE training crop height (width 2x)")
   p.add_argument("--mask_reconstruction", type=int, default=0,
@@ -284,14 +314,18 @@ def main(argv=None):
   val_clips = render(config, "val", args.val_clips, args.val_frames)
   timings["data_s"] = time.time() - t
 
-  say(f"2/6 training the VAE ({args.vae_channels} wide, {args.latent_channels} latent channels) "
-      f"for {args.vae_steps} steps")
   t = time.time()
   frames = np.concatenate([c["frames"].reshape((-1,) + c["frames"].shape[-3:]) for c in train_clips])
-  vae, vae_curve = vae_training.train_vae(config, frames, steps=args.vae_steps,
-                                          batch=args.vae_batch, crop=args.vae_crop,
-                                          log=lambda m: say(m.replace("[vae] ", "vae ")))
-  vae = vae_training.calibrate(config, vae, frames)
+  if args.vae_from:
+    say(f"2/6 the VAE of an earlier run: {args.vae_from}")
+    vae, vae_curve = reuse_vae(config, args.vae_from), [float("nan")]
+  else:
+    say(f"2/6 training the VAE ({args.vae_channels} wide, {args.latent_channels} latent channels) "
+        f"for {args.vae_steps} steps")
+    vae, vae_curve = vae_training.train_vae(config, frames, steps=args.vae_steps,
+                                            batch=args.vae_batch, crop=args.vae_crop,
+                                            log=lambda m: say(m.replace("[vae] ", "vae ")))
+    vae = vae_training.calibrate(config, vae, frames)
   vae_training.save(vae, config, os.path.join(workdir, "vae"))
   config.vae.checkpoint = os.path.join(workdir, "vae")  # saved with the DiT's config: evaluate finds it
   held_out = np.concatenate([c["frames"] for c in val_clips[:4]])
