@@ -69,5 +69,5 @@ def test_overrides_name_unknown_keys():
 def test_hbm_per_chip_by_device_kind():
   assert aot.hbm_bytes("TPU v5 lite") == int(15.75 * 2**30)
   assert aot.hbm_bytes("TPU v5") == 95 * 2**30
-  assert aot.hbm_bytes("TPU v6 lite") == 32 * 2**30
+  assert aot.hbm_bytes("TPU v6 lite") == int(31.25 * 2**30)
   assert aot.hbm_bytes("cpu") is None

@@ -69,10 +69,12 @@ def test_constrain_refuses_parameter_names_and_parameters_refuse_activation_name
     mesh_lib.state_shardings(nnx.state(Bad()), mesh)
 
 
-@pytest.mark.parametrize("draw, flat", [(jax.random.normal, shard.flat_normal),
-                                        (jax.random.uniform, shard.flat_uniform)])
-def test_flat_draws_equal_the_shaped_draw(draw, flat):
+@pytest.mark.parametrize("draw, flat, ulp", [(jax.random.normal, shard.flat_normal, 1),
+                                             (jax.random.uniform, shard.flat_uniform, 0)])
+def test_flat_draws_equal_the_shaped_draw(draw, flat, ulp):
   key = jax.random.key(7)
   shape = (2, 3, 1, 4, 5)
-  np.testing.assert_array_equal(flat(key, shape), draw(key, shape))
+  # The same bits; the normal's inverse error function may round 1 ulp apart (jax 0.12 on CPU).
+  np.testing.assert_array_max_ulp(np.asarray(flat(key, shape)), np.asarray(draw(key, shape)),
+                                  maxulp=ulp)
   assert flat(key, shape).shape == shape and flat(key, shape).dtype == np.float32
