@@ -2,7 +2,8 @@
 what the compiled program needs, so a config/mesh/batch that does not fit is found before a pod
 is booked: memory per device against the chip's HBM (`fits_hbm`: XLA refuses some programs
 larger than the HBM, not all), XLA's FLOPs, the collectives (kind, count, bytes), the Pallas
-kernels and the compile time, as one JSON line (the last line of the output).
+kernels, the compile time and the host's peak memory (`host_peak_rss_bytes`: a full-size
+compile takes 15-24 GB of host RAM), as one JSON line (the last line of the output).
 
   python tools/aot_compile.py --config=configs/maskgwm_long.py --topology=v5p:2x2x1 \\
       --mesh=data=1,fsdp=4,tensor=1 --batch=4
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -74,6 +76,8 @@ def compile_train_step(config, devices, log=print):
   for path, shape, size in mesh_lib.replicated_large_params(s.abstract.params, s.shardings.params):
     log(f"[aot] WARNING: {path} {shape} ({size} elements) is replicated on every device")
   state, batch = s.abstract_inputs()
+  log(f"[aot] host memory available {_available_host_bytes() / 1e9:.1f} GB (a full-size "
+      "maskgwm_mview compile can take more than 24 GB; host_peak_rss_bytes reports the peak)")
   log("[aot] lowering the train step...")
   t = time.time()
   lowered = s.step_fn.lower(state, batch)
@@ -111,8 +115,13 @@ def compile_train_step(config, devices, log=print):
       "params": params, "model_flops_per_step": model_flops,
       "xla_flops_per_device": cost.get("flops"), "memory_per_device": memory,
       "collectives": aot.collectives(text), "pallas_kernels": aot.pallas_kernels(text),
-      "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1)}
+      "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
+      "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # KiB on Linux
   return compiled, report
+
+
+def _available_host_bytes() -> int:
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def main(argv=None):

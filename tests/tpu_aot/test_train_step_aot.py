@@ -30,3 +30,4 @@ def test_train_step_compiles_with_splash(config_path):
   assert report["memory_per_device"]["total_estimate_bytes"] > 0
   assert report["hbm_per_device_bytes"] == int(15.75 * 2**30) and report["fits_hbm"] is True
   assert report["xla_flops_per_device"] > 0 and report["model_flops_per_step"] > 0
+  assert report["host_peak_rss_bytes"] > 2**20
