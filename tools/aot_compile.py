@@ -116,7 +116,8 @@ def compile_train_step(config, devices, log=print):
       "xla_flops_per_device": cost.get("flops"), "memory_per_device": memory,
       "collectives": aot.collectives(text), "pallas_kernels": aot.pallas_kernels(text),
       "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
-      "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # KiB on Linux
+      # ru_maxrss is in KiB on Linux
+      "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   return compiled, report
 
 

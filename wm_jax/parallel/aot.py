@@ -29,8 +29,8 @@ _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 # HBM a program may allocate per chip, by jax device_kind (v5e, v6e: what libtpu reports
 # available in its out-of-memory errors; v5p: the 95 GiB of 96 the Cloud TPU documentation lists
-# as allocatable; v4: the listed capacity). XLA's ahead-of-time compile refuses some programs larger than this, not all, so
-# callers compare (hbm_bytes).
+# as allocatable; v4: the listed capacity). XLA's ahead-of-time compile refuses some programs
+# larger than this, not all, so callers compare (hbm_bytes).
 HBM_BYTES = {"TPU v4": 32 * 2**30, "TPU v5 lite": int(15.75 * 2**30), "TPU v5": 95 * 2**30,
              "TPU v6 lite": int(31.25 * 2**30)}
 

@@ -3,9 +3,9 @@
 `flat_normal` / `flat_uniform` draw an array of any shape as one flat vector, reshaped. With JAX's
 partitionable threefry (the default) the random bits equal those of the shaped draw and do not
 depend on how the result is sharded (uniform values are equal; normal ones within 1 ulp, as XLA
-may vectorise the inverse error function differently for the two shapes: jax 0.12 on CPU does); what the flat draw changes is compile time: XLA:CPU compiles the
-partitionable threefry of a rank-5 or rank-6 shape about 10x slower than of a flat one (seconds
-per call site).
+may vectorise the inverse error function differently for the two shapes: jax 0.12 on CPU does).
+What the flat draw changes is compile time: XLA:CPU compiles the partitionable threefry of a
+rank-5 or rank-6 shape about 10x slower than of a flat one (seconds per call site).
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ Stages (each prints progress; sizes are flags, the defaults fit 15 minutes on 2 
              `supersample`^2 rays per pixel; the ego drives lane changes, swerves, stops, turns:
              data/synthetic/world.py's plans; in a `steer_takeover` share of the training clips
              its steering leaves the plan at a random frame for a random value, world.takeover)
-  2 vae      (`vae_from`: the VAE of an earlier run) train an AutoencoderKL of `vae_channels` widths (default 4x downsampling to 16x32
-             latents of `latent_channels` 8) on the training frames (L1 + small KL; 3600 steps
-             of 2 crops of 32x64 pixels: more, smaller steps beat fewer, larger ones); set its
-             latent shift/scale from the training latents so they have zero mean and unit variance
+  2 vae      train an AutoencoderKL of `vae_channels` widths (`vae_from`: reuse an earlier
+             run's; default 4x downsampling to 16x32 latents of `latent_channels` 8) on the
+             training frames (L1 + small KL; 3600 steps of 2 crops of 32x64 pixels: more,
+             smaller steps beat fewer, larger ones); set its latent shift/scale from the
+             training latents so they have zero mean and unit variance
   3 latents  encode every clip once (the DiT trains on cached latents)
   4 train    wm_jax.train.loop.train on maskgwm_tiny (action module on; mask reconstruction off
              unless --mask_reconstruction=1),
@@ -128,16 +129,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def reuse_vae(config, path: str):
   """The VAE an earlier demo saved in `path` (WORKDIR/vae), its calibration set in `config`;
   the widths and latent channels are this run's flags and must be that run's."""
-  calibration = os.path.join(path, "calibration.json")
-  if not os.path.exists(calibration):
-    raise FileNotFoundError(f"--vae_from={path!r}: no calibration.json there (a demo's "
-                            f"WORKDIR/vae holds one)")
-  with open(calibration) as f:
-    config.vae.update(json.load(f))
-  vae_config = config.copy_and_resolve_references()
-  vae_config.vae.checkpoint = path
+  if not vae_training.saved_at(path):
+    raise FileNotFoundError(f"--vae_from={path!r}: no calibration.json and parameters there "
+                            f"(a demo's WORKDIR/vae holds both)")
   try:
-    return run_lib.load_vae(vae_config)
+    return vae_training.load(config, path)
   except ValueError as e:  # Orbax names the first parameter whose shape differs
     raise ValueError(f"--vae_from={path!r} does not hold a VAE of --vae_channels="
                      f"{tuple(config.vae.block_out_channels)} and --latent_channels="
@@ -315,13 +311,14 @@ def main(argv=None):
   timings["data_s"] = time.time() - t
 
   t = time.time()
-  frames = np.concatenate([c["frames"].reshape((-1,) + c["frames"].shape[-3:]) for c in train_clips])
   if args.vae_from:
     say(f"2/6 the VAE of an earlier run: {args.vae_from}")
-    vae, vae_curve = reuse_vae(config, args.vae_from), [float("nan")]
+    vae, vae_curve = reuse_vae(config, args.vae_from), [None]
   else:
     say(f"2/6 training the VAE ({args.vae_channels} wide, {args.latent_channels} latent channels) "
         f"for {args.vae_steps} steps")
+    frames = np.concatenate([c["frames"].reshape((-1,) + c["frames"].shape[-3:])
+                             for c in train_clips])
     vae, vae_curve = vae_training.train_vae(config, frames, steps=args.vae_steps,
                                             batch=args.vae_batch, crop=args.vae_crop,
                                             log=lambda m: say(m.replace("[vae] ", "vae ")))

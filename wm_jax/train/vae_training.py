@@ -3,6 +3,7 @@ their 64x128 synthetic frames).
 
     vae, curve = train_vae(config, frames, steps=300)    # frames uint8 [N,H,W,3]
     vae = calibrate(config, vae, frames)                  # sets config.vae shift/scale
+    save(vae, config, path); vae = load(config, path)    # weights + calibration, and back
     config = ensure_vae(config, workdir)                  # WORKDIR/vae: found, or trained now
 
 The loss is L1 on random crops of crop x 2*crop pixels (the VAE is convolutional: a quarter of
@@ -95,14 +96,32 @@ def save(vae, config, path: str) -> None:
     json.dump({k: float(config.vae[k]) for k in CALIBRATION}, f)
 
 
+def saved_at(path: str) -> bool:
+  """Whether `path` holds a VAE that `save` wrote (parameters and calibration)."""
+  return os.path.exists(os.path.join(path, "calibration.json")) and ckpt_lib.is_module_dir(path)
+
+
+def read_calibration(config, path: str) -> None:
+  """Sets config.vae's shift/scale to those `save` wrote in `path`."""
+  with open(os.path.join(path, "calibration.json")) as f:
+    config.vae.update(json.load(f))
+
+
+def load(config, path: str):
+  """The VAE `save` wrote in `path`, of config.vae's architecture; sets its calibration in
+  `config`. Orbax raises ValueError when the saved parameters have other shapes."""
+  read_calibration(config, path)
+  restore = config.copy_and_resolve_references()
+  restore.vae.checkpoint = path
+  return run_lib.load_vae(restore)
+
+
 def ensure_vae(config, workdir: str, *, log: Callable[[str], None] = print):
   """`config` with vae.checkpoint set: WORKDIR/vae when it holds a VAE trained earlier, else a
   tiny VAE trained now (config.train.vae_steps) on the training split and saved there."""
   path = os.path.join(os.path.abspath(workdir), "vae")
-  calibration = os.path.join(path, "calibration.json")
-  if os.path.exists(calibration) and ckpt_lib.is_module_dir(path):
-    with open(calibration) as f:
-      config.vae.update(json.load(f))
+  if saved_at(path):
+    read_calibration(config, path)
     log(f"[vae] config.vae.checkpoint is empty: using the VAE trained earlier in {path}")
   else:
     log(f"[vae] config.vae.checkpoint is empty: training a {config.vae.preset} VAE for "
