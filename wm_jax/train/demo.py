@@ -82,7 +82,8 @@ def demo_config(args):
   height, width = 64, 128
   c.model.update(num_views=1, num_frames=args.clip_frames, latent_height=height // factor,
                  latent_width=width // factor, in_channels=args.latent_channels,
-                 out_channels=args.latent_channels)
+                 out_channels=args.latent_channels,
+                 temporal_attention_type=args.temporal_attention)
   c.model.layout_adapter = None
   c.model.action_module = defaults.action_module()
   c.model.action_module.trajectory_points = c.data.trajectory_points
@@ -283,6 +284,10 @@ def main(argv=None):
                  help="1: train with MaskGWM's row-wise mask reconstruction. Off by default: "
                       "trained from scratch for a few hundred steps, the masked model's rollouts "
                       "lose the scene (README, Measured)")
+  p.add_argument("--temporal_attention", default="pointwise",
+                 help="temporal blocks' attention (models/video_blocks.py TEMPORAL_TYPES): "
+                      "'pointwise' (each latent position over the frames) | 'rowwise' (each "
+                      "latent row over the frames: content may move sideways) | 'full'")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--lr", type=float, default=1e-3)
