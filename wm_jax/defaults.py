@@ -149,6 +149,7 @@ def data() -> ConfigDict:
   c.keyframes_only = False  # True: 2 Hz annotated samples; False: all 12 Hz camera sweeps
   c.box_mode = "interpolate"  # sweeps: 'interpolate' between keyframes | 'nearest' keyframe
   c.use_can_bus = True  # actions from can_bus/*.json when present, else from ego poses
+  c.map_lines = True  # layout map channels from maps/expansion/<location>.json when present
   c.wheelbase = 2.588  # m (Renault Zoe, nuScenes); steering from yaw rate when no CAN bus
   c.steering_ratio = 16.0  # CAN steering-wheel angle / road-wheel angle
   c.image_size_mismatch = "rescale"  # image size != sample_data width/height (a downscaled copy):

@@ -6,7 +6,8 @@
 
 Layout on disk (as released): ROOT/VERSION/{scene,sample,sample_data,ego_pose,calibrated_sensor,
 sensor,sample_annotation,instance,category,log}.json, images at ROOT/<sample_data.filename>, and
-optionally ROOT/can_bus/<scene name>_{pose,steeranglefeedback}.json.
+optionally ROOT/can_bus/<scene name>_{pose,steeranglefeedback}.json and the map expansion
+ROOT/maps/expansion/<location>.json (one vector map per log location, nuscenes_map.py).
 
 Clips. Per scene, the first view's camera defines the timeline: its keyframes (2 Hz annotated
 samples, `keyframes_only=True`) or all its frames (~12 Hz sweeps). The timeline is resampled to
@@ -49,13 +50,20 @@ Per frame t and view v:
               data/actions.py future_actions of the first view's ego poses at the clip's frames
               and the K timeline frames after them, projected with the first view's calibration
               (view 0, as adjusted for the resize + crop).
-  layout      wm_jax/data/layout_render.py draws the boxes (nuScenes maps are not read: map
-              channels stay empty).
+  layout      wm_jax/data/layout_render.py draws the boxes and the map lines: with
+              map_lines=True (config.data.map_lines) and ROOT/maps/expansion/<location>.json
+              present for the location of the scene's log, the lines nuscenes_map.lines_near
+              gives for the frame's ego pose (within nuscenes_map.RADIUS; ped crossings, lane
+              and road dividers, drivable-area outlines as road edges); without that file (or
+              with map_lines=False) the map channels stay empty. The raster maps of
+              ROOT/maps/*.png are not read.
   view_adjacency  cameras whose horizontal fields of view overlap (or the same camera).
 
 Errors name the file and the index: a missing or truncated table, a token that a row refers to
 but no table holds, a non-finite pose or calibration, a missing or unreadable image, an image of
-another size than its calibration (in 'error' mode, or cropped).
+another size than its calibration (in 'error' mode, or cropped), a malformed map expansion (its
+file and the layer record at fault; raised by each clip of that location, so skip_bad_records
+skips and counts those clips).
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ from PIL import Image
 
 from wm_jax.data import actions as actions_lib
 from wm_jax.data import layout_render
+from wm_jax.data import nuscenes_map
 from wm_jax.data import video
 from wm_jax.data.splits import in_validation
 
@@ -209,7 +218,7 @@ class ClipSource:
                layout: bool = True, use_can_bus: bool = True, wheelbase: float = 2.588,
                steering_ratio: float = 16.0, scenes: Sequence[str] | None = None,
                image_size_mismatch: str = "rescale", trajectory_points: int = 6,
-               name: str | None = None):
+               name: str | None = None, map_lines: bool = True):
     if box_mode not in ("interpolate", "nearest"):
       raise ValueError(f"box_mode must be 'interpolate' or 'nearest', got {box_mode!r}")
     if image_size_mismatch not in IMAGE_SIZE_MISMATCH:
@@ -223,6 +232,7 @@ class ClipSource:
     self.image_size = tuple(int(s) for s in image_size)
     self.keyframes_only, self.box_mode = keyframes_only, box_mode
     self.max_boxes, self.layout = int(max_boxes), layout
+    self.map_lines = bool(map_lines)
     if int(trajectory_points) < 1:
       raise ValueError(f"trajectory_points must be >= 1, got {trajectory_points}")
     self.trajectory_points = int(trajectory_points)
@@ -275,6 +285,7 @@ class ClipSource:
                use_can_bus=config.use_can_bus, wheelbase=config.wheelbase,
                steering_ratio=config.steering_ratio,
                image_size_mismatch=config.image_size_mismatch,
+               map_lines=config.get("map_lines", True),
                scenes=split_scenes(config.path, config.version, split, config),
                name=f"nuscenes:{config.path}/{config.version}:{split}")
 
@@ -408,10 +419,23 @@ class ClipSource:
         "view_adjacency": self._adjacency(ks[0], es[0]),
     }
     if self.layout:
+      vmap = self._vector_map(info) if self.map_lines else None
       record["layout"] = np.stack([
-          layout_render.render_layout(b, None, k, e, self.image_size)
-          for b, k, e in zip(record["boxes"], record["intrinsics"], record["extrinsics"])])
+          layout_render.render_layout(
+              b, None if vmap is None else nuscenes_map.lines_near(vmap, p), k, e,
+              self.image_size)
+          for b, k, e, p in zip(record["boxes"], record["intrinsics"], record["extrinsics"],
+                                poses)])
     return record
+
+  def _vector_map(self, info):
+    """The map expansion of the scene's log location (nuscenes_map.VectorMap), or None."""
+    log = self.tables.ref("scene", info["scene"], "log_token", "log")
+    location = log.get("location") or ""
+    path = nuscenes_map.expansion_path(self.root, location)
+    if not location or not os.path.exists(path):
+      return None
+    return vector_map(path)
 
   def _future(self, info, start, index, poses, ks, es) -> dict[str, np.ndarray]:
     """trajectory, goal_point, command of the clip: its poses and the K timeline frames after."""
@@ -573,6 +597,25 @@ def clip_boxes(frames: Sequence[Sequence[Sequence[float]]], max_boxes: int) -> n
       if r[8] in slot:
         out[t, slot[r[8]]] = r
   return out
+
+
+def vector_map(path: str) -> "nuscenes_map.VectorMap":
+  """nuscenes_map.parse of a map-expansion file, parsed once per process (per file version)."""
+  st = os.stat(path)
+  vmap = _vector_map_cached(path, st.st_mtime_ns, st.st_size)
+  if isinstance(vmap, str):
+    raise ValueError(vmap)
+  return vmap
+
+
+@functools.lru_cache(maxsize=8)
+def _vector_map_cached(path, mtime_ns, size):
+  """VectorMap, or the error message of a malformed file (kept, not re-parsed per clip)."""
+  del mtime_ns, size  # cache keys: a rewritten file is parsed again
+  try:
+    return nuscenes_map.parse(load_json(path), path)
+  except ValueError as e:
+    return str(e)
 
 
 # --------------------------------------------------------------------------------------------
