@@ -118,13 +118,16 @@ def diffusion() -> ConfigDict:
 def data() -> ConfigDict:
   """config.data: which source, where, and the clip shape."""
   c = ConfigDict()
-  c.source = "synthetic"  # 'synthetic' | 'nuscenes' | 'video' | 'tfds'
+  c.source = "synthetic"  # 'synthetic' | 'nuscenes' | 'waymo' | 'video' | 'opendv' | 'tfds'
   c.path = ""  # nuScenes root (with the version folder) / video folder / TFDS data_dir
   c.version = "v1.0-trainval"  # nuScenes: table folder under path
   c.tfds_name = ""  # tfds source: 'wm_synthetic/NAME' etc. (see data/tfds_builders.py)
+  c.opendv_index = "opendv_index.json"  # opendv source: the clip index, relative to path
   # clip shape
   c.num_frames = 8
   c.views = ("CAM_FRONT",)  # nuScenes camera channels, in view order (synthetic: see `rig`)
+  # Waymo: its camera names, e.g. ("FRONT",) or waymo.CAMERA_RING; `path` = the v2 root holding
+  # training/ validation/ testing/ (data/waymo.py); `wheelbase` also sets Waymo's steering
   c.image_height = 64
   c.image_width = 128
   c.fps = 12.0  # frame rate of a clip (resampled from the source's rate)

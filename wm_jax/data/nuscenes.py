@@ -416,7 +416,7 @@ class ClipSource:
         "actions": self._actions(info, np.asarray(times)),
         **self._future(info, start, index, poses, ks, es),
         "fps": np.float32(self.fps),
-        "view_adjacency": self._adjacency(ks[0], es[0]),
+        "view_adjacency": view_adjacency(ks[0], es[0], self.image_size[1]),
     }
     if self.layout:
       vmap = self._vector_map(info) if self.map_lines else None
@@ -565,16 +565,18 @@ class ClipSource:
     acts[:, 0] = np.maximum(acts[:, 0], 0.0)
     return acts
 
-  def _adjacency(self, ks, es) -> np.ndarray:
-    yaw = [math.atan2(e[1, 2], e[0, 2]) for e in es]
-    half = [math.atan(self.image_size[1] / 2.0 / k[0, 0]) for k in ks]
-    v = len(es)
-    adj = np.eye(v, dtype=bool)
-    for i in range(v):
-      for j in range(v):
-        gap = abs((yaw[i] - yaw[j] + math.pi) % (2 * math.pi) - math.pi)
-        adj[i, j] |= gap < half[i] + half[j]
-    return adj
+def view_adjacency(ks: np.ndarray, es: np.ndarray, width: int) -> np.ndarray:
+  """[V,V] bool: views whose horizontal fields of view overlap, or the same view. ks [V,3,3] in
+  pixels of images `width` wide; es [V,4,4] ego-from-camera, OpenCV axes."""
+  yaw = [math.atan2(e[1, 2], e[0, 2]) for e in es]
+  half = [math.atan(width / 2.0 / k[0, 0]) for k in ks]
+  v = len(es)
+  adj = np.eye(v, dtype=bool)
+  for i in range(v):
+    for j in range(v):
+      gap = abs((yaw[i] - yaw[j] + math.pi) % (2 * math.pi) - math.pi)
+      adj[i, j] |= gap < half[i] + half[j]
+  return adj
 
 
 def clip_boxes(frames: Sequence[Sequence[Sequence[float]]], max_boxes: int) -> np.ndarray:

@@ -7,6 +7,8 @@ SOURCES maps config.data.source to a constructor (config.data, split) -> source:
   synthetic  synthetic/source.py SyntheticSource: clips rendered from the procedural world
   nuscenes   nuscenes.py ClipSource: multi-view clips of a nuScenes v1.0 data set
   video      video.py VideoClipSource: single-view clips of a folder of mp4s
+  opendv     opendv.py OpenDVSource: single-view clips of an OpenDV-style JSON index of videos
+  waymo      waymo.py ClipSource: clips of a Waymo Open Dataset v2 split (parquet tables)
   tfds       tfds_cache.py data_source: a prepared ArrayRecord cache (tfds_builders.py)
 The `name` appears in every error about a bad record (records.py). The ego keys (actions,
 trajectory, goal_point, command; data/actions.py) come from synthetic and nuScenes records, and
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from wm_jax.data import nuscenes, tfds_cache, video
+from wm_jax.data import nuscenes, opendv, tfds_cache, video, waymo
 from wm_jax.data.synthetic.source import SyntheticSource
 
 
@@ -29,6 +31,10 @@ def _video_source(config, split):
   return video.VideoClipSource.from_config(config, split)
 
 
+def _waymo_source(config, split):
+  return waymo.ClipSource.from_config(config, split)
+
+
 def _tfds_source(config, split):
   return tfds_cache.data_source(config.tfds_name, split=split, data_dir=config.path or None)
 
@@ -37,6 +43,8 @@ SOURCES: dict[str, Callable[[Any, str], Any]] = {
     "synthetic": SyntheticSource,
     "nuscenes": _nuscenes_source,
     "video": _video_source,
+    "opendv": opendv.OpenDVSource.from_config,
+    "waymo": _waymo_source,
     "tfds": _tfds_source,
 }
 

@@ -18,7 +18,8 @@ built. With skip_bad_files (config.data.skip_bad_records) it is left out of the 
 stands as one index after the clips whose reading raises that error, so the pipeline skips and
 counts it like any other bad record (records.py, bad_records.py) once per epoch.
 
-Also home of the image helpers the nuScenes reader shares: `resize_crop` and `crop_intrinsics`.
+Also home of the image helpers the nuScenes reader shares: `resize_crop` and `crop_intrinsics`;
+opendv.py reads its clips with `frame_rate`, `frame_at`, `read_frames` and `single_view`.
 """
 
 from __future__ import annotations
@@ -81,20 +82,37 @@ def probe(path: str) -> VideoInfo:
   """Frame rate and exact frame count of a video; raises ValueError naming an unreadable file."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"video {path} does not exist")
+  fps, n = _read_meta(path, count=True)
+  if not fps > 0 or n <= 0:
+    raise ValueError(f"video {path} reports fps={fps} and {n} frames")
+  return VideoInfo(path, fps, n)
+
+
+def frame_rate(path: str) -> float:
+  """Frame rate of a video from its container (no frame is decoded); raises ValueError naming an
+  unreadable file or one that reports no positive rate."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"video {path} does not exist")
+  fps, _ = _read_meta(path, count=False)
+  if not fps > 0:
+    raise ValueError(f"video {path} reports fps={fps}")
+  return fps
+
+
+def _read_meta(path: str, *, count: bool) -> tuple[float, int]:
+  """(fps, exact frame count if `count` else -1) of a video; ValueError naming an unreadable one."""
   try:
     reader = imageio.get_reader(path, "ffmpeg")
     try:
       fps = float(reader.get_meta_data()["fps"])
-      n = int(reader.count_frames())
+      n = int(reader.count_frames()) if count else -1
     finally:
       reader.close()
   except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
     detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # not ffmpeg's banner
     raise ValueError(f"cannot read video {path}: {type(e).__name__}: {detail}") from e
-  if not fps > 0 or n <= 0:
-    raise ValueError(f"video {path} reports fps={fps} and {n} frames")
-  return VideoInfo(path, fps, n)
+  return fps, n
 
 
 def read_frames(path: str, indices: Sequence[int]) -> list[np.ndarray]:
@@ -154,7 +172,7 @@ class VideoClipSource:
         raise ValueError(f"fps={self.fps} exceeds the frame rate {info.fps} of video {info.path}")
       span = (self.num_frames - 1) / self.fps
       k = 0
-      while _frame_at(k * self.clip_stride / self.fps + span, info.fps) < info.num_frames:
+      while frame_at(k * self.clip_stride / self.fps + span, info.fps) < info.num_frames:
         self.clips.append((vi, k * self.clip_stride / self.fps))
         k += 1
 
@@ -183,7 +201,7 @@ class VideoClipSource:
   def frame_indices(self, index: int) -> np.ndarray:
     vi, start = self.clips[index]
     info = self.videos[vi]
-    return _frame_at(start + np.arange(self.num_frames) / self.fps, info.fps)
+    return frame_at(start + np.arange(self.num_frames) / self.fps, info.fps)
 
   def __getitem__(self, index):
     index = int(index)
@@ -192,15 +210,19 @@ class VideoClipSource:
     if index >= len(self.clips):  # an unreadable file (skip_bad_files)
       raise ValueError(self.bad_files[index - len(self.clips)][1])
     info = self.videos[self.clips[index][0]]
-    frames = read_frames(info.path, self.frame_indices(index))
-    frames = np.stack([resize_crop(f, self.image_size)[0] for f in frames])[:, None]
+    frames = single_view(read_frames(info.path, self.frame_indices(index)), self.image_size)
     return {"frames": frames, "fps": np.float32(self.fps),
             "view_adjacency": np.ones((1, 1), bool)}
 
 
-def _frame_at(time, video_fps):
+def frame_at(time, video_fps):
   """Index of the frame shown at `time` seconds (frame j starts at j / video_fps), rounded."""
   return np.floor(np.asarray(time) * video_fps + 0.5 + 1e-6).astype(np.int64)
+
+
+def single_view(frames: Sequence[np.ndarray], image_size: tuple[int, int]) -> np.ndarray:
+  """Decoded frames (each [h0,w0,3] uint8) -> `frames` of one view [T,1,H,W,3] (resize_crop)."""
+  return np.stack([resize_crop(f, image_size)[0] for f in frames])[:, None]
 
 
 def list_videos(root: str) -> list[str]:

@@ -13,6 +13,9 @@ Sources (MaskGWM sec. 4.1 and appendix 7.3; OpenDWM's configs/ctsd):
                     frames drawn at random from them.
   opendwm_nuscenes  OpenDWM CTSD nuScenes eval: 3 reference frames, FVD on the first 16 generated
                     frames of each view as a separate video, FID on every generated frame; 256x448.
+  waymo_zero_shot   MaskGWM Tab. 2: zero-shot generalisation, the nuScenes-trained model sampled on
+                    600 Waymo validation clips of the front camera (data/waymo.py), 1 reference
+                    frame, no actions; clip length, resolution, steps and CFG of vista_nuscenes.
   long_horizon      MaskGWM Fig. 6/7: autoregressive rollout (3 condition frames per step, no
                     action) on 300 videos; FVD/FID per 2.5 s window of 25 frames, giving the curve.
   synthetic         the built-in procedural world at configs/maskgwm_tiny.py's shapes (2 views x 4
@@ -196,6 +199,19 @@ PROTOCOLS = {
               "OpenDWM's CTSD conditions every frame on projected boxes and map (the 'bm' of the "
               "config name): a layout-to-video setting, so future layout is allowed",
         future_layout=True),
+    "waymo_zero_shot": Protocol(
+        name="waymo_zero_shot", source="MaskGWM Tab. 2 (zero-shot on Waymo; data.source='waymo')",
+        dataset="waymo/validation front camera", num_views=1, views_as_videos=False,
+        clip_frames=25, reference_frames=1, exclude_reference=True, num_clips=600,
+        image_size=(576, 1024), fps=10.0, sample_steps=30, cfg_scale=4.0, use_actions=False,
+        fvd_frames=None, fid_frames=None,
+        notes="the model trained on nuScenes is sampled without fine-tuning on 600 clips of the "
+              "Waymo v2 validation split's FRONT camera (config.data: source='waymo', "
+              "views=('FRONT',)), 1 condition frame, no actions. From the paper: the 600 samples, "
+              "the zero-shot setting; clip length (25 frames), resolution (576x1024: Waymo's "
+              "1920x1280 front images resized to 1024x683 and centre-cropped), Euler steps and "
+              "CFG are those of vista_nuscenes, whose 10 fps is Waymo's native rate. All "
+              "generated videos for FVD and all their frames for FID"),
     "long_horizon": Protocol(
         name="long_horizon", source="MaskGWM sec. 4.3 Fig. 6, app. Fig. 7 + 7.4",
         dataset="opendv/val", num_views=1, views_as_videos=False, clip_frames=25,

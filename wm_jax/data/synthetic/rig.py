@@ -39,11 +39,24 @@ NUSCENES6 = (
     CameraSpec("CAM_FRONT_LEFT", (1.52, 0.49, 1.51), 55.0, 1260.0),
 )
 
+# A Waymo-like ring of five roof cameras (names as Waymo's CameraName; clockwise from the front as
+# waymo.CAMERA_RING): headings 0, -45, -90, 90, 45 degrees, the horizontal field of view of +-25.2
+# degrees the Waymo Open Dataset paper gives its cameras (Sun et al. 2020, Table 3: focal
+# 800 / tan(25.2 deg) ~ 1700 px at 1600 wide); positions approximate (roof, about 2.1 m high).
+WAYMO5 = (
+    CameraSpec("FRONT", (1.54, -0.02, 2.12), 0.0, 1700.0),
+    CameraSpec("FRONT_RIGHT", (1.50, -0.13, 2.11), -45.0, 1700.0),
+    CameraSpec("SIDE_RIGHT", (1.43, -0.15, 2.11), -90.0, 1700.0),
+    CameraSpec("SIDE_LEFT", (1.43, 0.11, 2.11), 90.0, 1700.0),
+    CameraSpec("FRONT_LEFT", (1.50, 0.09, 2.11), 45.0, 1700.0),
+)
+
 RIGS: dict[str, tuple[CameraSpec, ...]] = {
     "front": NUSCENES6[:1],
     "front2": NUSCENES6[:2],                              # CAM_FRONT, CAM_FRONT_RIGHT
     "front3": (NUSCENES6[5], NUSCENES6[0], NUSCENES6[1]),  # FRONT_LEFT, FRONT, FRONT_RIGHT
     "nuscenes6": NUSCENES6,
+    "waymo5": WAYMO5,                                     # Waymo's five cameras (export_waymo.py)
 }
 
 
