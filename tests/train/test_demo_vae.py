@@ -16,7 +16,7 @@ def _config(channels="8,16", latent=4):
       vae_channels=channels, latent_channels=latent, vae_attention=0, clip_frames=4,
       mask_reconstruction=0, train_clips=2, val_clips=1, supersample=1, steer_takeover=0.0,
       ref_frames=2, min_train_ref_frames=0, batch=1, steps=1, lr=1e-3, log_every=1,
-      vae_steps=1)
+      vae_steps=1, temporal_attention="pointwise")
   return demo.demo_config(args)
 
 
