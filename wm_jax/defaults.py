@@ -123,6 +123,11 @@ def data() -> ConfigDict:
   c.version = "v1.0-trainval"  # nuScenes: table folder under path
   c.tfds_name = ""  # tfds source: 'wm_synthetic/NAME' etc. (see data/tfds_builders.py)
   c.opendv_index = "opendv_index.json"  # opendv source: the clip index, relative to path
+  # source='mixture' (data/mixture.py): entries dict(source=NAME, weight=W, name=LABEL (optional),
+  # FIELD=VALUE, ...) overriding fields of config.data, e.g. (dict(source='nuscenes',
+  # weight=1.0, path=NUSCENES), dict(source='opendv', weight=1.0, path=OPENDV)); weights > 0
+  c.mixture = ()
+  c.mixture_keys = ()  # mixture: the record keys kept; () = all (the entries must give the same)
   # clip shape
   c.num_frames = 8
   c.views = ("CAM_FRONT",)  # nuScenes camera channels, in view order (synthetic: see `rig`)

@@ -28,6 +28,25 @@ dropped instead and counted in `iterator.bad_records`, which is also part of the
 Iterator state (`get_state()`) is a dict of ints and strings (JSON-serialisable): the position in
 the record stream and the bad-record count. The train loop saves it with Orbax and a restored
 iterator continues with the same next batch.
+
+Mixtures (config.source = 'mixture', mixture.py): several sources, each with a weight, e.g.
+MaskGWM's stage 2, nuScenes and OpenDV-2K sampled equally:
+
+    config.data.update(source='mixture', mixture_keys=('frames', 'command', 'fps',
+                                                       'view_adjacency'))
+    config.data.mixture = (
+        dict(source='nuscenes', weight=1.0, path='/data/nuscenes', views=('CAM_FRONT',),
+             layout=False),
+        dict(source='opendv', weight=1.0, path='/data/opendv'))
+
+Each entry's source is validated, shuffled (its own seed, drawn from `seed`), repeated and
+sharded over processes as above, on its own; each process interleaves its shards by weight (a
+fixed pattern of the weights, exact shares per cycle: mixture.WeightedInterleave, mixed by
+Grain's select_from_datasets) into its record stream, read and batched as above. The iterator
+(mixture.MixtureIterator) also counts records per entry: `it.source_counts` (drawn, good and
+skipped) and `it.source_bad_records`, both in the state beside the position. Entries whose
+records differ in keys or shapes are refused at their first record, naming both entries and the
+keys; config.mixture_keys keeps the listed keys of every record.
 """
 
 from __future__ import annotations
@@ -41,12 +60,7 @@ from absl import flags
 import grain
 import jax
 
-from wm_jax.data import bad_records, records, sources
-
-
-def _checked(config, split, source=None) -> records.CheckedSource:
-  source = sources.make_source(config, split) if source is None else source
-  return records.CheckedSource(source, skip_bad_records=config.skip_bad_records)
+from wm_jax.data import bad_records, mixture, records, sources
 
 
 def make_dataset(config, *, split: str = "train", seed: int = 0,
@@ -55,11 +69,18 @@ def make_dataset(config, *, split: str = "train", seed: int = 0,
 
   A bad record raises BadRecordError, or with config.skip_bad_records reads as None (Grain's
   "filtered" element, skipped when iterating). `source` overrides config.source (any object
-  with __len__ and __getitem__).
+  with __len__ and __getitem__, or a mixture.MixedSource). A mixture's entries are each read
+  once, interleaved by weight: the dataset ends where its first entry runs out.
   """
-  ds = grain.MapDataset.source(_checked(config, split, source))
-  if config.shuffle:
-    ds = ds.shuffle(seed=seed)
+  source = sources.make_source(config, split) if source is None else source
+  if isinstance(source, mixture.MixedSource):
+    ds, _ = mixture.mixed_stream(source, shuffle=config.shuffle, seed=seed, epochs=1,
+                                 skip=config.skip_bad_records)
+  else:
+    ds = grain.MapDataset.source(
+        records.CheckedSource(source, skip_bad_records=config.skip_bad_records))
+    if config.shuffle:
+      ds = ds.shuffle(seed=seed)
   return ds.map(lambda r: None if records.is_bad(r) else r)
 
 
@@ -70,7 +91,8 @@ def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int 
 
   Process p of P reads global positions p, p+P, p+2P, ... of the shuffled, repeated order, so
   processes never read the same element of an epoch. `process_index` / `process_count` default
-  to JAX's. State: `get_state()` / `set_state()`.
+  to JAX's. State: `get_state()` / `set_state()`. A mixture (config.source = 'mixture', or a
+  mixture.MixedSource as `source`) shards each entry so and returns a mixture.MixtureIterator.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -78,15 +100,22 @@ def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int 
     raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  checked = _checked(config, split, source)
-  if len(checked) < process_count:
-    raise ValueError(f"source {checked.name!r} has {len(checked)} records, fewer than "
-                     f"process_count={process_count}")
-  stream = grain.MapDataset.source(checked)
-  if config.shuffle:
-    stream = stream.shuffle(seed=seed)
-  stream = stream.repeat(config.num_epochs or None)
-  stream = stream[process_index::process_count]
+  source = sources.make_source(config, split) if source is None else source
+  mixed = source if isinstance(source, mixture.MixedSource) else None
+  if mixed is not None:
+    stream, interleave = mixture.mixed_stream(
+        mixed, shuffle=config.shuffle, seed=seed, epochs=config.num_epochs or None,
+        skip=config.skip_bad_records, process_index=process_index, process_count=process_count)
+  else:
+    checked = records.CheckedSource(source, skip_bad_records=config.skip_bad_records)
+    if len(checked) < process_count:
+      raise ValueError(f"source {checked.name!r} has {len(checked)} records, fewer than "
+                       f"process_count={process_count}")
+    stream = grain.MapDataset.source(checked)
+    if config.shuffle:
+      stream = stream.shuffle(seed=seed)
+    stream = stream.repeat(config.num_epochs or None)
+    stream = stream[process_index::process_count]
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer)
   workers = int(config.worker_count)
   if workers < 0:
@@ -106,6 +135,10 @@ def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int 
       it = it.mp_prefetch(options, worker_init_fn=watch)
     return iter(it)
 
+  if mixed is not None:
+    return mixture.MixtureIterator(records_from, batch_size=batch_size,
+                                   drop_remainder=config.drop_remainder, names=mixed.names,
+                                   interleave=interleave, keys=mixed.keys)
   return bad_records.ReportingIterator(records_from, batch_size=batch_size,
                                        drop_remainder=config.drop_remainder)
 

@@ -50,7 +50,11 @@ SOURCES: dict[str, Callable[[Any, str], Any]] = {
 
 
 def make_source(config, split: str = "train"):
-  """The random-access source named by `config.source`."""
+  """The random-access source named by `config.source`; 'mixture': a mixture.MixedSource of the
+  sources of config.mixture's entries, each weighted (data/mixture.py)."""
+  if config.source == "mixture":
+    from wm_jax.data import mixture  # pylint: disable=g-import-not-at-top
+    return mixture.MixedSource.from_config(config, split, SOURCES)
   if config.source not in SOURCES:
     raise ValueError(f"unknown data source {config.source!r}; choose one of {sorted(SOURCES)}")
   return SOURCES[config.source](config, split)

@@ -244,6 +244,8 @@ def _loop(config, workdir, run, manager, *, make_iterator, prepare_batch, sample
           bad_records = getattr(iterator, "bad_records", None)
           if bad_records is not None:
             scalars["bad_records"] = float(bad_records)
+          drawn = getattr(iterator, "source_counts", None) or {}  # a data mixture's, per entry
+          scalars.update({f"records/{name}": float(n) for name, n in drawn.items()})
           writer.write_scalars(step, scalars)
           new_history.append({"step": step, **scalars})
           last_metrics = scalars
@@ -251,7 +253,8 @@ def _loop(config, workdir, run, manager, *, make_iterator, prepare_batch, sample
               f"(mean {scalars['loss_mean']:.4f}) "
               f"grad_norm {scalars['grad_norm']:.3f} lr {scalars['learning_rate']:.2e} "
               f"{dt:.2f}s/step skipped {int(scalars['skipped_steps'])}"
-              + (f" bad records {bad_records}" if bad_records else ""))
+              + (f" bad records {bad_records}" if bad_records else "")
+              + "".join(f" records {name} {n}" for name, n in drawn.items()))
           t_log, steps_since_log = time.perf_counter(), 0
           check_streak()
         if save(force=False):
