@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from wm_jax.data import nuscenes, opendv, tfds_cache, video, waymo
+from wm_jax.data import mixture, nuscenes, opendv, tfds_cache, video, waymo
 from wm_jax.data.synthetic.source import SyntheticSource
 
 
@@ -53,7 +53,6 @@ def make_source(config, split: str = "train"):
   """The random-access source named by `config.source`; 'mixture': a mixture.MixedSource of the
   sources of config.mixture's entries, each weighted (data/mixture.py)."""
   if config.source == "mixture":
-    from wm_jax.data import mixture  # pylint: disable=g-import-not-at-top
     return mixture.MixedSource.from_config(config, split, SOURCES)
   if config.source not in SOURCES:
     raise ValueError(f"unknown data source {config.source!r}; choose one of {sorted(SOURCES)}")
