@@ -476,16 +476,9 @@ class ClipSource:
     if not (isinstance(cw, (int, float)) and isinstance(ch, (int, float)) and cw > 0 and ch > 0):
       raise ValueError(f"nuScenes {row} is {sd.get('width')!r}x{sd.get('height')!r}: a camera "
                        f"frame needs its calibrated image size to check {path} ({where})")
-    if (w, h) == (cw, ch):
-      return 1.0, 1.0
-    sizes = f"nuScenes image {path} is {w}x{h} but its calibration ({row}) is for {cw}x{ch}"
-    if abs(w * ch / cw - h) > 1.0:  # more than rounding: cropped, not resized
-      raise ValueError(f"{sizes}, another aspect ratio: a cropped image cannot be matched to "
-                       f"its intrinsics ({where})")
-    if self.image_size_mismatch == "error":
-      raise ValueError(f"{sizes} ({where}); data.image_size_mismatch='rescale' scales the "
-                       "intrinsics to the image size")
-    return w / cw, h / ch
+    return video.calibration_scale(
+        actual, (cw, ch), self.image_size_mismatch,
+        f"nuScenes image {path} is {w}x{h} but its calibration ({row}) is for {cw}x{ch}", where)
 
   def _annotation_boxes(self, sample_token):
     """{instance token: (translation, rotation, size, ann row)} of a keyframe."""

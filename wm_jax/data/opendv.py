@@ -101,7 +101,7 @@ import re
 
 import numpy as np
 
-from wm_jax.data import schema, video
+from wm_jax.data import records, schema, video
 from wm_jax.data.splits import in_validation
 
 INDEX_NAME = "opendv_index.json"  # default index file name, in the data set root
@@ -286,11 +286,7 @@ class OpenDVSource:
     return len(self.windows) + len(self.bad_entries)
 
   def _window(self, index: int):
-    index = int(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f"{self.name}: clip index {index} out of range [0, {len(self)})")
-    if index >= len(self.windows):  # a bad entry (skip_bad_entries)
-      raise BadEntry(self.bad_entries[index - len(self.windows)][1])
+    index = records.good_index(self.name, index, len(self.windows), self.bad_entries, BadEntry)
     position, start = self.windows[index]
     n, e = self.entries[position]
     return n, e, start

@@ -33,6 +33,19 @@ def is_bad(record) -> bool:
   return isinstance(record, Mapping) and NOTE_KEY in record
 
 
+def good_index(name: str, index, num_good: int, bad, error=ValueError) -> int:
+  """int(index) when it names one of a source's `num_good` readable items. Unreadable items
+  (files, segments, index entries) found when the source was built stand as the indices after
+  them: for those this raises error(message) of bad[index - num_good], a (what, message) pair, so
+  that CheckedSource reports (or skips and counts) each once per epoch. IndexError out of range."""
+  index = int(index)
+  if not 0 <= index < num_good + len(bad):
+    raise IndexError(f"{name}: clip index {index} out of range [0, {num_good + len(bad)})")
+  if index >= num_good:
+    raise error(bad[index - num_good][1])
+  return index
+
+
 class CheckedSource(grain.sources.RandomAccessDataSource):
   """Reads and validates record i; on failure raises BadRecordError or returns a bad marker."""
 

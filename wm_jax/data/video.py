@@ -33,9 +33,30 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
+from wm_jax.data import records
 from wm_jax.data.splits import in_validation
 
 VIDEO_EXTENSIONS = (".mp4",)
+
+
+def calibration_scale(actual, calibrated, mismatch: str, sizes: str,
+                      where: str = "") -> tuple[float, float]:
+  """(sx, sy): an image's size `actual` (H, W) over the size (W, H) `calibrated` its intrinsics are
+  for. A resized copy scales them (mismatch 'rescale') or raises (mismatch 'error'); another
+  aspect ratio (a crop) always raises. `sizes` opens the error message ("image X is WxH but its
+  calibration ... is for WxH"), `where` (if any) is put in parentheses after it."""
+  h, w = actual
+  cw, ch = calibrated
+  if (w, h) == (cw, ch):
+    return 1.0, 1.0
+  at = f" ({where})" if where else ""
+  if abs(w * ch / cw - h) > 1.0:  # more than rounding: cropped, not resized
+    raise ValueError(f"{sizes}, another aspect ratio: a cropped image cannot be matched to its "
+                     f"intrinsics{at}")
+  if mismatch == "error":
+    raise ValueError(f"{sizes}{at}; data.image_size_mismatch='rescale' scales the intrinsics to "
+                     "the image size")
+  return w / cw, h / ch
 
 
 def resize_crop(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -204,11 +225,7 @@ class VideoClipSource:
     return frame_at(start + np.arange(self.num_frames) / self.fps, info.fps)
 
   def __getitem__(self, index):
-    index = int(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f"{self.name}: clip index {index} out of range [0, {len(self)})")
-    if index >= len(self.clips):  # an unreadable file (skip_bad_files)
-      raise ValueError(self.bad_files[index - len(self.clips)][1])
+    index = records.good_index(self.name, index, len(self.clips), self.bad_files)
     info = self.videos[self.clips[index][0]]
     frames = single_view(read_frames(info.path, self.frame_indices(index)), self.image_size)
     return {"frames": frames, "fps": np.float32(self.fps),

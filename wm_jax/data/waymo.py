@@ -111,7 +111,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from wm_jax.data import actions as actions_lib
-from wm_jax.data import nuscenes, video
+from wm_jax.data import nuscenes, records, video
 
 SPLITS = {"training": "training", "train": "training", "validation": "validation",
           "val": "validation", "testing": "testing", "test": "testing"}
@@ -409,11 +409,7 @@ class ClipSource:
     return len(self.clips) + len(self.bad_segments)
 
   def __getitem__(self, index):
-    index = int(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f"{self.name}: clip index {index} out of range [0, {len(self)})")
-    if index >= len(self.clips):  # an unreadable segment (skip_bad_segments)
-      raise ValueError(self.bad_segments[index - len(self.clips)][1])
+    index = records.good_index(self.name, index, len(self.clips), self.bad_segments)
     si, start = self.clips[index]
     seg = self.segments[si]
     t_count, k = self.num_frames, self.trajectory_points
@@ -484,17 +480,10 @@ class ClipSource:
     """(sx, sy): the image's size over the size its calibration is for (see the docstring)."""
     h, w = actual
     cw, ch = cal["size"]
-    if (w, h) == (cw, ch):
-      return 1.0, 1.0
-    sizes = (f"Waymo image of {self._where(seg, frame, index, t)} is {w}x{h} but its calibration "
-             f"({cal['path']} row {cal['row']}) is for {cw}x{ch}")
-    if abs(w * ch / cw - h) > 1.0:  # more than rounding: cropped, not resized
-      raise ValueError(f"{sizes}, another aspect ratio: a cropped image cannot be matched to its "
-                       "intrinsics")
-    if self.image_size_mismatch == "error":
-      raise ValueError(f"{sizes}; data.image_size_mismatch='rescale' scales the intrinsics to the "
-                       "image size")
-    return w / cw, h / ch
+    return video.calibration_scale(
+        actual, (cw, ch), self.image_size_mismatch,
+        f"Waymo image of {self._where(seg, frame, index, t)} is {w}x{h} but its calibration "
+        f"({cal['path']} row {cal['row']}) is for {cw}x{ch}")
 
   def _poses(self, seg: dict, frames: np.ndarray, index: int) -> np.ndarray:
     """World-from-ego [len(frames),4,4] float64 of timeline frames; raises on a bad pose."""
