@@ -19,7 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from wm_jax.evaluation import action_reliance, protocols  # noqa: E402
-from wm_jax.models import vae as vae_lib  # noqa: E402
 from wm_jax.train import demo, run as run_lib, vae_training  # noqa: E402
 
 
@@ -37,9 +36,7 @@ def main(argv=None):
   vae = vae_training.load(config, os.path.join(args.workdir, "vae"))
   frames = int(config.model.num_frames)
   clips = demo.render(config, "train", args.clips, frames)
-  allowed = protocols.get("controllability")
-  records = [protocols.model_batch(allowed, dict(
-      c, latents=np.asarray(vae_lib.encode_frames(vae, c["frames"]), np.float32))) for c in clips]
+  records = demo.encode_clips(vae, clips, protocols.get("controllability"))
   batch = demo.stack(records, frames)
   per_batch = []
   for lo in range(0, args.clips, args.batch):
@@ -48,7 +45,8 @@ def main(argv=None):
         model, config, part, seeds=range(args.seeds), n_ref=args.ref_frames))
   diffs = {name: [r[f"{name}_minus_true"]["mean"] for r in per_batch]
            for name in ("shuffled", "none")}
-  out = {"workdir": os.path.abspath(args.workdir), "step": int(info["step"]), "clips": args.clips, "seeds": args.seeds, "ref_frames": args.ref_frames,
+  out = {"workdir": os.path.abspath(args.workdir), "step": int(info["step"]),
+         "clips": args.clips, "seeds": args.seeds, "ref_frames": args.ref_frames,
          **{name: float(np.mean([r[name] for r in per_batch]))
             for name in ("true", "shuffled", "none")},
          **{f"{name}_minus_true": {"mean": float(np.mean(d)),
