@@ -1,5 +1,6 @@
 """Weighted mixtures of sources (data/mixture.py) through the pipeline: shares, determinism,
-resumption (also sharded and with skipped bad records), per-source counts, record keys, config.
+resumption (also sharded and with skipped bad records), per-source counts, record keys, config;
+and MaskGWM's stage-2 mixture on the project's own nuScenes and OpenDV-style exports.
 
 Sources are in memory: record i of source `tag` carries i as its speed (actions[:, 0]) and the tag
 as its acceleration (actions[:, 2]), so every batch tells which record of which source it holds.
@@ -14,6 +15,7 @@ import pytest
 
 from wm_jax import defaults
 from wm_jax.data import mixture, pipeline, records, sources
+from wm_jax.data.synthetic import export, export_opendv, world
 
 
 def _record(tag, i, actions=True, width=6):
@@ -279,3 +281,46 @@ def test_mixture_through_worker_processes_matches_and_restores():
   assert _take(it1, 4) == tail and it1.get_state() == it0.get_state()
   it1.close()
   assert len(head) == 9
+
+
+def _stage2_config(nus_root, odv_root):
+  """The stage-2 example of mixture.py's docstring at test size, on the given exports (every
+  nuScenes scene in the train split)."""
+  config = defaults.config()
+  exec(_doc_example(mixture.__doc__), {"config": config})  # pylint: disable=exec-used
+  config.data.update(num_frames=8, image_height=32, image_width=64)
+  nus, odv = (dict(e.items()) for e in config.data.mixture)
+  config.data.mixture = (dict(nus, path=nus_root, version="v1.0-synthetic", val_fraction=0.0),
+                         dict(odv, path=odv_root))
+  return config.data
+
+
+def test_stage2_mixture_reads_nuscenes_and_opendv_exports_in_turn(tmp_path):
+  nus_root, odv_root = str(tmp_path / "nuscenes"), str(tmp_path / "opendv")
+  export.write_nuscenes(nus_root, [world.make_scene(3, "boston"), world.make_scene(5, "boston")],
+                        rig="front", image_size=(32, 64), num_samples=4, image_format="png", verbose=False)
+  export_opendv.write_opendv(odv_root, [world.make_scene(0, "boston", manoeuvre="turn_left")],
+                             image_size=(32, 64), num_frames=40, fps=10.0, clip_frames=10)
+  config = _stage2_config(nus_root, odv_root)
+  entries = mixture.parse(config, tuple(sources.SOURCES))
+  own = [sources.make_source(e.config, "train") for e in entries]  # each entry's source alone
+  assert [len(s) for s in own] == [2, 4]
+  own_frames = [[s[j]["frames"] for j in range(len(s))] for s in own]
+  it = _make(config, seed=1, batch_size=4)
+  batches = [next(it)]
+  resumed = _make(config, seed=1, batch_size=4)
+  resumed.set_state(json.loads(json.dumps(it.get_state())))
+  batches += [next(it), next(it)]
+  for batch in batches[1:]:  # the resumed iterator continues the same mixed sequence
+    again = next(resumed)
+    assert all(np.array_equal(batch[k], again[k]) for k in batch)
+  mixed = [{k: v[r] for k, v in batch.items()} for batch in batches for r in range(4)]
+  for k, record in enumerate(mixed):
+    assert set(record) == {"frames", "command", "fps", "view_adjacency"}
+    assert record["frames"].shape == (8, 1, 32, 64, 3) and record["fps"] == 10.0
+    i = k % 2  # equal weights alternate nuScenes, OpenDV
+    hits = [j for j, f in enumerate(own_frames[i]) if np.array_equal(f, record["frames"])]
+    assert len(hits) == 1, (k, i)
+    np.testing.assert_array_equal(record["command"], own[i][hits[0]]["command"])
+  assert it.source_counts == {"nuscenes": 6, "opendv": 6}
+  assert it.source_bad_records == {"nuscenes": 0, "opendv": 0}
