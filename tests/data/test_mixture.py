@@ -261,6 +261,7 @@ def test_stage2_example_of_the_docstrings_is_a_valid_equal_mixture(module):
   exec(_doc_example(module.__doc__), {"config": config})  # pylint: disable=exec-used
   entries = mixture.parse(config.data, tuple(sources.SOURCES))
   assert [(e.name, e.weight) for e in entries] == [("nuscenes", 1.0), ("opendv", 1.0)]
+  assert config.model.num_views == len(entries[0].config.views) == 1
   nus, odv = (e.config for e in entries)
   assert nus.views == ("CAM_FRONT",) and not nus.layout and nus.path == "/data/nuscenes"
   assert odv.source == "opendv" and odv.path == "/data/opendv"

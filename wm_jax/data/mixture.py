@@ -18,6 +18,7 @@ value at fault. MaskGWM's stage 2 (nuScenes and OpenDV-2K sampled equally, paper
 
     config.data.update(source='mixture', num_frames=25, image_height=288, image_width=512,
                        fps=10.0, mixture_keys=('frames', 'command', 'fps', 'view_adjacency'))
+    config.model.num_views = 1  # both give the front camera only
     config.data.mixture = (
         dict(source='nuscenes', weight=1.0, path='/data/nuscenes', views=('CAM_FRONT',),
              layout=False),

@@ -34,6 +34,7 @@ MaskGWM's stage 2, nuScenes and OpenDV-2K sampled equally:
 
     config.data.update(source='mixture', mixture_keys=('frames', 'command', 'fps',
                                                        'view_adjacency'))
+    config.model.num_views = 1  # both give the front camera only
     config.data.mixture = (
         dict(source='nuscenes', weight=1.0, path='/data/nuscenes', views=('CAM_FRONT',),
              layout=False),
