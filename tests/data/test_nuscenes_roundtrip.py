@@ -21,6 +21,8 @@ from wm_jax.data import nuscenes, pipeline, records, schema, sources
 from wm_jax.data.synthetic import ego as ego_lib
 from wm_jax.data.synthetic import export, render, rig as rig_lib, world
 
+from tests.data import projection
+
 SIZE, SAMPLES, FPS, K = (32, 64), 4, 12.0, 6
 FRAMES = (SAMPLES - 1) * export.KEYFRAME_EVERY + 1 - K  # a 13-frame clip, 6 future frames after it
 VERSION = "v1.0-synthetic"
@@ -111,6 +113,20 @@ def test_roundtrip_poses_calibrations_actions_boxes(exported):
         if key:
           assert abs((b[6] - want[6] + math.pi) % (2 * math.pi) - math.pi) < 1e-4
         assert tracks.setdefault(b[8], want[8]) == want[8]  # one reader track = one actor
+
+
+def test_cameras_project_where_the_renderer_drew(exported):
+  """Every actor the renderer drew in a camera lies inside its 3-D box projected with the
+  reader's ego pose, extrinsics and intrinsics (projection.py)."""
+  root, scenes = exported
+  src = _source(root)
+  checked = 0
+  for index, scene in enumerate(scenes):
+    speed, steering = world.autopilot(scene, FRAMES + K, FPS)
+    hit = projection.first_frame_hits(scene, rig_lib.make_rig("nuscenes6", SIZE), speed,
+                                      steering, FPS)
+    checked += projection.check_boxes_project_onto_hits(scene, src[index], hit)
+  assert checked >= 10, checked
 
 
 def test_keyframes_only_and_location_split(exported):
