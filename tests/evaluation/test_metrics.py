@@ -84,7 +84,9 @@ def test_protocol_settings_reported_and_complete():
     if p.kind == "fidelity":
       assert s["metric_frames"] >= 9   # every FVD protocol's clips are long enough for I3D
   v = protocols.get("vista_nuscenes")
-  assert (v.clip_frames, v.reference_frames, v.num_clips, v.metric_frames) == (25, 1, 5369, 24)
+  assert (v.clip_frames, v.reference_frames, v.num_clips, v.metric_frames) == (25, 1, 5369, 25)
+  w = protocols.get("waymo_zero_shot")
+  assert w.num_clips * w.metric_frames == 15000 and not w.use_actions  # the paper's FID frames
   d = protocols.get("drivewm_mview")
   assert d.num_views * d.num_clips == 900 and d.fid_frames == 10000 and d.views_as_videos
   o = protocols.get("opendwm_nuscenes")

@@ -173,11 +173,13 @@ PROTOCOLS = {
     "vista_nuscenes": Protocol(
         name="vista_nuscenes", source="MaskGWM sec. 4.1 + app. 7.3 (Vista setting)",
         dataset="nuscenes/val front camera", num_views=1, views_as_videos=False, clip_frames=25,
-        reference_frames=1, exclude_reference=True, num_clips=5369, image_size=(576, 1024),
+        reference_frames=1, exclude_reference=False, num_clips=5369, image_size=(576, 1024),
         fps=10.0, sample_steps=30, cfg_scale=4.0, use_actions=False, fvd_frames=None,
         fid_frames=None,
-        notes="all generated videos for FVD and all their frames for FID; Vista's eval drops "
-              "actions (the paper's 'aligned' row also trains without)"),
+        notes="all generated videos for FVD and all their frames for FID: 25-frame videos "
+              "'containing one reference frame', which the metrics keep (the paper's Waymo count, "
+              "15K FID frames of 600 videos, is 600 x 25); Vista's eval drops actions (the "
+              "paper's 'aligned' row also trains without)"),
     "drivewm_mview": Protocol(
         name="drivewm_mview", source="MaskGWM app. 7.3 (Drive-WM setting)",
         dataset="nuscenes/val 6 cameras", num_views=6, views_as_videos=True, clip_frames=25,
@@ -202,16 +204,16 @@ PROTOCOLS = {
     "waymo_zero_shot": Protocol(
         name="waymo_zero_shot", source="MaskGWM Tab. 2 (zero-shot on Waymo; data.source='waymo')",
         dataset="waymo/validation front camera", num_views=1, views_as_videos=False,
-        clip_frames=25, reference_frames=1, exclude_reference=True, num_clips=600,
+        clip_frames=25, reference_frames=1, exclude_reference=False, num_clips=600,
         image_size=(576, 1024), fps=10.0, sample_steps=30, cfg_scale=4.0, use_actions=False,
         fvd_frames=None, fid_frames=None,
         notes="the model trained on nuScenes is sampled without fine-tuning on 600 clips of the "
               "Waymo v2 validation split's FRONT camera (config.data: source='waymo', "
-              "views=('FRONT',)), 1 condition frame, no actions. From the paper: the 600 samples, "
+              "views=('FRONT',)), 1 condition frame, no actions. From the paper: the 600 videos "
+              "for FVD and 15K frames for FID (= 600 x 25: every frame, the reference included), "
               "the zero-shot setting; clip length (25 frames), resolution (576x1024: Waymo's "
               "1920x1280 front images resized to 1024x683 and centre-cropped), Euler steps and "
-              "CFG are those of vista_nuscenes, whose 10 fps is Waymo's native rate. All "
-              "generated videos for FVD and all their frames for FID"),
+              "CFG are those of vista_nuscenes, whose 10 fps is Waymo's native rate"),
     "long_horizon": Protocol(
         name="long_horizon", source="MaskGWM sec. 4.3 Fig. 6, app. Fig. 7 + 7.4",
         dataset="opendv/val", num_views=1, views_as_videos=False, clip_frames=25,
