@@ -82,8 +82,12 @@ def _dense_fwd(x, kernel, precision):
 def _dense_bwd(precision, residuals, g):
   x, kernel = residuals
   dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
-  lead = tuple(range(x.ndim - 1))
-  dkernel = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), precision=precision)
+  # x^T g with the positions flattened to one axis: XLA:CPU then transposes x in the backward
+  # pass. Given the leading dims of x and g as they are, it writes x transposed from within the
+  # forward fusion that makes x instead: an element-by-element strided store, slower than the
+  # product itself.
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  dkernel = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), precision=precision)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -94,7 +98,7 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                       out_sharding=None):
   """lax.dot_general for nnx.Linear (x [..., K] @ kernel [K, N]) whose gradients are the same
   products written so that XLA's CPU backend keeps them on its fast dot path: the kernel's
-  gradient contracts x and the cotangent over all leading dims at once (x^T g with [K, N] out).
+  gradient is one 2-D product x^T g over all positions (x [P, K], g [P, N], [K, N] out).
   JAX's own transpose of dot_general computes g^T x and transposes it, which XLA:CPU folds into
   one transposed-operand dot that its XNNPACK path does not take (several times slower). The
   values and FLOPs are the same on every backend; any other contraction, a preferred element type
