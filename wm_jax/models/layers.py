@@ -150,10 +150,57 @@ def layer_norm(dim: int, *, rngs: nnx.Rngs, prec: Precision, eps: float = 1e-5,
                        bias_init=_part(nnx.initializers.zeros_init(), ("norm",)), rngs=rngs)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_normalize(x, scale, eps: float):
+  """x / rms(x) * scale over the last axis; statistics in float32, out in x and scale's dtype.
+
+  Its gradient is written out so that the saved values are x and the per-row 1 / rms: JAX's own
+  derivative of x * (rsqrt(mean(x^2) + eps) * scale) saves that factor broadcast to x's shape,
+  which XLA:CPU materialises for the backward pass. Values as flax's nnx.RMSNorm computes them.
+  """
+  return _rms_forward(x, scale, eps)[0]
+
+
+def _rms_forward(x, scale, eps):
+  xf = x.astype(jnp.float32)
+  inv_rms = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  y = xf * (inv_rms * scale.astype(jnp.float32))
+  return y.astype(jnp.result_type(x, scale)), (x, inv_rms, scale)
+
+
+def _rms_backward(eps, residuals, g):
+  del eps
+  x, inv_rms, scale = residuals
+  gf = g.astype(jnp.float32)
+  x_hat = x.astype(jnp.float32) * inv_rms
+  g_hat = gf * scale.astype(jnp.float32)
+  dx = inv_rms * (g_hat - x_hat * jnp.mean(g_hat * x_hat, axis=-1, keepdims=True))
+  dscale = jnp.sum((gf * x_hat).reshape(-1, x.shape[-1]), axis=0)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_normalize.defvjp(_rms_forward, _rms_backward)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis with nnx.RMSNorm's parameter (`scale`) and values, computed by
+  rms_normalize (inputs and scale cast to `dtype` first, when set)."""
+
+  def __init__(self, dim: int, *, eps: float, prec: Precision, axes: Sequence[str | None]):
+    self.epsilon, self.dtype = eps, prec.dtype
+    self.scale = nnx.Param(jnp.ones((dim,), prec.param_dtype), out_sharding=tuple(axes))
+
+  def __call__(self, x):
+    scale = self.scale[...]
+    if self.dtype is not None:
+      x, scale = x.astype(self.dtype), scale.astype(self.dtype)
+    return rms_normalize(x, scale, self.epsilon)
+
+
 def rms_norm(dim: int, *, rngs: nnx.Rngs, prec: Precision, eps: float = 1e-6,
-             axes: Sequence[str | None] = ("head_dim",)) -> nnx.RMSNorm:
-  return nnx.RMSNorm(dim, epsilon=eps, dtype=prec.dtype, param_dtype=prec.param_dtype,
-                     scale_init=_part(nnx.initializers.ones_init(), axes), rngs=rngs)
+             axes: Sequence[str | None] = ("head_dim",)) -> RMSNorm:
+  del rngs  # the scale starts at ones
+  return RMSNorm(dim, eps=eps, prec=prec, axes=axes)
 
 
 def zeros_param(shape, axes, prec: Precision, value: float = 0.0) -> nnx.Param:
