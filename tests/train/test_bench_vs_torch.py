@@ -31,3 +31,13 @@ def test_torch_step_runs_at_the_config_shapes():
   config.train.batch_size = 1
   step = train_vs_torch.torch_stepper(config, threads=1)
   assert step() > 0 and step() > 0
+
+
+def test_sampler_steps_run_on_both_sides_with_guidance():
+  config = train_vs_torch.load_config("configs/maskgwm_tiny.py")
+  config.train.batch_size = 1
+  inputs = train_vs_torch.torch_inputs(config, 2)  # the 2B batch of guidance
+  assert inputs[0].shape[:3] == (2, config.model.num_frames, config.model.num_views)
+  for step in (train_vs_torch.torch_sampler(config, threads=1, cfg=2.0),
+               train_vs_torch.jax_sampler(config, cfg=2.0)):
+    assert step() > 0 and step() > 0

@@ -202,34 +202,9 @@ def _train_call(config, args):
 
 
 def _sample_call(config, args):
-  """(call(i) -> latents, compiled) for one Euler step of the sampler (the model once, on the 2B
-  batch of CFG when --cfg is not 1), the config's first frame a reference frame."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  from wm_jax.diffusion import samplers
-  from wm_jax.models import conditioning
-  from wm_jax.train import example_batch
-  from wm_jax.train import run as run_lib
-  r = run_lib.build(config, training=False)
-  model = r.model(r.init_state())
-  batch = example_batch.random(config, int(config.train.batch_size))
-  cond = conditioning.model_inputs(batch, config)
-  latents = jnp.asarray(batch["latents"])
-  ref = latents[:, :1]
-  sigmas = jnp.asarray([1.0, 0.0], jnp.float32)
-  graphdef, state = nnx.split(model)
-  use_cfg = args.cfg != 1.0
-  with jax.set_mesh(r.mesh):
-    compiled = samplers._euler.lower(graphdef, state, latents, cond, ref, sigmas,
-                                     jnp.float32(args.cfg), n_ref=1, use_cfg=use_cfg).compile()
-
-  def call(i):   # the compiled executable itself, so the trace's op names are its HLO's
-    noise = jax.random.normal(jax.random.key(i), latents.shape, latents.dtype)
-    with jax.set_mesh(r.mesh):
-      return compiled(state, noise, cond, ref, sigmas, jnp.float32(args.cfg))
-
-  return call, compiled
+  """(call(i) -> latents, compiled): one Euler step (train.compiled_sample_step)."""
+  from tools.bench_suites import train as train_suite
+  return train_suite.compiled_sample_step(config, args.cfg)
 
 
 def run(args):

@@ -1,7 +1,9 @@
-"""wm_jax's train step beside a PyTorch model of the same structure, in one run, and their ratio.
+"""wm_jax's train step (or sampler step) beside a PyTorch model of the same structure, in one run,
+and their ratio.
 
   python tools/bench.py train_vs_torch                          # configs/bench.py, unmasked
   python tools/bench.py train_vs_torch --rounds=3 --steps=7
+  python tools/bench.py train_vs_torch --what=sample            # one Euler step: the model call
 
 The PyTorch side (the torch extra) is the project's own reference of the CTSD structure: diffusers'
 SD3Transformer2DModel for the patch embedding, time/text embedding, context embedder, joint
@@ -12,7 +14,10 @@ torch.set_num_threads(--threads). Not in it: the paper-only Eq. 5 time modulatio
 temporal block), MaskGWM's action module, the layout adapter and mask reconstruction, so the
 unmasked step of the model without them is compared on both sides (the same parameter names and
 shapes: tests/train/test_bench_vs_torch.py). One step is forward + backward + update of an MSE
-loss on random latents.
+loss on random latents. --what=sample times one Euler step of the sampler instead: wm_jax's
+compiled step (tools/bench_suites/train.py compiled_sample_step) beside the PyTorch model's
+forward under torch.inference_mode() and the same update, on the 2B batch of guidance when --cfg
+is not 1.
 
 Each round times both, one after the other, in alternating order (round 0: wm_jax first), each
 step timed to its end. One line per round and framework ({"framework", "round", "step_ms_median",
@@ -32,6 +37,10 @@ def add_arguments(parser):
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps before (>= 1)")
   parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating the order")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores)")
+  parser.add_argument("--what", choices=["train", "sample"], default="train",
+                      help="train: forward + backward + update; sample: one Euler step")
+  parser.add_argument("--cfg", type=float, default=1.0,
+                      help="--what=sample: guidance scale (not 1: the model on a 2B batch)")
 
 
 def load_config(path: str):
@@ -55,6 +64,21 @@ def jax_stepper(config):
   def step():
     t0 = time.perf_counter()
     jax.block_until_ready(run_step())
+    return time.perf_counter() - t0
+
+  return step
+
+
+def jax_sampler(config, cfg: float):
+  """step() -> seconds of one compiled wm_jax Euler step, timed to its end."""
+  import jax
+  from tools.bench_suites import train as train_suite
+  call, _ = train_suite.compiled_sample_step(config, cfg)
+  count = iter(range(1 << 30))
+
+  def step():
+    t0 = time.perf_counter()
+    jax.block_until_ready(call(next(count)))
     return time.perf_counter() - t0
 
   return step
@@ -111,6 +135,37 @@ def torch_model(config):
   return TorchCTSD()
 
 
+def torch_inputs(config, batch: int):
+  """Random (latents, timesteps, context, pooled, camera) of torch_model(config) for `batch`."""
+  import torch
+  m = config.model
+  t, v = int(m.num_frames), int(m.num_views)
+  n = batch * t * v
+  return (torch.randn(batch, t, v, m.in_channels, m.latent_height, m.latent_width),
+          torch.rand(n) * 1000, torch.randn(n, m.text_tokens, m.joint_attention_dim),
+          torch.randn(n, m.pooled_projection_dim),
+          torch.randn(batch, t, v, max(int(m.camera_scalars), 1)))
+
+
+def torch_sampler(config, threads: int, cfg: float):
+  """step() -> seconds of one PyTorch Euler step (the model's forward, inference mode)."""
+  import torch
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  model = torch_model(config).eval()
+  batch = int(config.train.batch_size) * (1 if cfg == 1.0 else 2)
+  inputs = torch_inputs(config, batch)
+
+  def step():
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+      velocity = model(*inputs)
+      _ = torch.randn_like(velocity) - velocity  # x(sigma 0) = x(sigma 1) + (0 - 1) * velocity
+    return time.perf_counter() - t0
+
+  return step
+
+
 def torch_stepper(config, threads: int):
   """step() -> seconds of one eager PyTorch train step (AdamW) of torch_model(config)."""
   import torch
@@ -119,15 +174,11 @@ def torch_stepper(config, threads: int):
   m = config.model
   model = torch_model(config).train()
   opt = torch.optim.AdamW(model.parameters(), lr=float(config.train.learning_rate))
-  b, t, v = int(config.train.batch_size), int(m.num_frames), int(m.num_views)
-  n = b * t * v
+  b = int(config.train.batch_size)
   tokens = (m.latent_height // m.patch_size) * (m.latent_width // m.patch_size)
-  latents = torch.randn(b, t, v, m.in_channels, m.latent_height, m.latent_width)
-  timesteps = torch.rand(n) * 1000
-  context = torch.randn(n, m.text_tokens, m.joint_attention_dim)
-  pooled = torch.randn(n, m.pooled_projection_dim)
-  camera = torch.randn(b, t, v, max(int(m.camera_scalars), 1))
-  target = torch.randn(n, tokens, m.patch_size ** 2 * m.out_channels)
+  latents, timesteps, context, pooled, camera = torch_inputs(config, b)
+  target = torch.randn(latents.shape[0] * m.num_frames * m.num_views, tokens,
+                       m.patch_size ** 2 * m.out_channels)
 
   def step():
     t0 = time.perf_counter()
@@ -153,7 +204,11 @@ def run(args):
                      "must be >= 1")
   config = load_config(args.config)
   threads = args.threads or os.cpu_count()
-  steppers = {"wm_jax": jax_stepper(config), "torch": torch_stepper(config, threads)}
+  if args.what == "train":
+    steppers = {"wm_jax": jax_stepper(config), "torch": torch_stepper(config, threads)}
+  else:
+    steppers = {"wm_jax": jax_sampler(config, args.cfg),
+                "torch": torch_sampler(config, threads, args.cfg)}
   medians = {name: [] for name in steppers}
   for r in range(args.rounds):
     order = list(steppers) if r % 2 == 0 else list(steppers)[::-1]
@@ -162,11 +217,13 @@ def run(args):
         steppers[name]()
       times = [steppers[name]() for _ in range(args.steps)]
       medians[name].append(float(np.median(times)))
-      yield {"config": args.config, "framework": name, "round": r, "order": order,
+      yield {"config": args.config, "what": args.what, "framework": name, "round": r,
+             "order": order,
              "torch_threads": threads, "step_ms_median": round(medians[name][-1] * 1e3, 3),
              "step_ms_min": round(min(times) * 1e3, 3),
              "step_ms": round(float(np.mean(times)) * 1e3, 3)}
   ratio = float(np.median(medians["wm_jax"]) / np.median(medians["torch"]))
-  yield {"config": args.config, "ratio_median": round(ratio, 4), "rounds": args.rounds,
+  yield {"config": args.config, "what": args.what, "ratio_median": round(ratio, 4),
+         "rounds": args.rounds,
          "steps": args.steps, "wm_jax_ms": round(float(np.median(medians["wm_jax"])) * 1e3, 3),
          "torch_ms": round(float(np.median(medians["torch"])) * 1e3, 3)}
