@@ -34,3 +34,14 @@ def test_reuse_vae_restores_weights_and_calibration_and_names_a_mismatch(tmp_pat
     demo.reuse_vae(_config(channels="8,32"), str(tmp_path / "vae"))
   with pytest.raises(FileNotFoundError, match="no calibration.json"):
     demo.reuse_vae(_config(), str(tmp_path / "missing"))
+
+
+def test_training_frames_refuse_clips_of_another_view_count_before_the_vae_trains():
+  config = _config()  # the demo: 1 view of 4 frames
+  config.model.num_views = 2
+  with pytest.raises(ValueError, match=r"4 frames x 1 views, but the model config says "
+                                       r"model.num_frames=4, model.num_views=2"):
+    vae_training.training_frames(config, clips=1)
+  config.model.num_views = 1
+  frames = vae_training.training_frames(config, clips=1)
+  assert frames.shape[1:] == (config.data.image_height, config.data.image_width, 3)

@@ -78,12 +78,26 @@ def calibrate(config, vae, frames: np.ndarray):
   return new
 
 
+def check_clip_shape(frames_shape, config) -> None:
+  """Refuses training clips [B,T,V,H,W,3] whose frame or view count is not the model's, before
+  any training spends time on them."""
+  t, v = (int(n) for n in frames_shape[1:3])
+  m = config.model
+  if (t, v) != (int(m.num_frames), int(m.num_views)):
+    raise ValueError(
+        f"the training data (config.data.source={config.data.source!r}) give clips of {t} "
+        f"frames x {v} views, but the model config says model.num_frames={m.num_frames}, "
+        f"model.num_views={m.num_views}; set the model's counts (or the data's num_frames and "
+        "views / rig) to match")
+
+
 def training_frames(config, clips: int = 64) -> np.ndarray:
   """uint8 [N,H,W,3]: every frame of every view of the first `clips` training clips."""
   it = run_lib.make_iterator(config, "train", batch_size=min(8, clips))
   out, seen = [], 0
   while seen < clips:
     frames = np.asarray(next(it)["frames"])
+    check_clip_shape(frames.shape, config)
     out.append(frames.reshape((-1,) + frames.shape[-3:]))
     seen += len(frames)
   return np.concatenate(out)
