@@ -272,23 +272,15 @@ def mixed_stream(mixed: MixedSource, *, shuffle: bool, seed: int, epochs: int | 
                  process_count: int = 1) -> tuple[grain.MapDataset, WeightedInterleave]:
   """This process's mixed stream of checked records and bad markers, and its interleave.
 
-  Entry i: CheckedSource (skip: config.data.skip_bad_records, unless the entry sets its own) ->
-  global shuffle with entry_seed(seed, i) -> repeat `epochs` (None: forever) -> every
-  process_count-th record from process_index -> mixed.keys; then interleaved by weight.
+  Entry i: records.record_stream (skip: config.data.skip_bad_records, unless the entry sets its
+  own; shuffled with entry_seed(seed, i)) -> mixed.keys; then interleaved by weight.
   """
   streams = []
   for i, (name, source) in enumerate(zip(mixed.names, mixed.sources)):
-    checked = records.CheckedSource(source, skip_bad_records=skip if mixed.skip[i] is None
-                                    else mixed.skip[i])
-    if len(checked) < process_count:
-      raise ValueError(f"mixture entry {name!r}: source {checked.name!r} has {len(checked)} "
-                       f"records, fewer than process_count={process_count}")
-    ds = grain.MapDataset.source(checked)
-    if shuffle:
-      ds = ds.shuffle(seed=entry_seed(seed, i))
-    if epochs != 1:
-      ds = ds.repeat(epochs)
-    ds = ds[process_index::process_count]
+    ds = records.record_stream(
+        source, skip_bad_records=skip if mixed.skip[i] is None else mixed.skip[i],
+        shuffle=shuffle, seed=entry_seed(seed, i), epochs=epochs, process_index=process_index,
+        process_count=process_count, what=f"mixture entry {name!r}: ")
     if mixed.keys:
       ds = ds.map(functools.partial(project, mixed.keys))
     streams.append(ds)

@@ -78,10 +78,8 @@ def make_dataset(config, *, split: str = "train", seed: int = 0,
     ds, _ = mixture.mixed_stream(source, shuffle=config.shuffle, seed=seed, epochs=1,
                                  skip=config.skip_bad_records)
   else:
-    ds = grain.MapDataset.source(
-        records.CheckedSource(source, skip_bad_records=config.skip_bad_records))
-    if config.shuffle:
-      ds = ds.shuffle(seed=seed)
+    ds = records.record_stream(source, skip_bad_records=config.skip_bad_records,
+                               shuffle=config.shuffle, seed=seed)
   return ds.map(lambda r: None if records.is_bad(r) else r)
 
 
@@ -108,15 +106,10 @@ def make_iterator(config, *, batch_size: int, seed: int = 0, process_index: int 
         mixed, shuffle=config.shuffle, seed=seed, epochs=config.num_epochs or None,
         skip=config.skip_bad_records, process_index=process_index, process_count=process_count)
   else:
-    checked = records.CheckedSource(source, skip_bad_records=config.skip_bad_records)
-    if len(checked) < process_count:
-      raise ValueError(f"source {checked.name!r} has {len(checked)} records, fewer than "
-                       f"process_count={process_count}")
-    stream = grain.MapDataset.source(checked)
-    if config.shuffle:
-      stream = stream.shuffle(seed=seed)
-    stream = stream.repeat(config.num_epochs or None)
-    stream = stream[process_index::process_count]
+    stream = records.record_stream(
+        source, skip_bad_records=config.skip_bad_records, shuffle=config.shuffle, seed=seed,
+        epochs=config.num_epochs or None, process_index=process_index,
+        process_count=process_count)
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer)
   workers = int(config.worker_count)
   if workers < 0:

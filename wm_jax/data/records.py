@@ -3,6 +3,7 @@
     checked = CheckedSource(source, skip_bad_records=False)
     record = checked[i]        # validated numpy dict, or raises BadRecordError
     is_bad(checked[i])         # with skip_bad_records: True for a bad-record marker
+    stream = record_stream(source, skip_bad_records=False, shuffle=True, seed=0, epochs=None)
 
 A bad record (corrupt image, missing file, NaN action, wrong shape, ...) raises `BadRecordError`
 naming the source and index. With `skip_bad_records` it reads as a marker instead, a dict holding
@@ -73,3 +74,22 @@ class CheckedSource(grain.sources.RandomAccessDataSource):
 
   def __repr__(self):
     return f"CheckedSource({self.name!r}, len={len(self)}, skip={self.skip})"
+
+
+def record_stream(source, *, skip_bad_records: bool, shuffle: bool, seed: int,
+                  epochs: int | None = 1, process_index: int = 0, process_count: int = 1,
+                  what: str = "") -> grain.MapDataset:
+  """This process's stream of the checked records (and bad markers) of `source`: CheckedSource ->
+  global shuffle with `seed` (when `shuffle`) -> repeat `epochs` (None: forever) -> every
+  process_count-th record from process_index. `what` opens the error of a source with fewer
+  records than processes (e.g. "mixture entry 'x': ")."""
+  checked = CheckedSource(source, skip_bad_records=skip_bad_records)
+  if len(checked) < process_count:
+    raise ValueError(f"{what}source {checked.name!r} has {len(checked)} records, fewer than "
+                     f"process_count={process_count}")
+  ds = grain.MapDataset.source(checked)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if epochs != 1:
+    ds = ds.repeat(epochs)
+  return ds[process_index::process_count]
