@@ -23,28 +23,16 @@ from wm_jax.data import mixture, nuscenes, opendv, tfds_cache, video, waymo
 from wm_jax.data.synthetic.source import SyntheticSource
 
 
-def _nuscenes_source(config, split):
-  return nuscenes.ClipSource.from_config(config, split)
-
-
-def _video_source(config, split):
-  return video.VideoClipSource.from_config(config, split)
-
-
-def _waymo_source(config, split):
-  return waymo.ClipSource.from_config(config, split)
-
-
 def _tfds_source(config, split):
   return tfds_cache.data_source(config.tfds_name, split=split, data_dir=config.path or None)
 
 
 SOURCES: dict[str, Callable[[Any, str], Any]] = {
     "synthetic": SyntheticSource,
-    "nuscenes": _nuscenes_source,
-    "video": _video_source,
+    "nuscenes": nuscenes.ClipSource.from_config,
+    "video": video.VideoClipSource.from_config,
     "opendv": opendv.OpenDVSource.from_config,
-    "waymo": _waymo_source,
+    "waymo": waymo.ClipSource.from_config,
     "tfds": _tfds_source,
 }
 
