@@ -177,8 +177,7 @@ def torch_stepper(config, threads: int):
   b = int(config.train.batch_size)
   tokens = (m.latent_height // m.patch_size) * (m.latent_width // m.patch_size)
   latents, timesteps, context, pooled, camera = torch_inputs(config, b)
-  target = torch.randn(latents.shape[0] * m.num_frames * m.num_views, tokens,
-                       m.patch_size ** 2 * m.out_channels)
+  target = torch.randn(b * m.num_frames * m.num_views, tokens, m.patch_size ** 2 * m.out_channels)
 
   def step():
     t0 = time.perf_counter()
